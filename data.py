@@ -1,0 +1,185 @@
+"""Datasets as tensors on the training device, augmented per batch with tensor ops (as in airbench).
+
+    ds = data.load("fashionmnist", root="data", subset=5000, seed=42, device="cpu")
+    for x, y in data.batches(ds, "train", 128, seed=1): ...
+
+Each split is one uint8 tensor (N, C, H, W) plus int64 labels, decoded once. The original training set
+is split 9:1 into train/val by a seeded permutation (§4.1); the official test set is the test split
+(for Tiny-ImageNet, its labelled val folder). Normalization uses the per-channel mean/std of the full
+training set, computed from the data, so it is right for every dataset.
+"""
+import gzip
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models import BadInput
+
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+SYNTHETIC = dict(classes=10, shape=(3, 16, 16), train=1000, test=200)  # small and learnable, for tests
+
+
+def _idx(path):
+    """Read an IDX file (the MNIST format), gzipped or not."""
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = np.frombuffer(raw, ">u4", ndim, 4).astype(int)
+    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
+
+
+def fashionmnist(root):
+    folder = DEBIAN_FASHION_MNIST
+    if not os.path.exists(os.path.join(folder, "train-images-idx3-ubyte.gz")):
+        import torchvision
+        try:
+            torchvision.datasets.FashionMNIST(root, download=True)
+        except Exception as e:
+            raise BadInput(f"Fashion-MNIST not found ({e.__class__.__name__}): `apt-get install "
+                           f"dataset-fashion-mnist`, or put the raw files in {root}/FashionMNIST/raw")
+        folder = os.path.join(root, "FashionMNIST", "raw")
+    split = {}
+    for name, prefix in (("train", "train"), ("test", "t10k")):
+        images = [os.path.join(folder, f"{prefix}-images-idx3-ubyte{ext}") for ext in (".gz", "")]
+        labels = [os.path.join(folder, f"{prefix}-labels-idx1-ubyte{ext}") for ext in (".gz", "")]
+        x = _idx(next(p for p in images if os.path.exists(p)))
+        y = _idx(next(p for p in labels if os.path.exists(p)))
+        split[name] = (x[:, None], y.long())
+    return split, 10
+
+
+def cifar(root, classes):
+    import torchvision
+    cls = torchvision.datasets.CIFAR10 if classes == 10 else torchvision.datasets.CIFAR100
+    split = {}
+    for name in ("train", "test"):
+        try:
+            try:
+                ds = cls(root, train=name == "train")
+            except RuntimeError:  # not on disk yet: download when online
+                ds = cls(root, train=name == "train", download=True)
+        except Exception as e:
+            folder = "cifar-10-batches-py" if classes == 10 else "cifar-100-python"
+            raise BadInput(f"CIFAR-{classes} not found and not downloadable ({e.__class__.__name__}): "
+                           f"put the extracted {folder}/ folder in {os.path.abspath(root)}/")
+        split[name] = (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
+    return split, classes
+
+
+def tinyimagenet(root):
+    """The standard tiny-imagenet-200 layout: train/<wnid>/images/*.JPEG, val/images/*.JPEG and
+    val/val_annotations.txt (file, wnid, box). Decoded once, then cached as one uint8 tensor file."""
+    from PIL import Image
+    import models
+    folder = os.path.join(root, "tiny-imagenet-200")
+    cache = os.path.join(folder, "decoded.pt")
+    if os.path.exists(cache):
+        d = models.load(cache)
+        return {k: (d[k + "_x"], d[k + "_y"]) for k in ("train", "test")}, int(d["classes"])
+    if not os.path.exists(os.path.join(folder, "wnids.txt")):
+        raise BadInput(f"Tiny-ImageNet not found: put the extracted tiny-imagenet-200/ folder in "
+                       f"{os.path.abspath(root)}/ (it cannot be downloaded by this tool)")
+    wnids = open(os.path.join(folder, "wnids.txt")).read().split()
+    label = {w: i for i, w in enumerate(wnids)}
+    files = {"train": [], "test": []}
+    for w in wnids:
+        d = os.path.join(folder, "train", w, "images")
+        files["train"] += [(os.path.join(d, f), label[w]) for f in sorted(os.listdir(d))]
+    for line in open(os.path.join(folder, "val", "val_annotations.txt")):
+        f, w = line.split("\t")[:2]
+        files["test"].append((os.path.join(folder, "val", "images", f), label[w]))
+    read = lambda p: torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1)
+    split = {k: (torch.stack([read(p) for p, _ in v]), torch.tensor([c for _, c in v])) for k, v in files.items()}
+    models.save({**{k + "_x": x for k, (x, _) in split.items()}, **{k + "_y": y for k, (_, y) in split.items()},
+                 "classes": torch.tensor(len(wnids))}, cache)
+    return split, len(wnids)
+
+
+def synthetic(seed=0):
+    """Random images whose class sets a fixed random pattern: learnable, tiny, no files needed."""
+    gen = torch.Generator().manual_seed(seed)
+    k, shape = SYNTHETIC["classes"], SYNTHETIC["shape"]
+    patterns = torch.randn(k, *shape, generator=gen)
+    split = {}
+    for name in ("train", "test"):
+        y = torch.randint(0, k, (SYNTHETIC[name],), generator=gen)
+        x = 128 + 40 * patterns[y] + 50 * torch.randn(len(y), *shape, generator=gen)
+        split[name] = (x.clamp(0, 255).to(torch.uint8), y)
+    return split, k
+
+
+DATASETS = {
+    "cifar10": lambda root: cifar(root, 10),
+    "cifar100": lambda root: cifar(root, 100),
+    "tinyimagenet": tinyimagenet,
+    "fashionmnist": fashionmnist,
+    "synthetic": lambda root: synthetic(),
+}
+
+
+def load(name, root="data", subset=None, seed=42, device="cpu"):
+    """{'train'|'val'|'test': (uint8 images, labels) on device, 'classes', 'mean', 'std'}."""
+    if name not in DATASETS:
+        raise BadInput(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    split, classes = DATASETS[name](root)
+    x, y = split["train"]
+    mean = x.float().mean((0, 2, 3)) / 255
+    std = (x.float() / 255).std((0, 2, 3))
+    if subset:
+        x, y = x[:subset], y[:subset]
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_val = len(x) // 10
+    ds = {"train": (x[perm[n_val:]], y[perm[n_val:]]), "val": (x[perm[:n_val]], y[perm[:n_val]]),
+          "test": split["test"], "classes": classes, "mean": mean, "std": std}
+    for k in ("train", "val", "test", "mean", "std"):
+        ds[k] = tuple(t.to(device) for t in ds[k]) if k in ("train", "val", "test") else ds[k].to(device)
+    return ds
+
+
+def augment(x, gen):
+    """Random crop with zero padding 4 and horizontal flip, per image, on the device (§4.1)."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    dy, dx = (torch.randint(0, 9, (n,), generator=gen, device=x.device) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    out = padded[torch.arange(n, device=x.device).view(n, 1, 1, 1), torch.arange(c, device=x.device).view(1, c, 1, 1),
+                 rows, cols]
+    flip = torch.rand(n, generator=gen, device=x.device) < 0.5
+    return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
+
+
+def normalize(ds, x):
+    return (x.float() / 255 - ds["mean"].view(1, -1, 1, 1)) / ds["std"].view(1, -1, 1, 1)
+
+
+def batches(ds, split, batch_size, seed=None, augmented=False):
+    """Yield normalized (x, y) batches of a split. With a seed: shuffled (and augmented if asked) by a
+    generator seeded from it alone, so an epoch's order depends only on (seed, epoch), never on history."""
+    x, y = ds[split]
+    gen = None
+    order = torch.arange(len(x), device=x.device)
+    if seed is not None:
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        order = torch.randperm(len(x), generator=gen, device=x.device)
+    for i in range(0, len(x), batch_size):
+        idx = order[i:i + batch_size]
+        xb = augment(x[idx], gen) if augmented else x[idx]
+        yield normalize(ds, xb), y[idx]
+
+
+@torch.inference_mode()
+def evaluate(model, ds, split, batch_size=1000):
+    """(accuracy, mean cross-entropy) of the model in eval mode over a whole split."""
+    was_training = model.training
+    model.eval()
+    correct, loss, n = 0, 0.0, 0
+    for x, y in batches(ds, split, batch_size):
+        logits = model(x)
+        correct += int((logits.argmax(1) == y).sum())
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        n += len(y)
+    model.train(was_training)
+    return correct / max(n, 1), loss / max(n, 1)

@@ -1,0 +1,201 @@
+"""The paper's networks (§4.1, Fig. 5, Table A4), CIFAR-style, plus the checkpoint files they live in.
+
+    model = models.get_model("resnet18", num_classes=100, in_channels=3)
+
+ResNet-18/34/50 (3x3 stem, no max-pool), ResNet-20/32/56 (6n+2), VGG-16 with BatchNorm, MobileNet v1.
+Every network ends in adaptive average pooling, so any input size works. Two seams serve the tweaks:
+every conv is followed by its BatchNorm inside one `ConvBN` unit (the skip tweak of Fig. 3 switches a flag
+on it), and every activation is its own `nn.ReLU` module (the Swish/Mish tweak swaps it). Stages are named
+layer1, layer2, ... in every architecture, so analysis tools can group by stage.
+"""
+import os
+import tempfile
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class BadInput(Exception):
+    """A user error: the command line prints its message as one line and exits with code 2."""
+
+
+class ConvBN(nn.Module):
+    """conv -> BatchNorm. With `skip` set (tweaks.skip, §3.1 Fig. 3) the unit's input, batch-normalized
+    without learned parameters, is added to its output before the activation that follows, through a
+    parameter-free shortcut: no weight escapes the mask."""
+
+    def __init__(self, cin, cout, kernel, stride=1, groups=1, skippable=True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.skippable = skippable and kernel == 3  # the paper adds skips around the 3x3 convs only
+        self.skip = None  # tweaks.skip sets a BatchNorm without learned parameters here
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        if self.skip is None:
+            return y
+        return y + parameter_free_shortcut(self.skip(x), y.shape[1], self.conv.stride[0])
+
+
+def parameter_free_shortcut(x, channels, stride):
+    """He et al. 2016's option A: subsample by the stride, zero-pad the missing channels (drop extra ones)."""
+    if stride > 1:
+        x = x[:, :, ::stride, ::stride]
+    return F.pad(x, (0, 0, 0, 0, 0, channels - x.shape[1])) if x.shape[1] != channels else x
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, planes, stride=1):
+        super().__init__()
+        self.unit1 = ConvBN(cin, planes, 3, stride)
+        self.unit2 = ConvBN(planes, planes, 3)
+        self.shortcut = projection(cin, planes, stride)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        out = self.act(self.unit1(x))
+        return self.act(self.unit2(out) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin, planes, stride=1):
+        super().__init__()
+        self.unit1 = ConvBN(cin, planes, 1)
+        self.unit2 = ConvBN(planes, planes, 3, stride)  # the block's only 3x3 conv carries the stride
+        self.unit3 = ConvBN(planes, planes * 4, 1)
+        self.shortcut = projection(cin, planes * 4, stride)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        out = self.act(self.unit1(x))
+        out = self.act(self.unit2(out))
+        return self.act(self.unit3(out) + self.shortcut(x))
+
+
+def projection(cin, cout, stride):
+    """The block's own residual: identity where shapes match, else a 1x1 ConvBN (prunable like any conv)."""
+    return nn.Identity() if stride == 1 and cin == cout else ConvBN(cin, cout, 1, stride)
+
+
+class ResNet(nn.Module):
+    def __init__(self, block, depths, widths, num_classes, in_channels):
+        super().__init__()
+        self.stem = ConvBN(in_channels, widths[0], 3, skippable=False)  # 3x3 stem, no max-pool (CIFAR)
+        self.act = nn.ReLU()
+        cin = widths[0]
+        for i, (depth, width) in enumerate(zip(depths, widths)):
+            blocks = []
+            for j in range(depth):
+                blocks.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
+                cin = width * block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.num_stages = len(depths)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.act(self.stem(x))
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Stages(nn.Module):
+    """A plain chain of stages layer1..layerN (VGG, MobileNet), then pooling and a linear classifier."""
+
+    def __init__(self, stages, width, num_classes):
+        super().__init__()
+        for i, stage in enumerate(stages):
+            setattr(self, f"layer{i + 1}", stage)
+        self.num_stages = len(stages)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class ConvAct(nn.Sequential):
+    def __init__(self, cin, cout, kernel, stride=1, groups=1, skippable=True):
+        super().__init__(ConvBN(cin, cout, kernel, stride, groups, skippable), nn.ReLU())
+
+
+def vgg16(num_classes, in_channels):
+    """VGG-16 with BatchNorm and one linear classifier (the LTH papers' CIFAR VGG)."""
+    stages, cin = [], in_channels
+    for widths in ([64, 64], [128, 128], [256] * 3, [512] * 3, [512] * 3):
+        layers = []
+        for w in widths:
+            layers.append(ConvAct(cin, w, 3, skippable=cin != in_channels))
+            cin = w
+        layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: small inputs (28x28) survive five pools
+        stages.append(nn.Sequential(*layers))
+    return Stages(stages, 512, num_classes)
+
+
+def mobilenet(num_classes, in_channels):
+    """MobileNet v1 (Howard et al. 2017), CIFAR-style: depthwise 3x3 + pointwise 1x1 pairs."""
+    plan = [64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024]
+    stages, layers, cin = [], [ConvAct(in_channels, 32, 3, skippable=False)], 32
+    for item in plan:
+        cout, stride = item if isinstance(item, tuple) else (item, 1)
+        if stride > 1:  # a new stage starts at each downsampling
+            stages.append(nn.Sequential(*layers))
+            layers = []
+        layers += [ConvAct(cin, cin, 3, stride, groups=cin), ConvAct(cin, cout, 1)]
+        cin = cout
+    stages.append(nn.Sequential(*layers))
+    return Stages(stages, 1024, num_classes)
+
+
+ARCHS = {
+    "resnet18": lambda k, c: ResNet(BasicBlock, [2, 2, 2, 2], [64, 128, 256, 512], k, c),
+    "resnet34": lambda k, c: ResNet(BasicBlock, [3, 4, 6, 3], [64, 128, 256, 512], k, c),
+    "resnet50": lambda k, c: ResNet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], k, c),
+    "resnet20": lambda k, c: ResNet(BasicBlock, [3, 3, 3], [16, 32, 64], k, c),
+    "resnet32": lambda k, c: ResNet(BasicBlock, [5, 5, 5], [16, 32, 64], k, c),
+    "resnet56": lambda k, c: ResNet(BasicBlock, [9, 9, 9], [16, 32, 64], k, c),
+    "vgg16": vgg16,
+    "mobilenet": mobilenet,
+}
+
+
+def get_model(arch, num_classes, in_channels=3):
+    if arch not in ARCHS:
+        raise BadInput(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+    return ARCHS[arch](num_classes, in_channels)
+
+
+def save(obj, path):
+    """Write atomically: a temporary file in the same folder, renamed into place, so a kill never leaves
+    a half-written file that a later run would trust."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(obj, (str, bytes)):
+                f.write(obj.encode() if isinstance(obj, str) else obj)
+            else:
+                torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load(path, device="cpu"):
+    """Load a checkpoint of tensors only (weights_only=True): pickled code is refused, not run."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file")
+    except Exception as e:
+        raise BadInput(f"{path}: not a readable checkpoint of tensors ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:120] if str(e) else ''})")

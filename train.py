@@ -1,0 +1,340 @@
+"""Draw a lottery ticket by iterative magnitude pruning, then spend it (re-train it) with the paper's tweaks.
+
+    python train.py --sparsity 0.91 --skip --swish --ls 0.1       # the signature use (ResNet-18, CIFAR-100)
+    python train.py --dataset fashionmnist --arch resnet20 --epochs 2 --subset 5000 --sparsity 0.91 --at --trt
+
+Defaults are the §4.1 recipe. The draw is cached, keyed by everything that changes it, in
+runs/draws/<dataset>_<arch>_seed<seed>_<hash>/: draw.json (the key), init.pt (theta_0), rewind.pt (theta_k)
+and one folder per ticket -- imp_LL for IMP level L (density 0.8^L), omp_S / random_S -- holding mask.pt
+and, once the ticket has been trained the vanilla-LTH way, model.pt, best.pt, metrics.csv, results.json.
+IMP level L's mask comes from level L-1's trained weights, so a vanilla spend of level L is the draw's own
+training of level L: it is reused, never trained twice. A spend writes --out: config.json, metrics.csv,
+mask.pt, model.pt (final weights), best.pt (best validation) and, last, results.json (the run is finished).
+"""
+import argparse
+import copy
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+import data
+import models
+import prune
+import tweaks
+from models import BadInput
+
+RECIPE = ["dataset", "arch", "seed", "epochs", "lr", "batch_size", "momentum", "wd", "subset", "rewind_epoch"]
+TWEAKS = ["skip", "swish", "mish", "scale_init", "ls", "kd"]
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2, like every other bad input
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(argv=None):
+    p = Parser(description=__doc__.split("\n")[0])
+    a = p.add_argument
+    a("--dataset", default="cifar100", choices=list(data.DATASETS))
+    a("--arch", default="resnet18", choices=list(models.ARCHS))
+    a("--data-dir", default="data", help="where datasets are found or downloaded")
+    a("--runs", default="runs", help="root of the draw cache and of default run folders")
+    a("--out", help="this spend's folder (default: runs/<dataset>_<arch>_seed<seed>/<variant>_<hash>)")
+    a("--seed", type=int, default=42)
+    a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    # the §4.1 recipe, for the draw and the spend alike
+    a("--epochs", type=int, default=180, help="lr x0.1 at 50%% and 75%% of them (90 and 135 of 180)")
+    a("--lr", type=float, default=0.1)
+    a("--batch-size", type=int, default=128)
+    a("--momentum", type=float, default=0.9)
+    a("--wd", type=float, default=2e-4, help="weight decay")
+    a("--subset", type=int, help="use only the first N training images (before the 9:1 split)")
+    # the ticket
+    a("--sparsity", type=float, help="target sparsity in [0, 1); IMP spends level round(log(1-s)/log 0.8)")
+    a("--prune", default="imp", choices=["imp", "omp", "random"])
+    a("--mask", help="spend this mask file ({weight name: bool tensor}) instead of drawing one")
+    a("--rewind-epoch", type=int, help="reset to the dense weights after k epochs (LTH-Rewind), not theta_0")
+    # the tweaks (§3), applied to the spend only
+    a("--skip", action="store_true", help="AT: extra parameter-free skip around every 3x3 conv+BN (Fig. 3)")
+    a("--swish", action="store_true", help="AT: every ReLU becomes Swish (SiLU)")
+    a("--mish", action="store_true", help="every ReLU becomes Mish")
+    a("--scale-init", action="store_true", help="TRT: GradInit-style layer-wise scaled initialization")
+    a("--scale-init-iters", type=int, default=200)
+    a("--ls", type=float, default=0.0, help="TRT: label smoothing alpha (the paper uses 0.1)")
+    a("--kd", action="store_true", help="distil from the draw's dense network (§4.6)")
+    a("--kd-temp", type=float, default=4.0)
+    a("--kd-alpha", type=float, default=0.9, help="weight of the KD term; 1 - alpha on the hard labels")
+    a("--at", action="store_true", help="architecture tweaking: --skip --swish")
+    a("--trt", action="store_true", help="training recipe tweaking: --scale-init --ls 0.1")
+    args = p.parse_args(argv)
+    if args.at:
+        args.skip = args.swish = True
+    if args.trt:
+        args.scale_init, args.ls = True, args.ls or 0.1
+    return args
+
+
+def check_args(args):
+    if args.sparsity is not None and not 0 <= args.sparsity < 1:
+        raise BadInput(f"--sparsity must be in [0, 1), got {args.sparsity}")
+    if args.mask and args.sparsity is not None:
+        raise BadInput("--mask and --sparsity conflict: the mask sets the sparsity")
+    if args.swish and args.mish:
+        raise BadInput("--swish and --mish conflict: choose one activation")
+    if args.epochs < 1 or args.batch_size < 1 or (args.subset is not None and args.subset < 10):
+        raise BadInput("--epochs and --batch-size must be >= 1, --subset >= 10")
+    if args.rewind_epoch is not None and not 0 <= args.rewind_epoch <= args.epochs:
+        raise BadInput(f"--rewind-epoch must be in [0, --epochs={args.epochs}], got {args.rewind_epoch}")
+    if not 0 <= args.ls < 1 or not 0 <= args.kd_alpha <= 1 or args.kd_temp <= 0:
+        raise BadInput("--ls must be in [0, 1), --kd-alpha in [0, 1], --kd-temp > 0")
+
+
+def short_hash(obj):
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def write_json(obj, path):
+    models.save(json.dumps(obj, indent=1, sort_keys=True) + "\n", path)
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{path}: unreadable ({e})")
+
+
+def new_model(args, ds):
+    return models.get_model(args.arch, ds["classes"], ds["train"][0].shape[1]).to(args.device)
+
+
+def forever(ds, batch_size, seed):
+    """Augmented training batches without end (for scale_init), a fresh shuffle each pass."""
+    for rnd in range(sys.maxsize):
+        yield from data.batches(ds, "train", batch_size, seed=seed + rnd, augmented=True)
+
+
+def fit(model, ds, args, mask, loss_fn, label, on_epoch=None):
+    """The one training loop (§4.1), for the dense draw, every IMP level and every spend: SGD with momentum
+    and weight decay, lr x0.1 at 50% and 75% of the epochs, the best-validation weights kept. Gradients are
+    masked before each step and weights after it, so pruned weights stay exactly zero."""
+    weights = prune.prunable(model)
+    masked = [weights[n] for n in mask]
+    keep = [mask[n].to(weights[n].dtype) for n in mask]
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [round(args.epochs * 0.5), round(args.epochs * 0.75)], 0.1)
+    best_val, best_state, best_epoch, rows, start = -1.0, None, 0, [], time.time()
+    for epoch in range(1, args.epochs + 1):
+        t0, lr = time.time(), opt.param_groups[0]["lr"]
+        model.train()
+        loss_sum = torch.zeros((), device=args.device)
+        correct = torch.zeros((), device=args.device, dtype=torch.long)
+        seen = 0
+        for x, y in data.batches(ds, "train", args.batch_size, seed=args.seed * 1000 + epoch, augmented=True):
+            logits = model(x)
+            loss = loss_fn(logits, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch._foreach_mul_([p.grad for p in masked], keep)
+            opt.step()
+            with torch.no_grad():
+                torch._foreach_mul_(masked, keep)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        sched.step()
+        train_loss = float(loss_sum) / seen
+        if not math.isfinite(train_loss):
+            print(f"error: {label}: the loss is {train_loss} in epoch {epoch}: the run diverged", file=sys.stderr)
+            sys.exit(3)
+        val_acc, val_loss = data.evaluate(model, ds, "val")
+        if val_acc > best_val:
+            best_val, best_epoch = val_acc, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        secs = time.time() - t0
+        rows.append(dict(epoch=epoch, train_loss=round(train_loss, 5), train_acc=round(int(correct) / seen, 5),
+                         val_loss=round(val_loss, 5), val_acc=round(val_acc, 5), lr=lr, seconds=round(secs, 2)))
+        eta = (time.time() - start) / epoch * (args.epochs - epoch)
+        print(f"{label} epoch {epoch:3d}/{args.epochs}  loss {train_loss:.4f}  train {rows[-1]['train_acc']:.2%}  "
+              f"val {val_acc:.2%}  lr {lr:.4g}  {secs:.1f}s  eta {eta / 60:.1f}m", flush=True)
+        if on_epoch:
+            on_epoch(epoch, model)
+    final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    final_test, _ = data.evaluate(model, ds, "test")
+    model.load_state_dict(best_state)
+    test_acc, _ = data.evaluate(model, ds, "test")
+    model.load_state_dict(final_state)
+    summary = dict(test_acc=test_acc, final_test_acc=final_test, best_val_acc=best_val, best_epoch=best_epoch,
+                   final_val_acc=rows[-1]["val_acc"])
+    return summary, rows, best_state
+
+
+def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch=None):
+    """Build the ticket (reset weights * mask), apply the spend's tweaks, train it with `fit`, write `out`."""
+    torch.manual_seed(args.seed)
+    model = new_model(args, ds)
+    model.load_state_dict(reset_state)
+    prune.apply_mask(model, mask)
+    applied = tweaks.apply(model, args)
+    if args.scale_init:
+        scales = tweaks.scale_init(model, mask, forever(ds, args.batch_size, args.seed), args.scale_init_iters)
+        applied.append("scale_init")
+        print(f"{label} scale_init: scales in [{min(scales.values()):.3f}, {max(scales.values()):.3f}]")
+    loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
+    start = time.time()
+    summary, rows, best_state = fit(model, ds, args, mask, loss_fn, label, on_epoch)
+    total = sum(p.numel() for p in model.parameters())
+    results = dict(summary, sparsity=prune.sparsity(model), params_total=total,
+                   params_nonzero=sum(int(p.count_nonzero()) for p in model.parameters()),
+                   weights_total=sum(w.numel() for w in prune.prunable(model).values()),
+                   weights_nonzero=sum(int(w.count_nonzero()) for w in prune.prunable(model).values()),
+                   seconds=round(time.time() - start, 1), device=str(args.device),
+                   tweaks=applied + ([f"ls={args.ls}"] if args.ls else []) + (["kd"] if teacher else []))
+    models.save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
+    models.save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
+    models.save({k: v.cpu() for k, v in best_state.items()}, os.path.join(out, "best.pt"))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    models.save(buf.getvalue(), os.path.join(out, "metrics.csv"))
+    write_json(results, os.path.join(out, "results.json"))  # written last: its presence means finished
+    return results
+
+
+class Draw:
+    """One cached draw: theta_0, the rewind weights and every ticket (mask + vanilla-LTH training)."""
+
+    def __init__(self, args, ds):
+        self.args, self.ds = args, ds
+        key = {k: getattr(args, k) for k in RECIPE}
+        self.dir = os.path.join(args.runs, "draws", f"{args.dataset}_{args.arch}_seed{args.seed}_{short_hash(key)}")
+        if not os.path.exists(os.path.join(self.dir, "draw.json")):
+            write_json(key, os.path.join(self.dir, "draw.json"))
+        self.vanilla = copy.copy(args)  # the draw never sees the tweaks (§3)
+        for k in TWEAKS:
+            setattr(self.vanilla, k, 0.0 if k == "ls" else False)
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def init(self):
+        if not os.path.exists(self.path("init.pt")):
+            torch.manual_seed(self.args.seed)
+            models.save(new_model(self.args, self.ds).state_dict(), self.path("init.pt"))
+        return models.load(self.path("init.pt"), self.args.device)
+
+    def reset_state(self):
+        """theta_0 (vanilla LTH), or the dense weights after --rewind-epoch epochs (LTH-Rewind)."""
+        if not self.args.rewind_epoch:
+            return self.init()
+        self.trained("imp_00")
+        return models.load(self.path("rewind.pt"), self.args.device)
+
+    def mask(self, ticket):
+        """The mask of a ticket named imp_LL, omp_S or random_S; drawn once, then read from disk."""
+        path = self.path(ticket, "mask.pt")
+        if not os.path.exists(path):
+            method, value = ticket.split("_")
+            model = new_model(self.args, self.ds)
+            if ticket == "imp_00":
+                mask = prune.ones_mask(model)
+            elif method == "imp":
+                prev = f"imp_{int(value) - 1:02d}"
+                weights = models.load(os.path.join(self.trained(prev), "model.pt"), self.args.device)
+                mask = prune.imp_step({n: weights[n] for n in prune.prunable(model)}, self.mask(prev))
+            elif method == "omp":
+                weights = models.load(os.path.join(self.trained("imp_00"), "model.pt"), self.args.device)
+                mask = prune.omp({n: weights[n] for n in prune.prunable(model)}, float(value))
+            else:
+                mask = prune.random_prune(prune.prunable(model), float(value), self.args.seed)
+            models.save({n: m.cpu() for n, m in mask.items()}, path)
+        return {n: m.to(self.args.device) for n, m in models.load(path).items()}
+
+    def trained(self, ticket):
+        """The ticket trained the vanilla-LTH way (reset weights * mask, no tweaks); its folder."""
+        out = self.path(ticket)
+        if not os.path.exists(os.path.join(out, "results.json")):
+            mask = self.mask(ticket)
+            density = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
+            print(f"=== draw {ticket}: {1 - density:.2%} sparse, vanilla LTH training -> {out}", flush=True)
+            dense = ticket == "imp_00"
+            rewind = self.args.rewind_epoch if dense else None
+            save_rewind = lambda epoch, model: epoch == rewind and models.save(
+                {k: v.cpu() for k, v in model.state_dict().items()}, self.path("rewind.pt"))
+            train_ticket(self.vanilla, self.ds, mask, self.init() if dense else self.reset_state(), out,
+                         f"[{ticket}]", on_epoch=save_rewind if rewind else None)
+        return out
+
+    def teacher(self):
+        """The draw's dense network (best validation weights), frozen, as the KD teacher."""
+        model = new_model(self.args, self.ds)
+        model.load_state_dict(models.load(os.path.join(self.trained("imp_00"), "best.pt"), self.args.device))
+        return model.eval().requires_grad_(False)
+
+
+def ticket_name(args):
+    s = args.sparsity or 0.0
+    if args.prune == "imp" or s == 0:
+        return f"imp_{prune.imp_level(s):02d}"
+    return f"{args.prune}_{s:.4f}"
+
+
+def summarize(results, out):
+    return (f"test acc {results['test_acc']:.2%} (best val {results['best_val_acc']:.2%} at epoch "
+            f"{results['best_epoch']}; final epoch {results['final_test_acc']:.2%})  sparsity "
+            f"{results['sparsity']:.2%} ({results['weights_nonzero']:,} of {results['weights_total']:,} "
+            f"conv/linear weights left)  {results['seconds']:.0f}s on {results['device']}  -> {out}")
+
+
+def run(args):
+    check_args(args)
+    config = {k: v for k, v in vars(args).items() if k not in ("device", "out", "runs", "data_dir")}
+    ticket = "mask" if args.mask else ticket_name(args)
+    variant = "+".join([k for k in TWEAKS if k != "ls" and getattr(args, k)] + ([f"ls{args.ls}"] if args.ls else []))
+    out = args.out or os.path.join(args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}",
+                                   f"{ticket}_{variant or 'lth'}_{short_hash(config)}")
+    if os.path.exists(os.path.join(out, "config.json")):
+        if read_json(os.path.join(out, "config.json")) != config:
+            raise BadInput(f"{out} holds a run with another config; choose another --out")
+        if os.path.exists(os.path.join(out, "results.json")):
+            print(f"already finished: {summarize(read_json(os.path.join(out, 'results.json')), out)}")
+            return
+    ds = data.load(args.dataset, args.data_dir, args.subset, args.seed, args.device)
+    draw = Draw(args, ds)
+    user_mask = args.mask and prune.check_mask(models.load(args.mask), new_model(args, ds), args.mask)
+    write_json(config, os.path.join(out, "config.json"))
+    if not user_mask and not variant:  # vanilla LTH: the draw's own training of this ticket
+        source = draw.trained(ticket)
+        for f in ("mask.pt", "model.pt", "best.pt", "metrics.csv", "results.json"):
+            with open(os.path.join(source, f), "rb") as src:
+                models.save(src.read(), os.path.join(out, f))
+        results = read_json(os.path.join(out, "results.json"))
+    else:
+        mask = {n: m.to(args.device) for n, m in user_mask.items()} if user_mask else draw.mask(ticket)
+        teacher = draw.teacher() if args.kd else None
+        print(f"=== spend {ticket} with {variant or 'no tweaks'} -> {out}", flush=True)
+        results = train_ticket(args, ds, mask, draw.reset_state(), out, "[spend]", teacher)
+    print(summarize(results, out))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
