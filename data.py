@@ -10,6 +10,7 @@ training set, computed from the data, so it is right for every dataset.
 """
 import gzip
 import os
+import pickle
 
 import numpy as np
 import torch
@@ -50,21 +51,32 @@ def fashionmnist(root):
     return split, 10
 
 
+CIFAR = {  # folder in the official archive, train files, test files, label key
+    10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+    100: ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
+}
+
+
 def cifar(root, classes):
-    import torchvision
-    cls = torchvision.datasets.CIFAR10 if classes == 10 else torchvision.datasets.CIFAR100
-    split = {}
-    for name in ("train", "test"):
+    """CIFAR-10/100 from the official python archives (downloaded by torchvision when online)."""
+    folder, train_files, test_files, label_key = CIFAR[classes]
+    path = os.path.join(root, folder)
+    if not os.path.isdir(path):
+        from torchvision.datasets.utils import download_and_extract_archive
         try:
-            try:
-                ds = cls(root, train=name == "train")
-            except RuntimeError:  # not on disk yet: download when online
-                ds = cls(root, train=name == "train", download=True)
+            download_and_extract_archive(f"https://www.cs.toronto.edu/~kriz/cifar-{classes}-python.tar.gz", root)
         except Exception as e:
-            folder = "cifar-10-batches-py" if classes == 10 else "cifar-100-python"
             raise BadInput(f"CIFAR-{classes} not found and not downloadable ({e.__class__.__name__}): "
                            f"put the extracted {folder}/ folder in {os.path.abspath(root)}/")
-        split[name] = (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
+    split = {}
+    for name, files in (("train", train_files), ("test", test_files)):
+        xs, ys = [], []
+        for f in files:
+            with open(os.path.join(path, f), "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")  # the archive's own format: pickled numpy arrays
+            xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
+            ys += list(batch[label_key])
+        split[name] = (torch.from_numpy(np.concatenate(xs)), torch.tensor(ys))
     return split, classes
 
 

@@ -199,7 +199,8 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch
                    weights_nonzero=sum(int(w.count_nonzero()) for w in prune.prunable(model).values()),
                    seconds=round(time.time() - start, 1), device=str(args.device),
                    tweaks=applied + ([f"ls={args.ls}"] if args.ls else []) + (["kd"] if teacher else []))
-    models.save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
+    if not os.path.exists(os.path.join(out, "mask.pt")):  # a draw's ticket folder has it already
+        models.save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
     models.save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
     models.save({k: v.cpu() for k, v in best_state.items()}, os.path.join(out, "best.pt"))
     buf = io.StringIO()

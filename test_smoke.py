@@ -1,0 +1,304 @@
+"""Fast tests of the whole project, on CPU, offline: `python -m pytest -q test_smoke.py`."""
+import itertools
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+import models
+import prune
+import train
+import tweaks
+from models import BadInput
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TINY = ["--dataset", "synthetic", "--arch", "resnet20", "--epochs", "2", "--batch-size", "64", "--device", "cpu",
+        "--scale-init-iters", "5"]
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, os.path.join(HERE, "train.py"), *args], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+def cli_in_process(tmp_path, *args, capsys=None):
+    train.main(TINY + ["--runs", str(tmp_path / "runs"), *args])
+    return capsys.readouterr().out if capsys else None
+
+
+# ---------------------------------------------------------------- models
+def test_resnet18_cifar100_has_the_standard_size():
+    assert sum(p.numel() for p in models.get_model("resnet18", 100).parameters()) == 11_220_132
+
+
+@pytest.mark.parametrize("arch", list(models.ARCHS))
+def test_every_arch_takes_any_input_size_and_channels(arch):
+    for channels, size in ((1, 28), (3, 32), (3, 64)):
+        model = models.get_model(arch, 7, channels).eval()
+        assert model(torch.randn(2, channels, size, size)).shape == (2, 7)
+        assert hasattr(model, "layer1") and hasattr(model, "layer3")
+
+
+# ---------------------------------------------------------------- pruning
+def test_imp_level_mapping():
+    assert [prune.imp_level(s) for s in (0.0, 0.2, 0.36, 0.91, 0.97)] == [0, 1, 2, 11, 16]
+
+
+def test_imp_density_after_k_levels_is_0_8_to_the_k():
+    model = models.get_model("resnet20", 10)
+    weights, mask = prune.prunable(model), prune.ones_mask(model)
+    total = sum(m.numel() for m in mask.values())
+    for level in range(1, 7):
+        new = prune.imp_step(weights, mask)
+        assert all((new[n] <= mask[n]).all() for n in mask)  # only ever removes
+        mask = new
+        density = sum(int(m.sum()) for m in mask.values()) / total
+        assert abs(density - 0.8 ** level) < 1e-5
+
+
+def test_magnitude_pruning_is_global_and_keeps_the_largest():
+    weights = {"a": torch.tensor([[0.1, -5.0], [0.3, 0.2]]), "b": torch.tensor([[4.0, -0.05, 2.0]])}
+    mask = prune.omp(weights, sparsity=4 / 7)  # keep 3 of 7
+    assert mask["a"].tolist() == [[False, True], [False, False]]
+    assert mask["b"].tolist() == [[True, False, True]]
+
+
+@pytest.mark.parametrize("method", ["omp", "random"])
+def test_one_shot_pruners_hit_the_sparsity_exactly(method):
+    weights = prune.prunable(models.get_model("resnet20", 10))
+    total = sum(w.numel() for w in weights.values())
+    mask = prune.omp(weights, 0.9) if method == "omp" else prune.random_prune(weights, 0.9, seed=1)
+    assert sum(int(m.sum()) for m in mask.values()) == round(total * 0.1)
+
+
+def test_check_mask_refuses_foreign_masks():
+    model = models.get_model("resnet20", 10)
+    good = prune.ones_mask(model)
+    assert prune.check_mask(good, model, "m") is good
+    with pytest.raises(BadInput):
+        prune.check_mask(prune.ones_mask(models.get_model("vgg16", 10)), model, "m")
+    with pytest.raises(BadInput):
+        prune.check_mask({n: m.float() for n, m in good.items()}, model, "m")
+    with pytest.raises(BadInput):
+        prune.check_mask(torch.zeros(3), model, "m")
+
+
+# ---------------------------------------------------------------- tweaks
+def test_swish_and_mish_leave_no_relu_and_no_new_parameter():
+    for tweak, act in ((tweaks.swish, nn.SiLU), (tweaks.mish, nn.Mish)):
+        model = models.get_model("resnet18", 10)
+        before = sum(p.numel() for p in model.parameters())
+        tweak(model)
+        assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+        assert any(isinstance(m, act) for m in model.modules())
+        assert sum(p.numel() for p in model.parameters()) == before
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "vgg16", "mobilenet"])
+def test_skip_adds_no_parameter_and_keeps_sparsity(arch):
+    torch.manual_seed(0)
+    model = models.get_model(arch, 10).eval()
+    mask = prune.random_prune(prune.prunable(model), 0.9, seed=0)
+    prune.apply_mask(model, mask)
+    x = torch.randn(2, 3, 32, 32)
+    before_out, before_params, before_sparsity = model(x), list(model.parameters()), prune.sparsity(model)
+    tweaks.skip(model)
+    threes = [m for m in model.modules() if isinstance(m, models.ConvBN) and m.conv.kernel_size == (3, 3)]
+    assert all(m.skip is not None for m in threes[1:]) and threes[0].skip is None  # every 3x3 but the stem
+    assert list(model.parameters()) == before_params
+    assert prune.sparsity(model) == before_sparsity
+    assert not torch.allclose(model(x), before_out)  # and it does change the function
+
+
+def test_label_smoothing_is_the_papers_formula():
+    logits, y, alpha, k = torch.randn(8, 5), torch.randint(0, 5, (8,)), 0.1, 5
+    target = F.one_hot(y, k) * (1 - alpha) + alpha / k  # y_k^LS = y_k (1 - alpha) + alpha / K  (§3.2)
+    by_hand = -(target * F.log_softmax(logits, 1)).sum(1).mean()
+    assert torch.allclose(tweaks.make_loss(ls=alpha)(logits, None, y), by_hand)
+
+
+def test_kd_loss_is_zero_when_student_equals_teacher():
+    logits = torch.randn(16, 10)
+    assert tweaks.kd_loss(logits, logits.clone(), 4.0).abs() < 1e-6
+    assert tweaks.kd_loss(logits, torch.randn(16, 10), 4.0) > 0.01
+    teacher = nn.Linear(3, 10)
+    loss = tweaks.make_loss(teacher=teacher, kd_alpha=1.0)  # pure distillation from itself
+    x = torch.randn(4, 3)
+    assert loss(teacher(x), x, torch.zeros(4, dtype=torch.long)).abs() < 1e-6
+
+
+def post_step_loss(model, mask, x, y, eta=0.1):
+    """The loss after one normalized SGD step of size eta (what scale_init minimizes)."""
+    params = dict(model.named_parameters())
+    half = len(x) // 2
+    loss = F.cross_entropy(torch.func.functional_call(model, params, (x[:half],)), y[:half])
+    grads = torch.autograd.grad(loss, list(params.values()))
+    grads = [g * mask[n] if n in mask else g for n, g in zip(params, grads)]
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+    stepped = {n: p - eta * g / norm for (n, p), g in zip(params.items(), grads)}
+    return float(F.cross_entropy(torch.func.functional_call(model, stepped, (x[half:],)), y[half:]).detach())
+
+
+def test_scale_init_keeps_zeros_and_lowers_the_post_step_loss():
+    torch.manual_seed(0)
+    ds = data.load("synthetic")
+    model = models.get_model("resnet20", 10, 3).train()
+    mask = prune.omp(prune.prunable(model), 0.8)
+    prune.apply_mask(model, mask)
+    x, y = next(data.batches(ds, "train", 64, seed=0))
+    before = post_step_loss(model, mask, x, y)
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    scales = tweaks.scale_init(model, mask, itertools.repeat((x, y)), iters=30, lr=0.05, gamma=100.0)
+    assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())  # BN statistics untouched
+    after = post_step_loss(model, mask, x, y)
+    assert after < before - 1e-3, (before, after)
+    assert min(scales.values()) >= 0.01 - 1e-6 and max(scales.values()) != 1.0
+    weights = prune.prunable(model)
+    assert all((weights[n][~m] == 0).all() for n, m in mask.items())
+
+
+# ---------------------------------------------------------------- data
+def test_augment_is_a_padded_crop_and_maybe_a_flip():
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = data.augment(x, torch.Generator().manual_seed(0))
+    padded = F.pad(x, (4, 4, 4, 4))
+    flips, shifts = 0, set()
+    for i in range(len(x)):
+        hits = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (0, 1)
+                if torch.equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8].flip(2) if f else padded[i, :, dy:dy + 8, dx:dx + 8])]
+        assert hits, f"image {i} is not a crop of its padded original"
+        flips += hits[0][2]
+        shifts.add(hits[0][:2])
+    assert 16 < flips < 48 and len(shifts) > 20  # both flips and many offsets occur
+
+
+def test_split_is_seeded_9_to_1_and_disjoint():
+    a, b = data.load("synthetic", seed=1), data.load("synthetic", seed=1)
+    assert torch.equal(a["val"][0], b["val"][0]) and len(a["val"][0]) * 9 == len(a["train"][0])
+    c = data.load("synthetic", seed=2)
+    assert not torch.equal(a["val"][0], c["val"][0])
+
+
+def test_cifar_and_tinyimagenet_loaders_read_their_standard_layouts(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name, n in (("train", 20), ("test", 10)):
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         b"fine_labels": list(rng.integers(0, 100, n))}, f)
+    ds = data.load("cifar100", str(tmp_path), seed=0)
+    assert ds["train"][0].shape == (18, 3, 32, 32) and ds["test"][0].shape == (10, 3, 32, 32)
+    assert ds["classes"] == 100 and ds["train"][0].dtype == torch.uint8
+    from PIL import Image
+    root = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01", "n02"]
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "wnids.txt").write_text("\n".join(wnids))
+    lines = []
+    for k, w in enumerate(wnids):
+        (root / "train" / w / "images").mkdir(parents=True)
+        for j in range(5):
+            Image.new("RGB", (64, 64), (k * 100, j, 0)).save(root / "train" / w / "images" / f"{w}_{j}.JPEG")
+        Image.new("RGB", (64, 64), (k * 100, 0, 0)).save(root / "val" / "images" / f"val_{k}.JPEG")
+        lines.append(f"val_{k}.JPEG\t{w}\t0\t0\t10\t10")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines))
+    ds = data.load("tinyimagenet", str(tmp_path), seed=0)
+    assert ds["classes"] == 2 and ds["test"][1].tolist() == [0, 1] and ds["train"][0].shape == (9, 3, 64, 64)
+    assert (root / "decoded.pt").exists() and data.load("tinyimagenet", str(tmp_path))["classes"] == 2
+
+
+def test_fashionmnist_reads_the_debian_files_when_present():
+    if not os.path.exists(data.DEBIAN_FASHION_MNIST):
+        pytest.skip("dataset-fashion-mnist is not installed")
+    ds = data.load("fashionmnist", subset=1000)
+    assert ds["train"][0].shape == (900, 1, 28, 28) and ds["test"][0].shape == (10000, 1, 28, 28)
+    assert abs(float(ds["mean"]) - 0.286) < 0.01
+
+
+# ---------------------------------------------------------------- the whole loop
+def test_cli_draws_spends_and_reuses_the_draw(tmp_path, capsys):
+    out = tmp_path / "spend"
+    log = cli_in_process(tmp_path, "--sparsity", "0.5", "--at", "--trt", "--out", str(out), capsys=capsys)
+    assert log.count("=== draw") == 3  # levels 0, 1, 2 are trained to draw level 3's mask
+    results = json.loads((out / "results.json").read_text())
+    for key in ("test_acc", "best_val_acc", "sparsity", "params_total", "params_nonzero", "seconds", "device"):
+        assert key in results
+    assert abs(results["sparsity"] - (1 - 0.8 ** 3)) < 1e-3  # measured from the weights
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3
+    model, mask = models.load(out / "model.pt"), models.load(out / "mask.pt")
+    assert set(mask) <= set(model)
+    assert all((model[n][~m] == 0).all() for n, m in mask.items())  # pruned weights stayed exactly zero
+    assert any((model[n][m] != 0).any() for n, m in mask.items())
+    # another variant at the same sparsity draws nothing new; vanilla LTH reuses the draw's own training
+    draw_dir = next((tmp_path / "runs" / "draws").iterdir())
+    stamps = {p: p.stat().st_mtime_ns for p in draw_dir.rglob("*") if p.is_file()}
+    log = cli_in_process(tmp_path, "--sparsity", "0.5", "--ls", "0.1", capsys=capsys)
+    assert "=== draw" not in log and "=== spend" in log
+    log = cli_in_process(tmp_path, "--sparsity", "0.5", capsys=capsys)
+    assert "=== draw imp_03" in log and "=== spend" not in log
+    assert [p for p, t in stamps.items() if p.stat().st_mtime_ns != t] == []  # nothing in the draw rewritten
+    # asking for a higher sparsity trains only the levels it lacks
+    log = cli_in_process(tmp_path, "--sparsity", "0.6", "--skip", capsys=capsys)
+    assert "=== draw" not in log  # level 4's mask comes from level 3's training, done just above
+    log = cli_in_process(tmp_path, "--sparsity", "0.5", "--at", "--trt", "--out", str(out), capsys=capsys)
+    assert log.startswith("already finished")
+
+
+def test_rewind_omp_random_kd_and_user_masks_spend(tmp_path, capsys):
+    cli_in_process(tmp_path, "--sparsity", "0.8", "--prune", "omp", "--rewind-epoch", "1", "--kd",
+                   "--out", str(tmp_path / "a"), capsys=capsys)
+    draw_dir = next((tmp_path / "runs" / "draws").iterdir())
+    assert (draw_dir / "rewind.pt").exists() and (draw_dir / "omp_0.8000" / "mask.pt").exists()
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert abs(res["sparsity"] - 0.8) < 1e-4 and "kd" in res["tweaks"]
+    cli_in_process(tmp_path, "--sparsity", "0.7", "--prune", "random", "--out", str(tmp_path / "b"), capsys=capsys)
+    assert abs(json.loads((tmp_path / "b" / "results.json").read_text())["sparsity"] - 0.7) < 1e-4
+    cli_in_process(tmp_path, "--mask", str(tmp_path / "b" / "mask.pt"), "--swish", "--out", str(tmp_path / "c"),
+                   capsys=capsys)
+    assert torch.equal(torch.cat([m.flatten() for m in models.load(tmp_path / "c" / "mask.pt").values()]),
+                       torch.cat([m.flatten() for m in models.load(tmp_path / "b" / "mask.pt").values()]))
+
+
+# ---------------------------------------------------------------- bad input
+def bad(tmp_path, *args):
+    r = cli(*TINY, "--runs", str(tmp_path / "runs"), *args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    return r.stderr
+
+
+def test_bad_input_gets_one_line_and_exit_code_2(tmp_path):
+    assert "sparsity" in bad(tmp_path, "--sparsity", "1.0")
+    assert "sparsity" in bad(tmp_path, "--sparsity", "-0.1")
+    assert "arch" in bad(tmp_path, "--arch", "resnet1000")
+    assert "dataset" in bad(tmp_path, "--dataset", "imagenet22k")
+    assert "rewind" in bad(tmp_path, "--rewind-epoch", "5")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    assert "not a mask" in bad(tmp_path, "--mask", str(tmp_path / "tensor.pt"))
+    torch.save(prune.ones_mask(models.get_model("vgg16", 10)), tmp_path / "vgg.pt")
+    assert "another model" in bad(tmp_path, "--mask", str(tmp_path / "vgg.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x02not a checkpoint at all")
+    assert "checkpoint" in bad(tmp_path, "--mask", str(tmp_path / "junk.pt"))
+    torch.save({"x": nn.Linear(2, 2)}, tmp_path / "pickled.pt")  # a pickled object, refused unread
+    assert "checkpoint" in bad(tmp_path, "--mask", str(tmp_path / "pickled.pt"))
+    assert "CIFAR-10" in bad(tmp_path, "--dataset", "cifar10", "--data-dir", str(tmp_path / "empty"))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+
+
+def test_a_run_folder_of_another_config_is_refused_untouched(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"something": "else"}))
+    (out / "model.pt").write_bytes(b"precious")
+    assert "another config" in bad(tmp_path, "--out", str(out))
+    assert (out / "model.pt").read_bytes() == b"precious"
+    assert json.loads((out / "config.json").read_text()) == {"something": "else"}
