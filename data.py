@@ -195,3 +195,25 @@ def evaluate(model, ds, split, batch_size=1000):
         n += len(y)
     model.train(was_training)
     return correct / max(n, 1), loss / max(n, 1)
+
+
+def load_run(run_dir, data_dir="data", device="cpu", weights="model.pt"):
+    """Rebuild a finished spend of train.py from its folder: (model with its tweaks and trained weights,
+    in eval mode; mask; dataset; config). Used by hessian.py and landscape.py."""
+    import json
+    from types import SimpleNamespace
+    import models
+    import tweaks
+    if not os.path.exists(os.path.join(run_dir, "results.json")):
+        raise BadInput(f"{run_dir}: not a finished run of train.py (no results.json)")
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = json.load(f)
+    ds = load(config["dataset"], data_dir, config["subset"], config["seed"], device)
+    model = models.get_model(config["arch"], ds["classes"], ds["train"][0].shape[1])
+    tweaks.apply(model, SimpleNamespace(**config))
+    try:
+        model.load_state_dict(models.load(os.path.join(run_dir, weights)))
+    except RuntimeError as e:
+        raise BadInput(f"{run_dir}/{weights} does not fit its config.json ({str(e).splitlines()[0]})")
+    mask = {n: m.to(device) for n, m in models.load(os.path.join(run_dir, "mask.pt")).items()}
+    return model.to(device).eval(), mask, ds, config
