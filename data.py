@@ -203,11 +203,15 @@ def load_run(run_dir, data_dir="data", device="cpu", weights="model.pt"):
     import json
     from types import SimpleNamespace
     import models
+    import prune
     import tweaks
     if not os.path.exists(os.path.join(run_dir, "results.json")):
         raise BadInput(f"{run_dir}: not a finished run of train.py (no results.json)")
-    with open(os.path.join(run_dir, "config.json")) as f:
-        config = json.load(f)
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{run_dir}/config.json: unreadable ({e})")
     ds = load(config["dataset"], data_dir, config["subset"], config["seed"], device)
     model = models.get_model(config["arch"], ds["classes"], ds["train"][0].shape[1])
     tweaks.apply(model, SimpleNamespace(**config))
@@ -215,5 +219,5 @@ def load_run(run_dir, data_dir="data", device="cpu", weights="model.pt"):
         model.load_state_dict(models.load(os.path.join(run_dir, weights)))
     except RuntimeError as e:
         raise BadInput(f"{run_dir}/{weights} does not fit its config.json ({str(e).splitlines()[0]})")
-    mask = {n: m.to(device) for n, m in models.load(os.path.join(run_dir, "mask.pt")).items()}
+    mask = prune.check_mask(models.load(os.path.join(run_dir, "mask.pt"), device), model, f"{run_dir}/mask.pt")
     return model.to(device).eval(), mask, ds, config

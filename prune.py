@@ -1,18 +1,22 @@
-"""Drawing masks: global magnitude pruning (IMP, OMP) and random pruning, and the mask bookkeeping.
+"""Drawing masks: global magnitude pruning (IMP, OMP), random pruning, the pruning-at-init baselines of
+Table A4 (SNIP, GraSP, SynFlow), and the mask bookkeeping.
 
 A mask is a dict {weight name: bool tensor} over every conv and linear weight (`prunable`), with the names
 of `model.state_dict()`. BatchNorm parameters and biases are never pruned. All pruners here are global:
 one ranking across all layers, and each keeps an exact number of weights. The IMP loop itself (train,
-prune 20%, reset, repeat) lives in train.py's `draw_level`, because it trains.
+prune 20%, reset, repeat) lives in train.py's `Draw`, because it trains.
 """
+import copy
 import math
 import sys
 
 import torch
+import torch.nn.functional as F
 
 from models import BadInput
 
 IMP_RATE = 0.2  # each IMP level removes 20% of the remaining weights (§4.1): density 0.8^level
+GRASP_TEMP = 200  # GraSP's code divides the logits by T = 200 so the softmax is not saturated at init
 
 
 def prunable(model):
@@ -43,6 +47,10 @@ def keep_top(scores, n_keep):
     return mask
 
 
+def keep_count(weights, sparsity):
+    return round(sum(w.numel() for w in weights.values()) * (1 - sparsity))
+
+
 def magnitude_prune(weights, mask, n_keep):
     """Global magnitude pruning: keep the n_keep largest |w| among the weights the mask still keeps."""
     return keep_top({n: torch.where(mask[n], w.detach().abs(), -1.0) for n, w in weights.items()}, n_keep)
@@ -56,17 +64,83 @@ def imp_step(weights, mask):
 
 def omp(weights, sparsity):
     """One-shot magnitude pruning of the trained dense weights straight to `sparsity` (§A1.4)."""
-    total = sum(w.numel() for w in weights.values())
     return magnitude_prune(weights, {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()},
-                           round(total * (1 - sparsity)))
+                           keep_count(weights, sparsity))
 
 
 def random_prune(weights, sparsity, seed):
     """Random pruning: uniform global density, every weight equally likely to survive."""
     gen = torch.Generator().manual_seed(seed)
-    total = sum(w.numel() for w in weights.values())
-    return keep_top({n: torch.rand(w.shape, generator=gen) for n, w in weights.items()},
-                    round(total * (1 - sparsity)))
+    return keep_top({n: torch.rand(w.shape, generator=gen) for n, w in weights.items()}, keep_count(weights, sparsity))
+
+
+def random_like(mask_ref, seed):
+    """Random pruning with the reference mask's layer-wise densities (e.g. an IMP mask's): each layer keeps as
+    many weights as the reference keeps there, chosen uniformly at random within the layer."""
+    gen, mask = torch.Generator().manual_seed(seed), {}
+    for name, ref in mask_ref.items():
+        k = int(ref.sum())
+        if k == 0:
+            print(f"warning: layer collapse, {name} is empty in the reference mask (§3.1)", file=sys.stderr)
+        keep = torch.zeros(ref.numel(), dtype=torch.bool)
+        keep[torch.randperm(ref.numel(), generator=gen)[:k]] = True
+        mask[name] = keep.view(ref.shape).to(ref.device)
+    return mask
+
+
+def loss_grad(net, batches, temp=1.0):
+    """Gradient of the cross-entropy of logits / temp, summed over batches, w.r.t. the weights (.grad untouched)."""
+    weights = list(prunable(net).values())
+    total = [torch.zeros_like(w) for w in weights]
+    for x, y in batches:
+        total = [t + g for t, g in zip(total, torch.autograd.grad(F.cross_entropy(net(x) / temp, y), weights))]
+    return total
+
+
+def snip(model, batches, sparsity):
+    """SNIP (Lee et al. 2019): keep the weights of highest connection sensitivity |g * w| at init, with g the
+    gradient of the cross-entropy summed over `batches` [(x, y), ...]."""
+    net = copy.deepcopy(model).train().requires_grad_(True)  # train-mode passes would move the caller's BN stats
+    weights = prunable(net)
+    g = loss_grad(net, batches)
+    return keep_top({n: (gi * w).abs().detach() for (n, w), gi in zip(weights.items(), g)},
+                    keep_count(weights, sparsity))
+
+
+def grasp(model, batches, sparsity):
+    """GraSP (Wang et al. 2020): score -w * Hg, with g the gradient of the cross-entropy (logits / T) summed over
+    `batches` and H its Hessian. A high score means removing the weight reduces the gradient flow least, so GraSP
+    prunes the highest scores (its code keeps score <= threshold): we keep the top of w * Hg."""
+    net = copy.deepcopy(model).train().requires_grad_(True)  # a copy, as in snip
+    weights = prunable(net)
+    g, hg = loss_grad(net, batches, GRASP_TEMP), [torch.zeros_like(w) for w in weights.values()]
+    for x, y in batches:  # one batch at a time: the double-backprop graph of all of them may not fit
+        grads = torch.autograd.grad(F.cross_entropy(net(x) / GRASP_TEMP, y), list(weights.values()), create_graph=True)
+        gtg = sum((gi * gr).sum() for gi, gr in zip(g, grads))  # g (held fixed) . grad: its gradient is H g
+        hg = [h + d for h, d in zip(hg, torch.autograd.grad(gtg, list(weights.values())))]
+    return keep_top({n: (w * h).detach() for (n, w), h in zip(weights.items(), hg)}, keep_count(weights, sparsity))
+
+
+def synflow(model, sparsity, rounds=100, input_shape=(3, 32, 32)):
+    """SynFlow (Tanaka et al. 2020), data-free: with every parameter and buffer replaced by its absolute value,
+    BatchNorm in eval mode and an all-ones input, R = 1^T (prod |W|) 1 is the summed output; score |dR/dw * w|.
+    Over `rounds` rounds the density falls as (1 - sparsity)^(k / rounds), re-scoring the masked net each time."""
+    net = copy.deepcopy(model).double().eval().requires_grad_(True)  # float64: R, a product, may overflow fp32
+    for t in net.state_dict().values():  # state_dict() shares the storage of the parameters and buffers
+        t.abs_()
+    weights = prunable(net)
+    mask = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+    x = torch.ones(1, *input_shape, dtype=torch.float64, device=next(net.parameters()).device)
+    for k in range(1, rounds + 1):
+        with torch.no_grad():
+            for n, w in weights.items():
+                w.mul_(mask[n])  # masks only shrink, so this is |w0| * mask
+        grads = torch.autograd.grad(net(x).sum(), list(weights.values()))
+        scores = {n: (g * w).abs().detach() for (n, w), g in zip(weights.items(), grads)}
+        top = max(float(s.max()) for s in scores.values()) or 1.0  # keep_top ranks in fp32: rescale to [0, 1]
+        mask = keep_top({n: torch.where(mask[n], s / top, -1.0) for n, s in scores.items()},
+                        keep_count(weights, 1 - (1 - sparsity) ** (k / rounds)))
+    return mask
 
 
 def check_mask(mask, model, source):

@@ -21,7 +21,7 @@ setup() {
 case "${1:-}" in
   --test)
     setup
-    exec .venv/bin/python -m pytest -q test_smoke.py ;;
+    exec .venv/bin/python -m pytest -q ;;
   --quick)
     setup
     common=(--dataset fashionmnist --arch resnet20 --epochs 2 --subset 5000 --sparsity 0.91 --runs runs/quick)

@@ -302,3 +302,53 @@ def test_a_run_folder_of_another_config_is_refused_untouched(tmp_path):
     assert "another config" in bad(tmp_path, "--out", str(out))
     assert (out / "model.pt").read_bytes() == b"precious"
     assert json.loads((out / "config.json").read_text()) == {"something": "else"}
+
+
+# ---------------------------------------------------------------- never lose a run
+def test_a_run_killed_at_a_random_moment_resumes_to_the_same_result(tmp_path):
+    import random
+    import signal
+    import time
+    args = [*TINY, "--epochs", "4", "--sparsity", "0.36", "--skip", "--deterministic"]
+    clean = cli(*args, "--runs", str(tmp_path / "clean"), "--out", str(tmp_path / "clean_run"))
+    assert clean.returncode == 0, clean.stderr
+    cmd = [sys.executable, os.path.join(HERE, "train.py"), *args, "--runs", str(tmp_path / "k"),
+           "--out", str(tmp_path / "killed_run")]
+    kills, rng = 0, random.Random()
+    for attempt in range(3):  # killed twice, each time at a random moment after it saved an epoch; then left to finish
+        started = time.time()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if attempt == 2:
+            break
+        while proc.poll() is None and not [p for p in (tmp_path / "k").rglob("checkpoint.pt")
+                                           if p.stat().st_mtime > started]:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 1.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert proc.wait() == 0
+    assert kills >= 1 and (tmp_path / "killed_run" / "results.json").exists()
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("clean_run", "killed_run"))
+    for key in ("test_acc", "final_test_acc", "best_val_acc", "best_epoch", "sparsity", "params_nonzero"):
+        assert a[key] == b[key], key
+    ma, mb = models.load(tmp_path / "clean_run" / "model.pt"), models.load(tmp_path / "killed_run" / "model.pt")
+    assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+    assert not list((tmp_path / "k").rglob("checkpoint.pt"))  # finished runs keep no checkpoint
+    assert not list((tmp_path / "k").rglob(".tmp-*"))  # and no half-written file is left in use
+
+
+def test_divergence_stops_with_exit_code_3(tmp_path):
+    r = cli(*TINY, "--lr", "1e30", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "run"))
+    assert r.returncode == 3 and "diverged" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
+    import fcntl
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        assert "another process" in bad(tmp_path, "--out", str(out))

@@ -12,15 +12,20 @@ training of level L: it is reused, never trained twice. A spend writes --out: co
 mask.pt, model.pt (final weights), best.pt (best validation) and, last, results.json (the run is finished).
 """
 import argparse
+import contextlib
 import copy
 import csv
+import fcntl
 import hashlib
 import io
 import json
 import math
 import os
+import random
 import sys
 import time
+
+import numpy as np
 
 import torch
 
@@ -50,6 +55,7 @@ def parse_args(argv=None):
     a("--out", help="this spend's folder (default: runs/<dataset>_<arch>_seed<seed>/<variant>_<hash>)")
     a("--seed", type=int, default=42)
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a("--deterministic", action="store_true", help="deterministic kernels: a resumed run repeats exactly")
     # the §4.1 recipe, for the draw and the spend alike
     a("--epochs", type=int, default=180, help="lr x0.1 at 50%% and 75%% of them (90 and 135 of 180)")
     a("--lr", type=float, default=0.1)
@@ -123,23 +129,54 @@ def forever(ds, batch_size, seed):
         yield from data.batches(ds, "train", batch_size, seed=seed + rnd, augmented=True)
 
 
-def fit(model, ds, args, mask, loss_fn, label, on_epoch=None):
+def lr_at(args, epoch):
+    """§4.1: lr x0.1 after 50% and 75% of the epochs (after epochs 90 and 135 of 180); epoch counts from 1."""
+    return args.lr * 0.1 ** sum(epoch > math.ceil(args.epochs * f) for f in (0.5, 0.75))
+
+
+def rng_states():
+    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                python=random.getstate(), numpy=torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+                numpy_pos=np.random.get_state()[2])
+
+
+def set_rng_states(s):
+    torch.set_rng_state(s["torch"])
+    if s["cuda"]:
+        torch.cuda.set_rng_state_all(s["cuda"])
+    random.setstate(s["python"])
+    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
+
+
+def fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch=None):
     """The one training loop (§4.1), for the dense draw, every IMP level and every spend: SGD with momentum
-    and weight decay, lr x0.1 at 50% and 75% of the epochs, the best-validation weights kept. Gradients are
-    masked before each step and weights after it, so pruned weights stay exactly zero."""
+    and weight decay, the step lr schedule, the best-validation weights kept. Gradients are masked before
+    each step and weights after it, so pruned weights stay exactly zero. After every epoch the whole state
+    (weights, momentum, best weights, metrics, RNG) goes to `checkpoint`; if that file exists, training
+    continues from it. The data order of an epoch depends only on (seed, epoch), so needs no state."""
     weights = prune.prunable(model)
     masked = [weights[n] for n in mask]
     keep = [mask[n].to(weights[n].dtype) for n in mask]
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [round(args.epochs * 0.5), round(args.epochs * 0.75)], 0.1)
-    best_val, best_state, best_epoch, rows, start = -1.0, None, 0, [], time.time()
-    for epoch in range(1, args.epochs + 1):
-        t0, lr = time.time(), opt.param_groups[0]["lr"]
+    state = dict(epoch=0, best_val=-1.0, best_epoch=0, best_state=None, rows=[])
+    if os.path.exists(checkpoint):
+        saved = models.load(checkpoint, args.device)
+        model.load_state_dict(saved.pop("model"))
+        opt.load_state_dict(saved.pop("optimizer"))
+        set_rng_states(saved.pop("rng"))
+        state = saved
+        print(f"{label} resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
+    start, first = time.time(), state["epoch"] + 1
+    for epoch in range(first, args.epochs + 1):
+        t0, lr = time.time(), lr_at(args, epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
         model.train()
         loss_sum = torch.zeros((), device=args.device)
         correct = torch.zeros((), device=args.device, dtype=torch.long)
         seen = 0
-        for x, y in data.batches(ds, "train", args.batch_size, seed=args.seed * 1000 + epoch, augmented=True):
+        for step, (x, y) in enumerate(data.batches(ds, "train", args.batch_size, seed=args.seed * 1000 + epoch,
+                                                   augmented=True)):
             logits = model(x)
             loss = loss_fn(logits, x, y)
             opt.zero_grad(set_to_none=True)
@@ -151,31 +188,33 @@ def fit(model, ds, args, mask, loss_fn, label, on_epoch=None):
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-        sched.step()
         train_loss = float(loss_sum) / seen
-        if not math.isfinite(train_loss):
-            print(f"error: {label}: the loss is {train_loss} in epoch {epoch}: the run diverged", file=sys.stderr)
+        if not math.isfinite(train_loss):  # the last good checkpoint (previous epoch) is left as it was
+            print(f"error: {label}: the loss became {train_loss} in epoch {epoch} (by step {step + 1}): the run "
+                  f"diverged; the last good checkpoint is {checkpoint}", file=sys.stderr)
             sys.exit(3)
         val_acc, val_loss = data.evaluate(model, ds, "val")
-        if val_acc > best_val:
-            best_val, best_epoch = val_acc, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if val_acc > state["best_val"]:
+            state.update(best_val=val_acc, best_epoch=epoch,
+                         best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
         secs = time.time() - t0
-        rows.append(dict(epoch=epoch, train_loss=round(train_loss, 5), train_acc=round(int(correct) / seen, 5),
-                         val_loss=round(val_loss, 5), val_acc=round(val_acc, 5), lr=lr, seconds=round(secs, 2)))
-        eta = (time.time() - start) / epoch * (args.epochs - epoch)
-        print(f"{label} epoch {epoch:3d}/{args.epochs}  loss {train_loss:.4f}  train {rows[-1]['train_acc']:.2%}  "
+        state["rows"].append(dict(epoch=epoch, train_loss=round(train_loss, 5), train_acc=round(int(correct) / seen, 5),
+                                  val_loss=round(val_loss, 5), val_acc=round(val_acc, 5), lr=lr, seconds=round(secs, 2)))
+        eta = (time.time() - start) / (epoch - first + 1) * (args.epochs - epoch)
+        print(f"{label} epoch {epoch:3d}/{args.epochs}  loss {train_loss:.4f}  train {correct / seen:.2%}  "
               f"val {val_acc:.2%}  lr {lr:.4g}  {secs:.1f}s  eta {eta / 60:.1f}m", flush=True)
         if on_epoch:
             on_epoch(epoch, model)
+        state["epoch"] = epoch
+        models.save(dict(state, model=model.state_dict(), optimizer=opt.state_dict(), rng=rng_states()), checkpoint)
     final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     final_test, _ = data.evaluate(model, ds, "test")
-    model.load_state_dict(best_state)
+    model.load_state_dict(state["best_state"])
     test_acc, _ = data.evaluate(model, ds, "test")
     model.load_state_dict(final_state)
-    summary = dict(test_acc=test_acc, final_test_acc=final_test, best_val_acc=best_val, best_epoch=best_epoch,
-                   final_val_acc=rows[-1]["val_acc"])
-    return summary, rows, best_state
+    summary = dict(test_acc=test_acc, final_test_acc=final_test, best_val_acc=state["best_val"],
+                   best_epoch=state["best_epoch"], final_val_acc=state["rows"][-1]["val_acc"])
+    return summary, state["rows"], state["best_state"]
 
 
 def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch=None):
@@ -184,14 +223,14 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch
     model = new_model(args, ds)
     model.load_state_dict(reset_state)
     prune.apply_mask(model, mask)
-    applied = tweaks.apply(model, args)
-    if args.scale_init:
+    applied = tweaks.apply(model, args) + (["scale_init"] if args.scale_init else [])
+    checkpoint = os.path.join(out, "checkpoint.pt")
+    if args.scale_init and not os.path.exists(checkpoint):  # on resume the checkpoint has the scaled weights
         scales = tweaks.scale_init(model, mask, forever(ds, args.batch_size, args.seed), args.scale_init_iters)
-        applied.append("scale_init")
         print(f"{label} scale_init: scales in [{min(scales.values()):.3f}, {max(scales.values()):.3f}]")
     loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
     start = time.time()
-    summary, rows, best_state = fit(model, ds, args, mask, loss_fn, label, on_epoch)
+    summary, rows, best_state = fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch)
     total = sum(p.numel() for p in model.parameters())
     results = dict(summary, sparsity=prune.sparsity(model), params_total=total,
                    params_nonzero=sum(int(p.count_nonzero()) for p in model.parameters()),
@@ -209,7 +248,21 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch
     writer.writerows(rows)
     models.save(buf.getvalue(), os.path.join(out, "metrics.csv"))
     write_json(results, os.path.join(out, "results.json"))  # written last: its presence means finished
+    os.remove(checkpoint)
     return results
+
+
+@contextlib.contextmanager
+def locked(folder, wait):
+    """Hold an exclusive lock on a run folder (released by the OS if the process dies). A draw's ticket is
+    waited for (parallel spends share draws); a spend's own folder is refused if another process has it."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise BadInput(f"{folder} is being written by another process; let it finish or choose another --out")
+        yield
 
 
 class Draw:
@@ -264,7 +317,11 @@ class Draw:
     def trained(self, ticket):
         """The ticket trained the vanilla-LTH way (reset weights * mask, no tweaks); its folder."""
         out = self.path(ticket)
-        if not os.path.exists(os.path.join(out, "results.json")):
+        if os.path.exists(os.path.join(out, "results.json")):
+            return out
+        with locked(out, wait=True):
+            if os.path.exists(os.path.join(out, "results.json")):  # another process trained it meanwhile
+                return out
             mask = self.mask(ticket)
             density = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
             print(f"=== draw {ticket}: {1 - density:.2%} sparse, vanilla LTH training -> {out}", flush=True)
@@ -299,7 +356,7 @@ def summarize(results, out):
 
 def run(args):
     check_args(args)
-    config = {k: v for k, v in vars(args).items() if k not in ("device", "out", "runs", "data_dir")}
+    config = {k: v for k, v in vars(args).items() if k not in ("device", "out", "runs", "data_dir", "deterministic")}
     ticket = "mask" if args.mask else ticket_name(args)
     variant = "+".join([k for k in TWEAKS if k != "ls" and getattr(args, k)] + ([f"ls{args.ls}"] if args.ls else []))
     out = args.out or os.path.join(args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}",
@@ -310,10 +367,18 @@ def run(args):
         if os.path.exists(os.path.join(out, "results.json")):
             print(f"already finished: {summarize(read_json(os.path.join(out, 'results.json')), out)}")
             return
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
     ds = data.load(args.dataset, args.data_dir, args.subset, args.seed, args.device)
     draw = Draw(args, ds)
     user_mask = args.mask and prune.check_mask(models.load(args.mask), new_model(args, ds), args.mask)
-    write_json(config, os.path.join(out, "config.json"))
+    with locked(out, wait=False):
+        write_json(config, os.path.join(out, "config.json"))
+        spend(args, ds, draw, ticket, variant, user_mask, out)
+
+
+def spend(args, ds, draw, ticket, variant, user_mask, out):
+    """Spend the ticket into `out`: vanilla LTH is the draw's own training, copied; anything else trains."""
     if not user_mask and not variant:  # vanilla LTH: the draw's own training of this ticket
         source = draw.trained(ticket)
         for f in ("mask.pt", "model.pt", "best.pt", "metrics.csv", "results.json"):
@@ -334,6 +399,9 @@ def main(argv=None):
         run(args)
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a read-only or full disk: files are written atomically, so nothing is half-written
+        print(f"error: cannot write: {e}", file=sys.stderr)
         sys.exit(2)
 
 

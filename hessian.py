@@ -1,0 +1,129 @@
+"""The top eigenvalue of the loss Hessian and its eigenvector (§3.3 Fig. 2, §4.6 Fig. 10, §A1.2 Fig. A11), by
+power iteration on Hessian-vector products, as PyHessian (Yao et al. 2020), which the paper uses, computes it.
+
+    python hessian.py RUN_DIR --batches 3        # JSON: the top eigenvalue of a finished spend of train.py
+    value, vector = hessian.top_eigen(model, F.cross_entropy, hessian.fixed_batches(ds), masks=mask)
+
+The Hessian is that of the mean loss over all examples of the batches, on the unpruned weights (and unmasked
+parameters) only: the sparse network's own. BatchNorm is in eval mode by default: the curvature of the loss the
+trained network computes, with its running statistics (PyHessian calls model.eval() too); bn_train=True uses
+batch statistics. The model comes back as it was, buffers and .grad too. The command line measures plain
+cross-entropy (not a run's label-smoothed loss: spends with and without TRT share one loss).
+"""
+import argparse
+import itertools
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import data
+from models import BadInput
+
+
+def project(vector, keep):  # zero the pruned coordinates: the sparse network's Hessian has none
+    return [v if k is None else v * k for v, k in zip(vector, keep)]
+
+
+def dot(a, b):
+    return sum((x * y).sum() for x, y in zip(a, b))
+
+
+def hessian_vector_product(model, loss_fn, batches, params, keep, v):
+    """H v, H the Hessian of the mean loss over all examples: each batch's H_b v weighted by its share of them
+    (loss_fn is a mean over its batch). One batch's graph at a time, rebuilt per product, as in prune.grasp."""
+    total, out = sum(len(y) for _, y in batches), [torch.zeros_like(p) for p in params]
+    for x, y in batches:
+        grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)  # .grad is never touched
+        hv = torch.autograd.grad(dot(grads, project(v, keep)), params, materialize_grads=True)  # d(g.v)/dw = H v
+        out = [o + h * (len(y) / total) for o, h in zip(out, hv)]
+    return project(out, keep)
+
+
+def power_iteration(matvec, v, iters, tol, shift=0.0):
+    """(eigenvalue, unit eigenvector, iterations) for the eigenvalue of largest magnitude of H - shift*I, plus shift.
+    Stops once H's Rayleigh quotient changes by at most tol, relatively. Exact norms: PyHessian's + 1e-6 biases."""
+    v, value = [vi / torch.sqrt(dot(v, v)) for vi in v], None
+    for i in range(1, iters + 1):
+        hv = [h - shift * vi for h, vi in zip(matvec(v), v)]
+        new, norm = float(dot(v, hv)), torch.sqrt(dot(hv, hv))  # v^T H v is the Rayleigh quotient: |v| = 1
+        if norm == 0:  # v lies in the null space: its eigenvalue 0 is exact
+            return shift, v, i
+        v = [h / norm for h in hv]
+        if value is not None and abs(new - value) <= tol * abs(value + shift):  # relative to H's own quotient
+            return new + shift, v, i
+        value = new
+    return value + shift, v, iters
+
+
+def top_eigen(model, loss_fn, batches, iters=100, tol=1e-4, masks=None, bn_train=False, seed=0, return_iters=False):
+    """The largest (algebraic) eigenvalue of the Hessian of the mean loss_fn(model(x), y) over all (x, y) in
+    `batches`, and its unit eigenvector: a list of tensors in the order of model.parameters() (those requiring
+    grad), exactly zero where masks {weight name: bool tensor} prune. The start vector is drawn from a generator
+    seeded with `seed`. With return_iters, also the power iterations done, both stages together (each <= iters)."""
+    batches = list(batches)
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
+    keep = [masks[n].to(p.device, p.dtype) if masks and n in masks else None for n, p in zip(names, params)]
+    gen = torch.Generator().manual_seed(seed)
+    start = lambda: project([torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params], keep)
+    matvec = lambda v: hessian_vector_product(model, loss_fn, batches, params, keep, v)
+    was_training, buffers = model.training, {n: b.clone() for n, b in model.named_buffers()}
+    model.train(bn_train)
+    try:
+        with torch.enable_grad():
+            value, vector, done = power_iteration(matvec, start(), iters, tol)
+            if value < 0:  # the most negative eigenvalue dominates; in H - value*I (all >= ~0) the top one does
+                value, vector, more = power_iteration(matvec, start(), iters, tol, shift=value)
+                done += more
+    finally:  # train-mode forward passes move the running statistics: put them back
+        model.train(was_training)
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(buffers[n])
+    return (value, vector, done) if return_iters else (value, vector)
+
+
+def fixed_batches(ds, n_batches=3, batch_size=128, seed=0):
+    """The first n_batches of a seeded shuffle of the training split, not augmented: the same images every time
+    (Fig. A11 uses 3 batches, Fig. 2 and A13 10)."""
+    return list(itertools.islice(data.batches(ds, "train", batch_size, seed=seed), n_batches))
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2, like every other bad input (train.py's twin)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(argv=None):
+    p = Parser(description=__doc__.split("\n")[0])
+    a = p.add_argument
+    a("run", help="a finished spend folder written by train.py")
+    a("--batches", type=int, default=3, help="how many fixed training batches the Hessian is taken over")
+    a("--batch-size", type=int, default=128)
+    a("--iters", type=int, default=100, help="most power iterations (per stage, see top_eigen)")
+    a("--tol", type=float, default=1e-4, help="stop when the eigenvalue changes by at most this, relatively")
+    a("--data-dir", default="data")
+    a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    if min(args.batches, args.batch_size, args.iters) < 1 or not args.tol > 0:
+        p.error("--batches, --batch-size and --iters must be >= 1, --tol > 0")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        model, mask, ds, _ = data.load_run(args.run, args.data_dir, args.device)
+    except (BadInput, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    batches = fixed_batches(ds, args.batches, args.batch_size)
+    value, _, iterations = top_eigen(model, F.cross_entropy, batches, args.iters, args.tol, mask, return_iters=True)
+    print(json.dumps(dict(top_eigenvalue=value, iterations=iterations, batches=len(batches),
+                          images=sum(len(y) for _, y in batches), run=args.run), indent=1))
+
+
+if __name__ == "__main__":
+    main()
