@@ -352,3 +352,12 @@ def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
     with open(out / ".lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         assert "another process" in bad(tmp_path, "--out", str(out))
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp", "synflow", "randomimp"])
+def test_every_pruner_spends_from_the_cli(tmp_path, capsys, method):
+    cli_in_process(tmp_path, "--epochs", "1", "--sparsity", "0.9", "--prune", method, "--at",
+                   "--out", str(tmp_path / "run"), capsys=capsys)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    target = 1 - 0.8 ** prune.imp_level(0.9) if method == "randomimp" else 0.9
+    assert abs(res["sparsity"] - target) < 1e-4

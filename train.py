@@ -65,7 +65,8 @@ def parse_args(argv=None):
     a("--subset", type=int, help="use only the first N training images (before the 9:1 split)")
     # the ticket
     a("--sparsity", type=float, help="target sparsity in [0, 1); IMP spends level round(log(1-s)/log 0.8)")
-    a("--prune", default="imp", choices=["imp", "omp", "random"])
+    a("--prune", default="imp", choices=["imp", "omp", "random", "randomimp", "snip", "grasp", "synflow"],
+      help="randomimp: random with IMP's layer-wise densities; snip/grasp/synflow: pruning at init (Table A4)")
     a("--mask", help="spend this mask file ({weight name: bool tensor}) instead of drawing one")
     a("--rewind-epoch", type=int, help="reset to the dense weights after k epochs (LTH-Rewind), not theta_0")
     # the tweaks (§3), applied to the spend only
@@ -309,8 +310,18 @@ class Draw:
             elif method == "omp":
                 weights = models.load(os.path.join(self.trained("imp_00"), "model.pt"), self.args.device)
                 mask = prune.omp({n: weights[n] for n in prune.prunable(model)}, float(value))
-            else:
+            elif method == "random":
                 mask = prune.random_prune(prune.prunable(model), float(value), self.args.seed)
+            elif method == "randomimp":  # random, with the IMP ticket's layer-wise densities
+                mask = prune.random_like(self.mask(f"imp_{prune.imp_level(float(value)):02d}"), self.args.seed)
+            else:  # pruning at initialization (Table A4): scored on theta_0
+                model.load_state_dict(self.init())
+                if method == "synflow":
+                    mask = prune.synflow(model, float(value), input_shape=tuple(self.ds["train"][0].shape[1:]))
+                else:  # SNIP: one batch; GraSP: ~10 images per class, as in the original papers
+                    size = self.args.batch_size if method == "snip" else 10 * self.ds["classes"]
+                    batch = next(data.batches(self.ds, "train", size, seed=self.args.seed))
+                    mask = getattr(prune, method)(model, [batch], float(value))
             models.save({n: m.cpu() for n, m in mask.items()}, path)
         return {n: m.to(self.args.device) for n, m in models.load(path).items()}
 
