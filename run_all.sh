@@ -1,14 +1,38 @@
 #!/usr/bin/env bash
-# The paper's reproduction, and this project's two entry points for a new machine:
-#   ./run_all.sh --quick    a short CPU demo of the whole loop on Fashion-MNIST (no internet needed)
-#   ./run_all.sh --test     the test suite
-# Either sets up its environment the first time: a .venv beside this file with requirements.txt, and
-# Debian's dataset-fashion-mnist package when apt-get can install it.
+# The paper's reproduction in one script, built from train.py, hessian.py, landscape.py and report.py.
+#
+#   ./run_all.sh --quick        CPU demo (<= 15 min, 2 cores, offline): Fashion-MNIST, ResNet-20, LTH vs AT/TRT
+#   ./run_all.sh --test         the test suite
+#   ./run_all.sh                the full reproduction on GPUs (ResNet-18, CIFAR-100, §4.1 recipe, 3 seeds)
+#   ./run_all.sh --dry-run      print the full job list and an estimate of GPU-hours
+#   ./run_all.sh --list         the job list alone, one train.py command line per line (for a cluster)
+# Options: --jobs N (concurrent runs, one per GPU; default: the number of GPUs), --seeds "42 1099 5469",
+#          --parts "a2 a3 fig5 a4 analysis" (which tables/figures), --arch A --dataset D (Fig. 5 cells to run),
+#          --epochs E (default 180). Re-running skips every finished run, so a killed reproduction resumes.
+# The first call sets up the environment: a .venv beside this file with requirements.txt, and Debian's
+# dataset-fashion-mnist package where apt-get can install it.
 set -euo pipefail
 cd "$(dirname "$0")"
 
+MODE=full SEEDS="42 1099 5469" PARTS="a2 a3 fig5 a4 analysis" EPOCHS=180 JOBS="" CELL_ARCH="" CELL_DATASET=""
+EPOCH_SECONDS=${EPOCH_SECONDS:-10}  # assumed GPU seconds per ResNet-18/CIFAR epoch for --dry-run; not measured here
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick|--test|--dry-run|--list) MODE=${1#--}; SEEDS=$([ "$1" = --quick ] && echo 42 || echo "$SEEDS") ;;
+    --jobs) JOBS=$2; shift ;;
+    --seeds) SEEDS=$2; shift ;;
+    --parts) PARTS=$2; shift ;;
+    --epochs) EPOCHS=$2; shift ;;
+    --arch) CELL_ARCH=$2; shift ;;
+    --dataset) CELL_DATASET=$2; shift ;;
+    *) echo "error: unknown option $1 (see the top of run_all.sh)" >&2; exit 2 ;;
+  esac
+  shift
+done
+PY=.venv/bin/python
+
 setup() {
-  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import torch, torchvision, matplotlib, pytest" 2>/dev/null; then
+  if [ ! -x $PY ] || ! $PY -c "import torch, torchvision, matplotlib, pytest" 2>/dev/null; then
     echo "setting up .venv (first run only)..."
     python3 -m venv .venv
     .venv/bin/pip install -q -r requirements.txt
@@ -18,16 +42,116 @@ setup() {
   fi
 }
 
-case "${1:-}" in
-  --test)
+# The IMP levels of the paper: 0.8^L for L = 0..16 (0%, 20%, 36%, ... 97%).
+LEVELS="0 0.2 0.36 0.488 0.59 0.672 0.738 0.79 0.832 0.866 0.893 0.914 0.931 0.945 0.956 0.965 0.972"
+
+# job ROOT SEED SPARSITY "DATASET ARCH RECIPE FLAGS" [TWEAK FLAGS...]: one train.py command line whose --out
+# is ROOT/<dataset>_<arch>/<prune>_s<sparsity>_<tweaks, or lth>/seed<seed>.
+job() {
+  local root=$1 seed=$2 s=$3 base=$4; shift 4
+  local flags="$*" name prune
+  name=$(echo "$*" | sed 's/--prune [a-z]*//; s/--rewind-epoch [0-9]*/rewind/' | tr -d ' -')
+  prune=$(echo "$*" | grep -o -- '--prune [a-z]*' | cut -d' ' -f2 || true)
+  set -- $base
+  echo "$base${flags:+ }$flags --seed $seed --sparsity $s --runs $root --out $root/$2_$4/${prune:-imp}_s${s}_${name:-lth}/seed$seed"
+}
+
+full_jobs() {
+  local rewind=$((EPOCHS * 33 / 180))  # §4.1: rewind to epoch 33 of 180
+  for seed in $SEEDS; do
+    local r="--dataset cifar100 --arch resnet18 --epochs $EPOCHS"
+    for s in $LEVELS; do
+      case " $PARTS " in *" a2 "*)
+        for v in "" "--skip" "--swish" "--scale-init" "--ls 0.1"; do job runs/full "$seed" "$s" "$r" $v; done ;; esac
+      case " $PARTS " in *" a3 "*)
+        for v in "--at" "--trt" "--at --trt"; do job runs/full "$seed" "$s" "$r" $v; done
+        for v in "" " --at" " --trt" " --at --trt"; do
+          job runs/full "$seed" "$s" "$r" --rewind-epoch $rewind $v; done ;; esac
+    done
+    case " $PARTS " in *" fig5 "*)
+      for d in ${CELL_DATASET:-cifar10 cifar100 tinyimagenet}; do
+        for a in ${CELL_ARCH:-vgg16 resnet18 resnet34 resnet50 mobilenet}; do
+          for s in $LEVELS; do for v in "" "--at --trt"; do
+            job runs/full "$seed" "$s" "--dataset $d --arch $a --epochs $EPOCHS" $v; done; done
+        done
+      done ;; esac
+    case " $PARTS " in *" a4 "*)  # Table A4: ResNet-32, pruning at init vs LTH + AT + TRT
+      for d in cifar10 cifar100; do
+        local r32="--dataset $d --arch resnet32 --epochs $EPOCHS"
+        job runs/full "$seed" 0 "$r32"
+        for s in 0.9 0.95 0.98; do
+          for p in random grasp synflow; do job runs/full "$seed" "$s" "$r32" --prune $p; done
+          # 0.95 and 0.98 are not IMP levels: the tweaked LTH row uses one-shot magnitude masks there
+          job runs/full "$seed" "$s" "$r32" --prune omp --at --trt
+        done
+      done ;; esac
+  done
+}
+
+quick_jobs() {
+  for seed in $SEEDS; do
+    for s in 0.59 0.832 0.914; do
+      for v in "" "--at" "--trt" "--at --trt"; do
+        job runs/quick "$seed" "$s" "--dataset fashionmnist --arch resnet20 --epochs 4 --subset 6000 --scale-init-iters 50" $v
+      done
+    done
+  done
+}
+
+# Run a job list (stdin) with $JOBS concurrent slots, slot i on GPU i; finished runs are skipped.
+run_list() {
+  local jobs=(); mapfile -t jobs
+  local n=${JOBS:-$( (nvidia-smi -L 2>/dev/null || true) | grep -c GPU || true)}; [ "$n" -ge 1 ] || n=1
+  for ((slot = 0; slot < n; slot++)); do
+    (for ((i = slot; i < ${#jobs[@]}; i += n)); do
+       out=${jobs[i]##*--out }
+       [ -e "$out/results.json" ] && continue
+       if [ "$n" -gt 1 ]; then export CUDA_VISIBLE_DEVICES=$slot; fi
+       $PY train.py ${jobs[i]} || echo "FAILED ($?): train.py ${jobs[i]}" >&2
+     done) &
+  done
+  wait
+}
+
+# Fig. 2/A13 (Hessian), Fig. 4/8 (contours), Fig. 10 (eigenvector), Table A1 (activation sparsity), one sparsity.
+analysis() {
+  local dir=$1 s=$2 seed=$3 grid=$4 images=$5 runs=() v
+  for v in lth at trt attrt; do runs+=("$dir/imp_s${s}_$v/seed$seed"); done
+  for v in "${runs[@]}"; do
+    $PY hessian.py "$v" --batches 3 --batch-size 128 > "$v/hessian.json" && echo "$v: $(cat "$v/hessian.json")"
+    $PY landscape.py sparsity "$v" > "$v/activation_sparsity.json"
+  done
+  $PY landscape.py contour "${runs[@]}" --grid "$grid" --images "$images" --out "$dir/contours_s${s}_seed$seed.png"
+  $PY landscape.py eigen "${runs[@]}" --images "$images" --out "$dir/eigen_s${s}_seed$seed.png"
+}
+
+case $MODE in
+  test)
     setup
-    exec .venv/bin/python -m pytest -q ;;
-  --quick)
+    exec $PY -m pytest -q ;;
+  list)
+    full_jobs ;;
+  dry-run)
+    full_jobs
+    full_jobs | awk -v es="$EPOCH_SECONDS" -v E="$EPOCHS" '
+      { match($0, /--dataset [a-z0-9]+ --arch [a-z0-9]+/); draw = substr($0, RSTART, RLENGTH)
+        match($0, /--seed [0-9]+/); draw = draw substr($0, RSTART, RLENGTH) ($0 ~ /rewind/ ? " rewind" : "")
+        if ($0 !~ /--prune/) levels[draw] = 17; else if (!(draw in levels)) levels[draw] = 1
+        if ($0 ~ /--(skip|swish|mish|scale-init|ls|at|trt|kd|prune)/) spends++ }
+      END { for (d in levels) { draws++; trainings += levels[d] }
+            printf "# %d jobs: %d trained spends + %d draws (%d trainings; vanilla LTH spends reuse them)\n", NR, spends, draws, trainings
+            printf "# estimate: %.0f GPU-hours at %s s/epoch (assumed, not measured; set EPOCH_SECONDS)\n", (spends + trainings) * E * es / 3600, es }' ;;
+  quick)
     setup
-    common=(--dataset fashionmnist --arch resnet20 --epochs 2 --subset 5000 --sparsity 0.91 --runs runs/quick)
-    .venv/bin/python train.py "${common[@]}"
-    .venv/bin/python train.py "${common[@]}" --at --trt ;;
-  *)
-    echo "usage: ./run_all.sh --quick | --test" >&2
-    exit 2 ;;
+    start=$(date +%s)
+    quick_jobs | run_list
+    for seed in $SEEDS; do analysis runs/quick/fashionmnist_resnet20 0.914 "$seed" 11 256; done
+    $PY report.py runs/quick --out runs/quick/report
+    echo "quick reproduction: $(( $(date +%s) - start )) s; plots in runs/quick/report and runs/quick/fashionmnist_resnet20" ;;
+  full)
+    setup
+    full_jobs | run_list
+    case " $PARTS " in *" analysis "*)
+      for seed in $SEEDS; do analysis runs/full/cifar100_resnet18 0.914 "$seed" 21 1000; done ;; esac
+    $PY report.py runs/full --out runs/full/report ;;
 esac

@@ -1,0 +1,127 @@
+"""Gather every finished spend under a runs folder into the paper's tables and accuracy-vs-sparsity plots.
+
+    python report.py runs --out report      # writes report/report.md and report/acc_<dataset>_<arch>_<prune>.png
+
+Tables are laid out like Tables A2/A3: one row per sparsity, one column per variant, each cell the mean
+test accuracy over seeds +- its standard deviation, with the difference to LTH in brackets. A variant
+missing at a sparsity is shown as "missing", never as zero. For ResNet-18 on CIFAR-100 the plots carry
+the paper's published numbers (Tables A2, A3) as dashed reference lines.
+"""
+import argparse
+import glob
+import io
+import json
+import os
+import statistics
+import sys
+
+from models import save
+
+# Published test accuracies (%), ResNet-18 on CIFAR-100, mean of seeds 42, 1099, 5469: Tables A2 and A3 of the paper.
+PAPER_SPARSITY = [0, 20, 36, 49, 59, 67, 74, 79, 83, 87, 89, 91, 93, 94, 95, 96, 97]
+PAPER = {
+    "LTH": "74.87 74.28 74.54 74.45 74.07 74.43 73.31 73.21 72.94 71.91 71.58 71.12 70.51 70.44 69.43 69.57 67.89",
+    "LTH+Skip": "74.10 73.99 75.03 74.56 73.91 74.08 73.94 73.77 73.69 72.86 72.42 72.17 72.15 72.17 72.01 71.71 70.11",
+    "LTH+Swish": "75.08 74.95 75.35 74.34 74.94 74.62 73.37 73.45 73.22 73.27 72.67 72.43 71.98 71.33 70.61 69.87 69.01",
+    "LTH+Scaling": "74.82 74.62 74.74 74.50 74.60 74.63 74.20 73.93 73.12 72.10 72.09 71.83 71.35 70.65 70.10 69.62 68.45",
+    "LTH+LS": "75.42 75.90 75.91 75.54 75.61 75.46 74.69 74.58 74.12 72.65 72.26 71.13 71.24 70.47 69.61 69.51 68.58",
+    "LTH+AT": "- 74.61 74.58 74.61 74.77 74.34 73.91 73.45 74.04 74.26 73.72 72.86 72.93 72.77 72.53 72.11 71.97",
+    "LTH+TRT": "- 75.27 75.79 75.59 75.09 75.43 75.23 74.3 73.68 73.4 72.87 72.18 71.18 70.9 70.44 69.83 68.4",
+    "LTH+AT+TRT": "- 76.12 76.32 76.08 75.71 75.57 75.12 74.84 74.93 74.9 74.83 74.23 73.26 73.69 72.75 73.04 72.82",
+    "LTH Rewind": "- 75.38 74.97 74.79 75.04 75.48 75.19 75.5 75.38 75.04 75.25 75.68 75.34 74.86 74.63 74.52 73.11",
+}
+ORDER = ["LTH", "LTH+Skip", "LTH+Swish", "LTH+Mish", "LTH+Scaling", "LTH+LS", "LTH+KD", "LTH+AT", "LTH+TRT",
+         "LTH+AT+TRT", "LTH Rewind", "LTH+AT Rewind", "LTH+TRT Rewind", "LTH+AT+TRT Rewind"]
+
+
+def variant(c):
+    """The paper's name for a spend's tweaks: LTH, LTH+Skip, ..., LTH+AT+TRT, with ' Rewind' if rewound."""
+    at, trt = c["skip"] and c["swish"], c["scale_init"] and c["ls"] == 0.1
+    parts = ["AT"] if at else [n for n, k in (("Skip", "skip"), ("Swish", "swish"), ("Mish", "mish")) if c[k]]
+    parts += ["TRT"] if trt else [n for n, on in (("Scaling", c["scale_init"]), ("LS", c["ls"])) if on]
+    parts += ["KD"] if c["kd"] else []
+    return "LTH" + "".join("+" + p for p in parts) + (" Rewind" if c["rewind_epoch"] is not None else "")
+
+
+def gather(root):
+    """{(dataset, arch, prune): {(target sparsity, variant): [results of each seed]}}"""
+    groups = {}
+    for path in glob.glob(os.path.join(root, "**", "results.json"), recursive=True):
+        folder = os.path.dirname(path)
+        if not os.path.exists(os.path.join(folder, "config.json")):
+            continue  # a draw's own ticket folder; its spend copy carries the config
+        with open(path) as f, open(os.path.join(folder, "config.json")) as g:
+            res, cfg = json.load(f), json.load(g)
+        key = (cfg["dataset"], cfg["arch"], cfg["prune"] if cfg["sparsity"] else "imp")
+        groups.setdefault(key, {}).setdefault((cfg["sparsity"] or 0.0, variant(cfg)), []).append(res)
+    return groups
+
+
+def cell(accs, base):
+    if not accs:
+        return "missing"
+    mean = statistics.mean(accs)
+    text = f"{mean:.2f}" + (f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else "")
+    return text + (f" ({mean - statistics.mean(base):+.2f})" if base and accs is not base else "")
+
+
+def table(runs):
+    """Markdown table: rows are sparsities (measured, mean over runs), columns are the variants present."""
+    names = sorted({v for _, v in runs}, key=lambda v: (ORDER.index(v) if v in ORDER else len(ORDER), v))
+    lines = ["| sparsity | " + " | ".join(names) + " | seeds |", "|---" * (len(names) + 2) + "|"]
+    for s in sorted({s for s, _ in runs}):
+        accs = {v: [100 * r["test_acc"] for r in runs.get((s, v), [])] for v in names}
+        measured = statistics.mean(r["sparsity"] for v in names for r in runs.get((s, v), []))
+        seeds = max(len(a) for a in accs.values())
+        lines.append(f"| {100 * measured:.1f}% | " + " | ".join(cell(accs[v], accs.get("LTH")) for v in names)
+                     + f" | {seeds} |")
+    return "\n".join(lines)
+
+
+def plot(runs, title, path, reference):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, name in enumerate(sorted({v for _, v in runs}, key=lambda v: ORDER.index(v) if v in ORDER else 99)):
+        pts = sorted((100 * statistics.mean(r["sparsity"] for r in rs), [100 * r["test_acc"] for r in rs])
+                     for (s, v), rs in runs.items() if v == name)
+        means = [statistics.mean(a) for _, a in pts]
+        spread = [statistics.stdev(a) if len(a) > 1 else 0 for _, a in pts]
+        line, = ax.plot([x for x, _ in pts], means, "o-", label=name, color=f"C{i}")
+        ax.fill_between([x for x, _ in pts], [m - d for m, d in zip(means, spread)],
+                        [m + d for m, d in zip(means, spread)], color=line.get_color(), alpha=0.15)
+        if reference and name in PAPER:
+            paper = [(x, float(a)) for x, a in zip(PAPER_SPARSITY, PAPER[name].split()) if a != "-"]
+            ax.plot(*zip(*paper), "--", color=line.get_color(), alpha=0.6, label=f"{name} (paper)")
+    ax.set(xlabel="sparsity (%)", ylabel="test accuracy (%)", title=title)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    save(buf.getvalue(), path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="?", default="runs")
+    p.add_argument("--out", default="report")
+    args = p.parse_args(argv)
+    groups = gather(args.runs)
+    if not groups:
+        print(f"error: no finished runs under {args.runs}", file=sys.stderr)
+        sys.exit(2)
+    md = [f"# Results gathered from {args.runs}\n", "Test accuracy (%) of the best-validation checkpoint, "
+          "mean ± std over seeds, (difference to LTH).\n"]
+    for (dataset, arch, method), runs in sorted(groups.items()):
+        title = f"{arch} on {dataset}, {method} masks"
+        png = f"acc_{dataset}_{arch}_{method}.png"
+        plot(runs, title, os.path.join(args.out, png), reference=(dataset, arch) == ("cifar100", "resnet18"))
+        md += [f"## {title}\n", table(runs) + "\n", f"![{title}]({png})\n"]
+    save("\n".join(md), os.path.join(args.out, "report.md"))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
