@@ -10,7 +10,6 @@ trained network computes, with its running statistics (PyHessian calls model.eva
 batch statistics. The model comes back as it was, buffers and .grad too. The command line measures plain
 cross-entropy (not a run's label-smoothed loss: spends with and without TRT share one loss).
 """
-import argparse
 import itertools
 import json
 import sys
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from models import BadInput
+from models import BadInput, Parser
 
 
 def project(vector, keep):  # zero the pruned coordinates: the sparse network's Hessian has none
@@ -44,7 +43,8 @@ def hessian_vector_product(model, loss_fn, batches, params, keep, v):
 def power_iteration(matvec, v, iters, tol, shift=0.0):
     """(eigenvalue, unit eigenvector, iterations) for the eigenvalue of largest magnitude of H - shift*I, plus shift.
     Stops once H's Rayleigh quotient changes by at most tol, relatively. Exact norms: PyHessian's + 1e-6 biases."""
-    v, value = [vi / torch.sqrt(dot(v, v)) for vi in v], None
+    norm = torch.sqrt(dot(v, v))
+    v, value = [vi / norm for vi in v], None
     for i in range(1, iters + 1):
         hv = [h - shift * vi for h, vi in zip(matvec(v), v)]
         new, norm = float(dot(v, hv)), torch.sqrt(dot(hv, hv))  # v^T H v is the Rayleigh quotient: |v| = 1
@@ -88,12 +88,6 @@ def fixed_batches(ds, n_batches=3, batch_size=128, seed=0):
     """The first n_batches of a seeded shuffle of the training split, not augmented: the same images every time
     (Fig. A11 uses 3 batches, Fig. 2 and A13 10)."""
     return list(itertools.islice(data.batches(ds, "train", batch_size, seed=seed), n_batches))
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit code 2, like every other bad input (train.py's twin)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def parse_args(argv=None):

@@ -8,7 +8,9 @@ every conv is followed by its BatchNorm inside one `ConvBN` unit (the skip tweak
 on it), and every activation is its own `nn.ReLU` module (the Swish/Mish tweak swaps it). Stages are named
 layer1, layer2, ... in every architecture, so analysis tools can group by stage.
 """
+import argparse
 import os
+import sys
 import tempfile
 
 import torch
@@ -18,6 +20,14 @@ import torch.nn.functional as F
 
 class BadInput(Exception):
     """A user error: the command line prints its message as one line and exits with code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """The command-line parser of every script: a bad flag is one line on stderr and exit code 2."""
+
+    def error(self, message):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 class ConvBN(nn.Module):

@@ -7,7 +7,6 @@ test accuracy over seeds +- its standard deviation, with the difference to LTH i
 missing at a sparsity is shown as "missing", never as zero. For ResNet-18 on CIFAR-100 the plots carry
 the paper's published numbers (Tables A2, A3) as dashed reference lines.
 """
-import argparse
 import glob
 import io
 import json
@@ -15,7 +14,7 @@ import os
 import statistics
 import sys
 
-from models import save
+from models import Parser, save
 
 # Published test accuracies (%), ResNet-18 on CIFAR-100, mean of seeds 42, 1099, 5469: Tables A2 and A3 of the paper.
 PAPER_SPARSITY = [0, 20, 36, 49, 59, 67, 74, 79, 83, 87, 89, 91, 93, 94, 95, 96, 97]
@@ -104,7 +103,7 @@ def plot(runs, title, path, reference):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = Parser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="?", default="runs")
     p.add_argument("--out", default="report")
     args = p.parse_args(argv)

@@ -11,7 +11,6 @@ IMP level L's mask comes from level L-1's trained weights, so a vanilla spend of
 training of level L: it is reused, never trained twice. A spend writes --out: config.json, metrics.csv,
 mask.pt, model.pt (final weights), best.pt (best validation) and, last, results.json (the run is finished).
 """
-import argparse
 import contextlib
 import copy
 import csv
@@ -28,34 +27,33 @@ import time
 import numpy as np
 
 import torch
+import torch.nn.functional as F
 
 import data
+import hessian
+import landscape
 import models
 import prune
 import tweaks
-from models import BadInput
+from models import BadInput, Parser
 
 RECIPE = ["dataset", "arch", "seed", "epochs", "lr", "batch_size", "momentum", "wd", "subset", "rewind_epoch"]
 TWEAKS = ["skip", "swish", "mish", "scale_init", "ls", "kd"]
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit code 2, like every other bad input
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv=None):
     p = Parser(description=__doc__.split("\n")[0])
     a = p.add_argument
-    a("--dataset", default="cifar100", choices=list(data.DATASETS))
-    a("--arch", default="resnet18", choices=list(models.ARCHS))
+    a("--dataset", choices=list(data.DATASETS), help="default cifar100 (synthetic with --bench)")
+    a("--arch", choices=list(models.ARCHS), help="default resnet18 (resnet20 with --bench)")
     a("--data-dir", default="data", help="where datasets are found or downloaded")
     a("--runs", default="runs", help="root of the draw cache and of default run folders")
     a("--out", help="this spend's folder (default: runs/<dataset>_<arch>_seed<seed>/<variant>_<hash>)")
     a("--seed", type=int, default=42)
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a("--deterministic", action="store_true", help="deterministic kernels: a resumed run repeats exactly")
+    a("--compile", action="store_true", help="torch.compile the model for training")
+    a("--bench", action="store_true", help="time a bare PyTorch loop vs ours dense vs ours sparse+AT+TRT, then exit")
     # the §4.1 recipe, for the draw and the spend alike
     a("--epochs", type=int, default=180, help="lr x0.1 at 50%% and 75%% of them (90 and 135 of 180)")
     a("--lr", type=float, default=0.1)
@@ -81,7 +79,10 @@ def parse_args(argv=None):
     a("--kd-alpha", type=float, default=0.9, help="weight of the KD term; 1 - alpha on the hard labels")
     a("--at", action="store_true", help="architecture tweaking: --skip --swish")
     a("--trt", action="store_true", help="training recipe tweaking: --scale-init --ls 0.1")
+    a("--hessian-every", type=int, default=0, help="record the Hessian's top eigenvalue every N epochs (Fig. A11)")
     args = p.parse_args(argv)
+    args.dataset = args.dataset or ("synthetic" if args.bench else "cifar100")
+    args.arch = args.arch or ("resnet20" if args.bench else "resnet18")
     if args.at:
         args.skip = args.swish = True
     if args.trt:
@@ -149,16 +150,50 @@ def set_rng_states(s):
     np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
 
 
+def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=None):
+    """One epoch of SGD on the augmented training split, in bf16 autocast on a GPU. Pruned weights and
+    their gradients are zeroed by two fused foreach multiplies per step (no hooks). Returns the summed loss,
+    the number of correct predictions (both as device tensors: no sync per step), the number of images and
+    the first step whose loss was not finite (-1 if none)."""
+    model.train()
+    loss_sum = torch.zeros((), device=args.device)
+    correct = torch.zeros((), device=args.device, dtype=torch.long)
+    seen = steps = 0
+    first_bad = torch.tensor(-1, device=args.device)  # the first step with a non-finite loss, found without syncing
+    cuda = str(args.device).startswith("cuda")
+    for x, y in data.batches(ds, "train", args.batch_size, seed=args.seed * 1000 + epoch, augmented=True):
+        with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+            logits = model(x.contiguous(memory_format=torch.channels_last) if cuda else x)
+            loss = loss_fn(logits.float(), x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch._foreach_mul_([p.grad for p in masked], keep)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_mul_(masked, keep)
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen, steps = seen + len(y), steps + 1
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), steps, first_bad)
+        if steps == max_steps:
+            break
+    return loss_sum, correct, seen, int(first_bad)
+
+
 def fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch=None):
     """The one training loop (§4.1), for the dense draw, every IMP level and every spend: SGD with momentum
     and weight decay, the step lr schedule, the best-validation weights kept. Gradients are masked before
     each step and weights after it, so pruned weights stay exactly zero. After every epoch the whole state
     (weights, momentum, best weights, metrics, RNG) goes to `checkpoint`; if that file exists, training
     continues from it. The data order of an epoch depends only on (seed, epoch), so needs no state."""
+    if str(args.device).startswith("cuda"):
+        torch.backends.cudnn.benchmark = not args.deterministic
+        model.to(memory_format=torch.channels_last)
     weights = prune.prunable(model)
     masked = [weights[n] for n in mask]
     keep = [mask[n].to(weights[n].dtype) for n in mask]
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+    step_model = torch.compile(model) if args.compile else model
     state = dict(epoch=0, best_val=-1.0, best_epoch=0, best_state=None, rows=[])
     if os.path.exists(checkpoint):
         saved = models.load(checkpoint, args.device)
@@ -172,26 +207,10 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch=None):
         t0, lr = time.time(), lr_at(args, epoch)
         for group in opt.param_groups:
             group["lr"] = lr
-        model.train()
-        loss_sum = torch.zeros((), device=args.device)
-        correct = torch.zeros((), device=args.device, dtype=torch.long)
-        seen = 0
-        for step, (x, y) in enumerate(data.batches(ds, "train", args.batch_size, seed=args.seed * 1000 + epoch,
-                                                   augmented=True)):
-            logits = model(x)
-            loss = loss_fn(logits, x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch._foreach_mul_([p.grad for p in masked], keep)
-            opt.step()
-            with torch.no_grad():
-                torch._foreach_mul_(masked, keep)
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
+        loss_sum, correct, seen, bad_step = train_epoch(step_model, ds, args, opt, masked, keep, loss_fn, epoch)
         train_loss = float(loss_sum) / seen
-        if not math.isfinite(train_loss):  # the last good checkpoint (previous epoch) is left as it was
-            print(f"error: {label}: the loss became {train_loss} in epoch {epoch} (by step {step + 1}): the run "
+        if bad_step >= 0 or not math.isfinite(train_loss):  # the last good checkpoint (previous epoch) is left as it was
+            print(f"error: {label}: the loss became {train_loss} in epoch {epoch}, step {bad_step}: the run "
                   f"diverged; the last good checkpoint is {checkpoint}", file=sys.stderr)
             sys.exit(3)
         val_acc, val_loss = data.evaluate(model, ds, "val")
@@ -201,6 +220,10 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch=None):
         secs = time.time() - t0
         state["rows"].append(dict(epoch=epoch, train_loss=round(train_loss, 5), train_acc=round(int(correct) / seen, 5),
                                   val_loss=round(val_loss, 5), val_acc=round(val_acc, 5), lr=lr, seconds=round(secs, 2)))
+        if args.hessian_every:  # Fig. A11: the top eigenvalue on 3 fixed training batches, along training
+            top = hessian.top_eigen(model, F.cross_entropy, hessian.fixed_batches(ds, 3, 128, args.seed), iters=20,
+                                    masks=mask)[0] if epoch % args.hessian_every == 0 else ""
+            state["rows"][-1]["top_eigenvalue"] = top
         eta = (time.time() - start) / (epoch - first + 1) * (args.epochs - epoch)
         print(f"{label} epoch {epoch:3d}/{args.epochs}  loss {train_loss:.4f}  train {correct / seen:.2%}  "
               f"val {val_acc:.2%}  lr {lr:.4g}  {secs:.1f}s  eta {eta / 60:.1f}m", flush=True)
@@ -233,7 +256,9 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch
     start = time.time()
     summary, rows, best_state = fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch)
     total = sum(p.numel() for p in model.parameters())
+    images = landscape.fixed_images(ds, "test", 500)
     results = dict(summary, sparsity=prune.sparsity(model), params_total=total,
+                   activation_sparsity=landscape.activation_sparsity(model, images[0]),  # Table A1
                    params_nonzero=sum(int(p.count_nonzero()) for p in model.parameters()),
                    weights_total=sum(w.numel() for w in prune.prunable(model).values()),
                    weights_nonzero=sum(int(w.count_nonzero()) for w in prune.prunable(model).values()),
@@ -367,7 +392,8 @@ def summarize(results, out):
 
 def run(args):
     check_args(args)
-    config = {k: v for k, v in vars(args).items() if k not in ("device", "out", "runs", "data_dir", "deterministic")}
+    config = {k: v for k, v in vars(args).items() if k not in ("device", "out", "runs", "data_dir", "deterministic",
+                                                                "compile", "bench", "hessian_every")}
     ticket = "mask" if args.mask else ticket_name(args)
     variant = "+".join([k for k in TWEAKS if k != "ls" and getattr(args, k)] + ([f"ls{args.ls}"] if args.ls else []))
     out = args.out or os.path.join(args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}",
@@ -407,6 +433,9 @@ def spend(args, ds, draw, ticket, variant, user_mask, out):
 def main(argv=None):
     args = parse_args(argv)
     try:
+        if args.bench:
+            import bench
+            return bench.main(args)
         run(args)
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,0 +1,117 @@
+"""The speed benchmark behind `python train.py --bench` (default: ResNet-20 on CIFAR-shaped synthetic data).
+
+Times, interleaved in one process on the same device and batch size: (1) a bare PyTorch training loop on the
+dense model fed by the conventional torchvision pipeline (PIL images, transforms, DataLoader with workers),
+(2) this project's loop (`train.train_epoch`) on the dense model, (3) our loop on a 90%-sparse ticket with
+--at --trt. Prints images/s, the epoch time that implies, peak memory, the ratio of (3) to (1), and the cost
+of one Hessian-vector product (hessian.py) relative to one training step.
+"""
+import copy
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+import hessian
+import models
+import prune
+import train
+import tweaks
+
+
+def bare_loader(ds, batch_size):
+    """The usual CIFAR input pipeline: PIL images, torchvision transforms per image, a DataLoader."""
+    import torchvision.transforms as T
+    from PIL import Image
+    x, y = ds["train"]
+    images = [Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img) for img in x.permute(0, 2, 3, 1).cpu().numpy()]
+    transform = T.Compose([T.RandomCrop(x.shape[-1], padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(ds["mean"].tolist(), ds["std"].tolist())])
+    dataset = [(img, int(label)) for img, label in zip(images, y.cpu())]
+    return torch.utils.data.DataLoader([(i, t) for i, t in dataset], batch_size=batch_size, shuffle=True, num_workers=2,
+                                       collate_fn=lambda b: (torch.stack([transform(i) for i, _ in b]),
+                                                             torch.tensor([t for _, t in b])), persistent_workers=True)
+
+
+def bare_steps(model, loader, device, steps):
+    """A plain training loop, no masks, no tweaks: the baseline everyone writes first."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    model.train()
+    n = 0
+    for i, (x, y) in enumerate(loader):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n += len(y)
+        if i + 1 == steps:
+            break
+    return n
+
+
+def peak_memory(device):
+    if str(device).startswith("cuda"):
+        return f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB GPU"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB RSS (process)"
+
+
+def main(args, steps=12, rounds=3):
+    if args.dataset == "synthetic":  # CIFAR-sized images, so the figures mean something for CIFAR
+        data.SYNTHETIC.update(shape=(3, 32, 32), train=3000, classes=100)
+    args.lr, args.epochs = 0.01, 180  # small lr: the timed steps must stay finite
+    ds = data.load(args.dataset, args.data_dir, args.subset, args.seed, args.device)
+    sync = torch.cuda.synchronize if str(args.device).startswith("cuda") else (lambda: None)
+    torch.manual_seed(args.seed)
+    dense = train.new_model(args, ds)
+    sparse = copy.deepcopy(dense)
+    mask = prune.random_prune(prune.prunable(sparse), 0.9, args.seed)
+    mask = {n: m.to(args.device) for n, m in mask.items()}
+    prune.apply_mask(sparse, mask)
+    tweaks.skip(sparse)
+    tweaks.swish(sparse)
+    tweaks.scale_init(sparse, mask, train.forever(ds, args.batch_size, args.seed), iters=5)
+    ours = {}
+    for name, model, m, ls in (("ours dense", dense, prune.ones_mask(dense), 0.0), ("ours 90% sparse +AT+TRT", sparse, mask, 0.1)):
+        weights = prune.prunable(model)
+        opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.wd)
+        ours[name] = (model, opt, [weights[n] for n in m], [m[n].to(weights[n].dtype) for n in m], tweaks.make_loss(ls))
+    bare_model, loader = copy.deepcopy(dense), bare_loader(ds, args.batch_size)
+    timings = {k: [] for k in ["bare PyTorch + DataLoader (dense)", *ours]}
+    for r in range(rounds + 1):  # round 0 warms up (workers, allocator, cudnn autotuning) and is not counted
+        for name in timings:
+            sync()
+            t0 = time.perf_counter()
+            if name in ours:
+                model, opt, masked, keep, loss = ours[name]
+                n = train.train_epoch(model, ds, args, opt, masked, keep, loss, epoch=r, max_steps=steps)[2]
+            else:
+                n = bare_steps(bare_model, loader, args.device, steps)
+            sync()
+            if r:
+                timings[name].append(n / (time.perf_counter() - t0))
+    n_train = len(ds["train"][0])
+    print(f"{args.arch} on {args.dataset} ({n_train} training images), batch {args.batch_size}, {args.device}, "
+          f"{torch.get_num_threads()} threads, {steps} steps x {rounds} interleaved rounds")
+    for name, rates in timings.items():
+        rate = statistics.median(rates)
+        print(f"  {name:34s} {rate:9.0f} images/s   epoch {n_train / rate:7.2f} s   peak {peak_memory(args.device)}")
+    ratio = statistics.median(timings["ours 90% sparse +AT+TRT"]) / statistics.median(timings["bare PyTorch + DataLoader (dense)"])
+    x, y = next(data.batches(ds, "train", args.batch_size, seed=0))
+    model, opt, masked, keep, loss = ours["ours 90% sparse +AT+TRT"]
+    hvp, step = [], []
+    params = list(model.parameters())
+    for _ in range(3):
+        sync(); t0 = time.perf_counter()
+        hessian.hessian_vector_product(model, F.cross_entropy, [(x, y)], params, [None] * len(params),
+                                       [torch.randn_like(p) for p in params])
+        sync(); t1 = time.perf_counter()
+        train.train_epoch(model, {**ds, "train": (ds["train"][0][:args.batch_size], ds["train"][1][:args.batch_size])},
+                          args, opt, masked, keep, loss, epoch=0, max_steps=1)
+        sync(); hvp.append(t1 - t0); step.append(time.perf_counter() - t1)
+    print(f"one Hessian-vector product = {statistics.median(hvp) / statistics.median(step):.2f} training steps")
+    print(f"sparse/bare throughput ratio: {ratio:.2f}")

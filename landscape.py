@@ -1,0 +1,201 @@
+"""Looking at finished spends: loss landscapes (§3.3, §4.6; Fig. 4, 8, 10) and activation sparsity (Table A1).
+
+    python landscape.py contour RUN_LTH RUN_AT_TRT --out fig8.png   # 2-D loss contours, one plane, one colour scale
+    python landscape.py eigen RUN_LTH RUN_AT_TRT --out fig10.png    # loss along each run's top Hessian eigenvector
+    python landscape.py sparsity RUN_DIR                            # zero fraction of activations per stage, JSON
+
+A loss is the mean cross-entropy in eval mode on fixed, seeded, unaugmented images, one batched forward pass per
+point through functional_call (the run's weights are never touched). Beside each plot: a .npz of the raw numbers
+and the cost (points x images), which is also printed.
+"""
+import io
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+import data
+import models
+from models import BadInput, Parser
+
+
+def fixed_images(ds, split, n, seed=0):
+    """n images of a split, picked by a CPU-seeded permutation (the same on every device), normalized."""
+    x, y = ds[split]
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].to(x.device)
+    return data.normalize(ds, x[pick]), y[pick]
+
+
+def filter_normalize(direction, weights):
+    """Li et al. 2018, on {name: tensor} dicts: each output filter (dim-0 slice) of the direction gets the norm of
+    the same filter of the weights, so that any weight scale compares. 1-D params (BatchNorm, biases) get zero."""
+    norms = lambda t: t.flatten(1).norm(dim=1).view(-1, *[1] * (t.dim() - 1))  # one per output filter
+    return {n: d * norms(weights[n]) / norms(d).clamp_min(1e-12) if d.dim() > 1 else torch.zeros_like(d)
+            for n, d in direction.items()}  # a filter pruned away entirely stays zero
+
+
+def plane_directions(model, mask, seed=0):
+    """Two seeded Gaussian directions (drawn on the CPU: alike on every device), masked, filter-normalized."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = {n: p.detach() for n, p in model.named_parameters()}
+    return [filter_normalize({n: torch.randn(w.shape, generator=gen).to(w.device) * mask.get(n, 1)  # so the plane
+                              for n, w in weights.items()}, weights) for _ in range(2)]  # keeps the ticket's zeros
+
+
+def losses_along(model, steps, x, y):
+    """The loss at weights + c1 * d1 + c2 * d2 + ... for each step [(c1, d1), (c2, d2), ...]."""
+    weights, losses, was_training = {n: p.detach() for n, p in model.named_parameters()}, [], model.training
+    model.eval()  # BatchNorm reads its running statistics and updates none
+    with torch.inference_mode():
+        for step in steps:
+            moved = {n: w + sum(c * d[n] for c, d in step) for n, w in weights.items()}  # new tensors
+            losses.append(float(F.cross_entropy(functional_call(model, moved, (x,)), y)))
+    model.train(was_training)
+    return np.array(losses)
+
+
+def loss_plane(model, mask, x, y, grid=21, span=1.0, seed=0):
+    """Fig. 4, 8: the loss on grid x grid points of [-span, span]^2 of a random plane: (coords, losses[b, a])."""
+    d1, d2 = plane_directions(model, mask, seed)
+    coords = span * (np.arange(grid) - (grid - 1) / 2) / max((grid - 1) / 2, 1)  # an odd grid has an exact 0
+    steps = [[(float(a), d1), (float(b), d2)] for b in coords for a in coords]
+    return coords, losses_along(model, steps, x, y).reshape(grid, grid)
+
+
+def activation_sparsity(model, x):
+    """Table A1: {stage: fraction of ReLU/Swish/Mish outputs exactly zero} over one forward pass of x, by the
+    stage (layer1..layerN; the ResNet stem's "stem") the module is in. Hooks are removed afterwards."""
+    stage_of = {m: name.split(".")[0] if name.startswith("layer") else "stem"
+                for name, m in model.named_modules() if isinstance(m, (nn.ReLU, nn.SiLU, nn.Mish))}
+    tally, was_training = {stage: [0, 0] for stage in stage_of.values()}, model.training  # [zeros, outputs]
+    def count(module, inputs, output):
+        tally[stage_of[module]][0] += (output == 0).sum()  # a tensor: no device sync per activation
+        tally[stage_of[module]][1] += output.numel()
+    hooks = [m.register_forward_hook(count) for m in stage_of]
+    try:
+        with torch.inference_mode():
+            model.eval()(x)  # eval: BatchNorm reads its running statistics and updates none
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return {stage: float(zeros) / max(outputs, 1) for stage, (zeros, outputs) in tally.items()}  # stem, layer1, ...
+
+
+def load_runs(args, split):
+    """[(label, model, mask, ds, x, y)] per run, and their dataset; bad folders and mixed datasets stop early."""
+    for r in args.runs:
+        if not os.path.exists(os.path.join(r, "results.json")):
+            raise BadInput(f"{r}: not a finished run of train.py (no results.json)")
+    configs = [json.load(open(os.path.join(r, "config.json"))) for r in args.runs]
+    datasets = sorted({c["dataset"] for c in configs})
+    if len(datasets) > 1:
+        raise BadInput(f"the runs are of different datasets ({', '.join(datasets)}): compare runs of one dataset")
+    if len({(c["subset"], c["seed"]) for c in configs}) > 1:
+        print("note: the runs split their data by different seeds or subsets: they see other images", file=sys.stderr)
+    runs, common = [], os.path.commonpath([os.path.dirname(os.path.abspath(r)) for r in args.runs])
+    for r in args.runs:  # named by what tells them apart: lth, at_trt; or imp_s91_lth/seed42, imp_s91_at/seed42
+        model, mask, ds, _ = data.load_run(r, args.data_dir, args.device)
+        x, y = fixed_images(ds, split, args.images, args.seed)
+        runs.append((os.path.relpath(os.path.abspath(r), common), model, mask, ds, x, y))
+    return runs, datasets[0]
+
+
+def save(fig, args, runs, dataset, split, cost, **arrays):
+    """The PNG, and beside it the raw numbers as .npz with what they were measured on; written atomically."""
+    n, png, npz = len(runs[0][4]), io.BytesIO(), io.BytesIO()
+    cost = f"{len(runs)} runs x {cost} x {n} images"
+    fig.suptitle(f"{dataset}: loss on {n} fixed {split} images")
+    fig.savefig(png, format="png", dpi=120)
+    np.savez(npz, cost=cost, runs=args.runs, labels=[r[0] for r in runs], dataset=dataset, split=split, images=n,
+             seed=args.seed, **arrays)
+    for path, buf in ((args.out, png), (os.path.splitext(args.out)[0] + ".npz", npz)):
+        models.save(buf.getvalue(), path)
+    print(f"cost: {cost}\nwrote {args.out} and its raw numbers, {os.path.splitext(args.out)[0]}.npz")
+
+
+def contour(args):
+    runs, dataset = load_runs(args, "train")  # the training loss, as Li et al. plot it
+    planes = [loss_plane(model, mask, x, y, args.grid, args.span, args.seed) for _, model, mask, _, x, y in runs]
+    coords, grids = planes[0][0], [losses for _, losses in planes]
+    lo, hi = min(g.min() for g in grids), min(max(g.max() for g in grids), 8.0)  # clamped at 8 as in Fig. 8
+    levels = np.linspace(lo, max(hi, lo + 1e-6), 21)  # one colour scale for every panel
+    from matplotlib.figure import Figure  # here, so that activation_sparsity never needs matplotlib; Agg, headless
+    fig = Figure(figsize=(5.3 * len(runs) + 1.5, 5), layout="constrained")
+    axes = fig.subplots(1, len(runs), squeeze=False)[0]
+    for ax, grid, (name, *_) in zip(axes, grids, runs):
+        filled = ax.contourf(coords, coords, grid, levels, cmap="viridis", extend="max")
+        ax.contour(coords, coords, grid, levels, colors="k", linewidths=0.4)
+        ax.plot(0, 0, "r+", ms=10)  # the trained weights
+        ax.set(title=name, xlabel="random direction 1 (filter-normalized)", ylabel="random direction 2", aspect=1)
+    fig.colorbar(filled, ax=axes.tolist(), label="loss (cross-entropy)", format="%.2f")
+    save(fig, args, runs, dataset, "training", f"{args.grid ** 2} grid points", coords=coords, losses=np.stack(grids))
+
+
+def eigen(args):
+    import hessian  # the sibling module computing top_eigen; only this plot needs it
+    runs, dataset = load_runs(args, "test")  # Fig. 10 plots the testing loss
+    alphas, lines, values, products = np.linspace(-args.radius, args.radius, args.points), [], [], 0
+    from matplotlib.figure import Figure  # here, so that activation_sparsity never needs matplotlib; Agg, headless
+    ax = Figure(figsize=(6.5, 4.3), layout="constrained").subplots()
+    for name, model, mask, ds, x, y in runs:
+        batches = hessian.fixed_batches(ds, seed=args.seed)  # training images, as the eigenvalues of Fig. 2, A13
+        value, vector, iters = hessian.top_eigen(model, F.cross_entropy, batches, args.iters, masks=mask,
+                                                 return_iters=True)  # unit norm, zero where the mask prunes
+        products += iters * sum(len(b[1]) for b in batches)
+        direction = dict(zip((n for n, _ in model.named_parameters()), vector))  # in model.parameters() order
+        lines.append(losses_along(model, [[(float(a), direction)] for a in alphas], x, y))
+        values.append(value)
+        ax.plot(alphas, lines[-1], marker=".", label=f"{name}, top eigenvalue {value:.3g}")
+    ax.set(xlabel="distance along the top Hessian eigenvector (unit norm)", ylabel="loss (cross-entropy)")
+    ax.legend(fontsize=8)
+    save(ax.figure, args, runs, dataset, "test", f"{args.points} points", alphas=alphas, losses=np.stack(lines),
+         eigenvalues=values, hessian_cost=f"{products:,} image Hessian-vector products (power iterations x images)")
+
+
+def sparsity(args):
+    for run in args.runs:  # one JSON object per run
+        model, _, ds, _ = data.load_run(run, args.data_dir, args.device)
+        x, _ = fixed_images(ds, "test", args.images, args.seed)
+        print(json.dumps(dict(run=run, split="test", images=len(x), cost=f"{len(x)} images x 1 forward pass",
+                              activation_sparsity=activation_sparsity(model, x))), flush=True)
+
+
+def parse_args(argv=None):
+    p = Parser(description=__doc__.split("\n")[0])
+    a = p.add_argument
+    a("command", choices=["contour", "eigen", "sparsity"], help="Fig. 4/8, Fig. 10, Table A1")
+    a("runs", nargs="+", metavar="RUN", help="folders of finished train.py runs")
+    a("--out", help="the PNG (contour, eigen); the raw numbers go beside it as .npz")
+    a("--images", type=int, default=500, help="fixed images per loss: training (contour) or test images")
+    a("--seed", type=int, default=0, help="picks the images and the random directions")
+    a("--grid", type=int, default=21, help="contour: points per axis")
+    a("--span", type=float, default=1.0, help="contour: the plane is [-span, span]^2")
+    a("--radius", type=float, default=1.0, help="eigen: distances in [-radius, radius]")
+    a("--points", type=int, default=21, help="eigen: points on the line")
+    a("--iters", type=int, default=100, help="eigen: most power iterations for the eigenvector")
+    a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a("--data-dir", default="data")
+    args = p.parse_args(argv)
+    if args.images < 1 or args.grid < 2 or args.points < 2 or args.span <= 0 or args.radius <= 0 or not (
+            args.out or args.command == "sparsity"):
+        p.error("contour and eigen need --out; --images must be >= 1, --grid, --points >= 2, --span, --radius > 0")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        {"contour": contour, "eigen": eigen, "sparsity": sparsity}[args.command](args)
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
