@@ -102,7 +102,7 @@ def tinyimagenet(root):
     for line in open(os.path.join(folder, "val", "val_annotations.txt")):
         f, w = line.split("\t")[:2]
         files["test"].append((os.path.join(folder, "val", "images", f), label[w]))
-    read = lambda p: torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1)
+    read = lambda p: torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
     split = {k: (torch.stack([read(p) for p, _ in v]), torch.tensor([c for _, c in v])) for k, v in files.items()}
     models.save({**{k + "_x": x for k, (x, _) in split.items()}, **{k + "_y": y for k, (_, y) in split.items()},
                  "classes": torch.tensor(len(wnids))}, cache)

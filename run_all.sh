@@ -56,7 +56,7 @@ job() {
   echo "$base${flags:+ }$flags --seed $seed --sparsity $s --runs $root --out $root/$2_$4/${prune:-imp}_s${s}_${name:-lth}/seed$seed"
 }
 
-full_jobs() {
+all_jobs() {
   local rewind=$((EPOCHS * 33 / 180))  # §4.1: rewind to epoch 33 of 180
   for seed in $SEEDS; do
     local r="--dataset cifar100 --arch resnet18 --epochs $EPOCHS"
@@ -88,11 +88,15 @@ full_jobs() {
   done
 }
 
+full_jobs() {  # Fig. 5's ResNet-18/CIFAR-100 cell repeats Table A3's runs: list each once
+  all_jobs | awk '!seen[$0]++'
+}
+
 quick_jobs() {
   for seed in $SEEDS; do
     for s in 0.59 0.832 0.914; do
       for v in "" "--at" "--trt" "--at --trt"; do
-        job runs/quick "$seed" "$s" "--dataset fashionmnist --arch resnet20 --epochs 4 --subset 6000 --scale-init-iters 50" $v
+        job runs/quick "$seed" "$s" "--dataset fashionmnist --arch resnet20 --epochs 3 --subset 5000 --scale-init-iters 30" $v
       done
     done
   done

@@ -361,3 +361,44 @@ def test_every_pruner_spends_from_the_cli(tmp_path, capsys, method):
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     target = 1 - 0.8 ** prune.imp_level(0.9) if method == "randomimp" else 0.9
     assert abs(res["sparsity"] - target) < 1e-4
+
+
+# ---------------------------------------------------------------- reproduction and report
+def fake_run(root, seed, sparsity, acc, **tweak):
+    cfg = dict(dataset="cifar100", arch="resnet18", prune="imp", sparsity=sparsity, seed=seed, skip=False, swish=False,
+               mish=False, scale_init=False, ls=0.0, kd=False, rewind_epoch=None)
+    cfg.update(tweak)
+    folder = root / f"run_{sparsity}_{seed}_{'_'.join(sorted(tweak)) or 'lth'}"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "results.json").write_text(json.dumps(dict(test_acc=acc, sparsity=sparsity + 0.001)))
+
+
+def test_report_builds_tables_and_plots_and_shows_missing_runs(tmp_path):
+    import report
+    for seed, noise in ((42, 0.0), (1099, 0.01)):
+        fake_run(tmp_path, seed, 0.2, 0.70 + noise)
+        fake_run(tmp_path, seed, 0.2, 0.72 + noise, skip=True, swish=True)
+        fake_run(tmp_path, seed, 0.914, 0.60 + noise)
+    fake_run(tmp_path, 42, 0.914, 0.65, skip=True, swish=True, scale_init=True, ls=0.1)  # one seed only
+    (tmp_path / "draws" / "imp_01").mkdir(parents=True)  # a draw's folder without config: not a spend
+    (tmp_path / "draws" / "imp_01" / "results.json").write_text(json.dumps(dict(test_acc=0.0, sparsity=0.2)))
+    report.main([str(tmp_path), "--out", str(tmp_path / "rep")])
+    md = (tmp_path / "rep" / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert "| sparsity | LTH | LTH+AT | LTH+AT+TRT | seeds |" in rows
+    assert "| 20.1% | 70.50 ± 0.71 | 72.50 ± 0.71 (+2.00) | missing | 2 |" in rows
+    assert "| 91.5% | 60.50 ± 0.71 | missing | 65.00 (+4.50) | 2 |" in rows
+    assert (tmp_path / "rep" / "acc_cifar100_resnet18_imp.png").stat().st_size > 10_000
+
+
+def test_run_all_lists_the_full_reproduction():
+    r = subprocess.run(["bash", os.path.join(HERE, "run_all.sh"), "--dry-run"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    jobs = [line for line in r.stdout.splitlines() if not line.startswith("#")]
+    assert len(jobs) == len(set(jobs)) and len({j.split("--out ")[1] for j in jobs}) == len(jobs)  # one folder each
+    assert sum("--arch resnet18" in j and "--dataset cifar100" in j and "--at --trt" in j and "--seed 1099" in j
+               and "rewind" not in j for j in jobs) == 17  # AT+TRT at the dense net and all 16 IMP levels
+    assert "GPU-hours" in r.stdout
+    for job in jobs[:50]:
+        train.parse_args(job.split())  # every job line is a valid train.py command line
