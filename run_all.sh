@@ -96,7 +96,7 @@ quick_jobs() {
   for seed in $SEEDS; do
     for s in 0.59 0.832 0.914; do
       for v in "" "--at" "--trt" "--at --trt"; do
-        job runs/quick "$seed" "$s" "--dataset fashionmnist --arch resnet20 --epochs 3 --subset 5000 --scale-init-iters 30" $v
+        job runs/quick "$seed" "$s" "--dataset fashionmnist --arch resnet20 --epochs 3 --subset 3000 --scale-init-iters 30" $v
       done
     done
   done
@@ -119,14 +119,14 @@ run_list() {
 
 # Fig. 2/A13 (Hessian), Fig. 4/8 (contours), Fig. 10 (eigenvector), Table A1 (activation sparsity), one sparsity.
 analysis() {
-  local dir=$1 s=$2 seed=$3 grid=$4 images=$5 runs=() v
+  local dir=$1 s=$2 seed=$3 grid=$4 images=$5 iters=$6 runs=() v
   for v in lth at trt attrt; do runs+=("$dir/imp_s${s}_$v/seed$seed"); done
   for v in "${runs[@]}"; do
-    $PY hessian.py "$v" --batches 3 --batch-size 128 > "$v/hessian.json" && echo "$v: $(cat "$v/hessian.json")"
+    $PY hessian.py "$v" --batches 2 --batch-size 128 --iters "$iters" > "$v/hessian.json" && echo "$v: $(cat "$v/hessian.json")"
     $PY landscape.py sparsity "$v" > "$v/activation_sparsity.json"
   done
   $PY landscape.py contour "${runs[@]}" --grid "$grid" --images "$images" --out "$dir/contours_s${s}_seed$seed.png"
-  $PY landscape.py eigen "${runs[@]}" --images "$images" --out "$dir/eigen_s${s}_seed$seed.png"
+  $PY landscape.py eigen "${runs[@]}" --images "$images" --iters "$iters" --out "$dir/eigen_s${s}_seed$seed.png"
 }
 
 case $MODE in
@@ -149,13 +149,13 @@ case $MODE in
     setup
     start=$(date +%s)
     quick_jobs | run_list
-    for seed in $SEEDS; do analysis runs/quick/fashionmnist_resnet20 0.914 "$seed" 11 256; done
+    for seed in $SEEDS; do analysis runs/quick/fashionmnist_resnet20 0.914 "$seed" 11 256 20; done
     $PY report.py runs/quick --out runs/quick/report
     echo "quick reproduction: $(( $(date +%s) - start )) s; plots in runs/quick/report and runs/quick/fashionmnist_resnet20" ;;
   full)
     setup
     full_jobs | run_list
     case " $PARTS " in *" analysis "*)
-      for seed in $SEEDS; do analysis runs/full/cifar100_resnet18 0.914 "$seed" 21 1000; done ;; esac
+      for seed in $SEEDS; do analysis runs/full/cifar100_resnet18 0.914 "$seed" 21 1000 100; done ;; esac
     $PY report.py runs/full --out runs/full/report ;;
 esac
