@@ -11,13 +11,11 @@ import resource
 import statistics
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 import data
 import hessian
-import models
 import prune
 import train
 import tweaks
