@@ -9,6 +9,7 @@ is split 9:1 into train/val by a seeded permutation (§4.1); the official test s
 training set, computed from the data, so it is right for every dataset.
 """
 import gzip
+import json
 import os
 import pickle
 
@@ -197,21 +198,25 @@ def evaluate(model, ds, split, batch_size=1000):
     return correct / max(n, 1), loss / max(n, 1)
 
 
+def read_json(path):
+    """A run's JSON file (config.json, results.json); an unreadable one is a BadInput."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{path}: unreadable ({e})")
+
+
 def load_run(run_dir, data_dir="data", device="cpu", weights="model.pt"):
     """Rebuild a finished spend of train.py from its folder: (model with its tweaks and trained weights,
     in eval mode; mask; dataset; config). Used by hessian.py and landscape.py."""
-    import json
     from types import SimpleNamespace
     import models
     import prune
     import tweaks
     if not os.path.exists(os.path.join(run_dir, "results.json")):
         raise BadInput(f"{run_dir}: not a finished run of train.py (no results.json)")
-    try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        raise BadInput(f"{run_dir}/config.json: unreadable ({e})")
+    config = read_json(os.path.join(run_dir, "config.json"))
     ds = load(config["dataset"], data_dir, config["subset"], config["seed"], device)
     model = models.get_model(config["arch"], ds["classes"], ds["train"][0].shape[1])
     tweaks.apply(model, SimpleNamespace(**config))

@@ -92,7 +92,7 @@ def load_runs(args, split):
     for r in args.runs:
         if not os.path.exists(os.path.join(r, "results.json")):
             raise BadInput(f"{r}: not a finished run of train.py (no results.json)")
-    configs = [json.load(open(os.path.join(r, "config.json"))) for r in args.runs]
+    configs = [data.read_json(os.path.join(r, "config.json")) for r in args.runs]
     datasets = sorted({c["dataset"] for c in configs})
     if len(datasets) > 1:
         raise BadInput(f"the runs are of different datasets ({', '.join(datasets)}): compare runs of one dataset")

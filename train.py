@@ -113,14 +113,6 @@ def write_json(obj, path):
     models.save(json.dumps(obj, indent=1, sort_keys=True) + "\n", path)
 
 
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise BadInput(f"{path}: unreadable ({e})")
-
-
 def new_model(args, ds):
     return models.get_model(args.arch, ds["classes"], ds["train"][0].shape[1]).to(args.device)
 
@@ -399,10 +391,10 @@ def run(args):
     out = args.out or os.path.join(args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}",
                                    f"{ticket}_{variant or 'lth'}_{short_hash(config)}")
     if os.path.exists(os.path.join(out, "config.json")):
-        if read_json(os.path.join(out, "config.json")) != config:
+        if data.read_json(os.path.join(out, "config.json")) != config:
             raise BadInput(f"{out} holds a run with another config; choose another --out")
         if os.path.exists(os.path.join(out, "results.json")):
-            print(f"already finished: {summarize(read_json(os.path.join(out, 'results.json')), out)}")
+            print(f"already finished: {summarize(data.read_json(os.path.join(out, 'results.json')), out)}")
             return
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -421,7 +413,7 @@ def spend(args, ds, draw, ticket, variant, user_mask, out):
         for f in ("mask.pt", "model.pt", "best.pt", "metrics.csv", "results.json"):
             with open(os.path.join(source, f), "rb") as src:
                 models.save(src.read(), os.path.join(out, f))
-        results = read_json(os.path.join(out, "results.json"))
+        results = data.read_json(os.path.join(out, "results.json"))
     else:
         mask = {n: m.to(args.device) for n, m in user_mask.items()} if user_mask else draw.mask(ticket)
         teacher = draw.teacher() if args.kd else None
