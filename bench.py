@@ -78,7 +78,7 @@ def main(args, steps=12, rounds=3):
         weights = prune.prunable(model)
         opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.wd)
         ours[name] = (model, opt, [weights[n] for n in m], [m[n].to(weights[n].dtype) for n in m], tweaks.make_loss(ls))
-    bare_model, loader = copy.deepcopy(dense), bare_loader(ds, args.batch_size)
+    bare_model, loader = copy.deepcopy(dense).to(memory_format=torch.contiguous_format), bare_loader(ds, args.batch_size)
     timings = {k: [] for k in ["bare PyTorch + DataLoader (dense)", *ours]}
     for r in range(rounds + 1):  # round 0 warms up (workers, allocator, cudnn autotuning) and is not counted
         for name in timings:
@@ -104,6 +104,7 @@ def main(args, steps=12, rounds=3):
     hvp, step = [], []
     params = list(model.parameters())
     for _ in range(3):
+        model.eval()  # as hessian.top_eigen: BatchNorm in eval mode (train_epoch sets train mode again)
         sync(); t0 = time.perf_counter()
         hessian.hessian_vector_product(model, F.cross_entropy, [(x, y)], params, [None] * len(params),
                                        [torch.randn_like(p) for p in params])

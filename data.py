@@ -165,7 +165,8 @@ def augment(x, gen):
 
 
 def normalize(ds, x):
-    return (x.float() / 255 - ds["mean"].view(1, -1, 1, 1)) / ds["std"].view(1, -1, 1, 1)
+    x = (x.to(torch.get_default_dtype()) / 255 - ds["mean"].view(1, -1, 1, 1)) / ds["std"].view(1, -1, 1, 1)
+    return x.contiguous(memory_format=torch.channels_last)  # as the models' weights (models.get_model)
 
 
 def batches(ds, split, batch_size, seed=None, augmented=False):

@@ -15,6 +15,8 @@ import tempfile
 
 import torch
 import torch.nn as nn
+import torch.distributed as dist
+import torch.distributed._functional_collectives as collectives
 import torch.nn.functional as F
 
 
@@ -30,6 +32,52 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def rank():
+    """This process's rank under torchrun (DDP), else 0. Only rank 0 writes files."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def barrier():
+    if world() > 1:
+        dist.barrier()
+
+
+class BatchNorm(nn.BatchNorm2d):
+    """nn.BatchNorm2d, except when `global_stats` is set (by train.fit under torchrun, where each rank holds a
+    shard of the batch): then it normalizes with the statistics of the global batch of all ranks, so N
+    processes train like one process. torch's SyncBatchNorm does this on GPUs only; this one also runs on
+    CPU with gloo, where it is tested. Elsewhere (scale_init, SNIP) every rank sees the whole batch."""
+    global_stats = False
+
+    def forward(self, x):
+        if not self.training and torch.is_grad_enabled():  # eval under autograd (Hessian-vector products): the
+            scale = torch.rsqrt(self.running_var + self.eps)  # same affine map, but its double backward is cheap
+            scale = scale * self.weight if self.affine else scale
+            shift = self.bias - self.running_mean * scale if self.affine else -self.running_mean * scale
+            return x * scale.view(-1, 1, 1) + shift.view(-1, 1, 1)
+        if not (self.training and self.global_stats):
+            return super().forward(x)
+        xf = x.to(self.running_mean.dtype)  # float32 under bf16 autocast, as nn.BatchNorm2d
+        count = torch.full_like(xf[0, :, 0, 0], xf[:, 0].numel())
+        total = collectives.all_reduce(torch.stack([xf.sum((0, 2, 3)), count]), "sum", dist.group.WORLD)
+        n = total[1]
+        mean = total[0] / n
+        centered = xf - mean.view(-1, 1, 1)
+        var = collectives.all_reduce((centered * centered).sum((0, 2, 3)), "sum", dist.group.WORLD) / n
+        with torch.no_grad():  # running statistics as nn.BatchNorm2d keeps them: momentum 0.1, unbiased variance
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * n / (n - 1), self.momentum)
+        y = centered * torch.rsqrt(var + self.eps).view(-1, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(-1, 1, 1) + self.bias.view(-1, 1, 1)
+        return y.to(x.dtype)
+
+
 class ConvBN(nn.Module):
     """conv -> BatchNorm. With `skip` set (tweaks.skip, §3.1 Fig. 3) the unit's input, batch-normalized
     without learned parameters, is added to its output before the activation that follows, through a
@@ -38,7 +86,7 @@ class ConvBN(nn.Module):
     def __init__(self, cin, cout, kernel, stride=1, groups=1, skippable=True):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
+        self.bn = BatchNorm(cout)
         self.skippable = skippable and kernel == 3  # the paper adds skips around the 3x3 convs only
         self.skip = None  # tweaks.skip sets a BatchNorm without learned parameters here
 
@@ -179,12 +227,16 @@ ARCHS = {
 def get_model(arch, num_classes, in_channels=3):
     if arch not in ARCHS:
         raise BadInput(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
-    return ARCHS[arch](num_classes, in_channels)
+    # channels_last (NHWC), as the batches of data.normalize: faster convs on CPU (oneDNN) and GPU (tensor cores)
+    return ARCHS[arch](num_classes, in_channels).to(memory_format=torch.channels_last)
 
 
 def save(obj, path):
     """Write atomically: a temporary file in the same folder, renamed into place, so a kill never leaves
-    a half-written file that a later run would trust."""
+    a half-written file that a later run would trust. Under torchrun only rank 0 writes, and every rank
+    waits until it has: the files on disk change only here and look the same to all ranks (see `exists`)."""
+    if rank() != 0:
+        return barrier()
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
@@ -198,6 +250,13 @@ def save(obj, path):
     except BaseException:
         os.unlink(tmp)
         raise
+    barrier()
+
+
+def exists(path):
+    """os.path.exists, asked by all ranks at once under torchrun, so that all take the same branch."""
+    barrier()
+    return os.path.exists(path)
 
 
 def load(path, device="cpu"):

@@ -402,3 +402,31 @@ def test_run_all_lists_the_full_reproduction():
     assert "GPU-hours" in r.stdout
     for job in jobs[:50]:
         train.parse_args(job.split())  # every job line is a valid train.py command line
+
+
+# ---------------------------------------------------------------- multi-process (torchrun, DDP)
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
+    """torchrun, 2 gloo processes on CPU: each rank takes its shard of every global batch (the last one uneven:
+    855 = 13 x 64 + 23 images) and BatchNorm statistics are global, so the draw, the mask and the AT+TRT spend
+    equal one process's. In float64 (a driver sets the default dtype) and at a small lr, where 2 epochs do not
+    amplify rounding: per-rank BatchNorm or a mis-scaled loss would be off by far more than 1e-9."""
+    driver = tmp_path / "train64.py"
+    driver.write_text(f"import sys, torch\nsys.path.insert(0, {HERE!r})\ntorch.set_default_dtype(torch.float64)\n"
+                      "import train\ntrain.main()\n")
+    args = [str(driver), *TINY, "--subset", "950", "--lr", "0.02", "--sparsity", "0.2", "--at", "--trt"]
+    one = subprocess.run([sys.executable, *args, "--runs", str(tmp_path / "r1"), "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args,
+                          "--runs", str(tmp_path / "r2"), "--out", str(tmp_path / "two")], capture_output=True, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("=== spend") == 1  # rank 1 prints nothing
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    for key in ("test_acc", "best_val_acc", "best_epoch", "sparsity", "weights_nonzero"):
+        assert a[key] == b[key], key
+    for f in ("mask.pt", "model.pt"):
+        ma, mb = models.load(tmp_path / "one" / f), models.load(tmp_path / "two" / f)
+        assert ma.keys() == mb.keys()
+        for k in ma:
+            assert ma[k].dtype == mb[k].dtype and torch.allclose(ma[k], mb[k], rtol=0, atol=1e-9), (f, k)

@@ -27,7 +27,9 @@ import time
 import numpy as np
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
 import hessian
@@ -144,21 +146,26 @@ def set_rng_states(s):
 
 def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=None):
     """One epoch of SGD on the augmented training split, in bf16 autocast on a GPU. Pruned weights and
-    their gradients are zeroed by two fused foreach multiplies per step (no hooks). Returns the summed loss,
-    the number of correct predictions (both as device tensors: no sync per step), the number of images and
-    the first step whose loss was not finite (-1 if none)."""
+    their gradients are zeroed by two fused foreach multiplies per step (no hooks). Under torchrun every rank
+    takes its shard of each global batch. Returns the summed loss, the number of correct predictions (both
+    as device tensors: no sync per step), the number of images and the first step whose loss was not finite
+    (-1 if none), all over all ranks."""
     model.train()
     loss_sum = torch.zeros((), device=args.device)
     correct = torch.zeros((), device=args.device, dtype=torch.long)
     seen = steps = 0
     first_bad = torch.tensor(-1, device=args.device)  # the first step with a non-finite loss, found without syncing
-    cuda = str(args.device).startswith("cuda")
+    cuda, rank, world = str(args.device).startswith("cuda"), models.rank(), models.world()
     for x, y in data.batches(ds, "train", args.batch_size, seed=args.seed * 1000 + epoch, augmented=True):
+        if len(y) < world:  # a last batch too small to give every rank an image
+            continue
+        n = len(y)
+        x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
         with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
-            logits = model(x.contiguous(memory_format=torch.channels_last) if cuda else x)
-            loss = loss_fn(logits.float(), x, y)
+            logits = model(x)
+            loss = loss_fn(logits, x, y)  # autocast computes losses in float32
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (len(y) * world / n)).backward()  # DDP averages over ranks: this makes it the global batch's mean
         torch._foreach_mul_([p.grad for p in masked], keep)
         opt.step()
         with torch.no_grad():
@@ -169,6 +176,11 @@ def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=No
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), steps, first_bad)
         if steps == max_steps:
             break
+    if world > 1:
+        totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=args.device).double()])
+        dist.all_reduce(totals)
+        dist.all_reduce(first_bad, dist.ReduceOp.MAX)
+        loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
     return loss_sum, correct, seen, int(first_bad)
 
 
@@ -180,14 +192,20 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch=None):
     continues from it. The data order of an epoch depends only on (seed, epoch), so needs no state."""
     if str(args.device).startswith("cuda"):
         torch.backends.cudnn.benchmark = not args.deterministic
-        model.to(memory_format=torch.channels_last)
     weights = prune.prunable(model)
     masked = [weights[n] for n in mask]
     keep = [mask[n].to(weights[n].dtype) for n in mask]
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
-    step_model = torch.compile(model) if args.compile else model
+    step_model = model
+    if models.world() > 1:  # torchrun: gradients averaged over ranks, BatchNorm statistics over the global batch
+        for m in model.modules():
+            if isinstance(m, models.BatchNorm):
+                m.global_stats = True
+        step_model = DDP(model, device_ids=[args.device] if str(args.device).startswith("cuda") else None,
+                         forward_sync_buffers=False)
+    step_model = torch.compile(step_model) if args.compile else step_model
     state = dict(epoch=0, best_val=-1.0, best_epoch=0, best_state=None, rows=[])
-    if os.path.exists(checkpoint):
+    if models.exists(checkpoint):
         saved = models.load(checkpoint, args.device)
         model.load_state_dict(saved.pop("model"))
         opt.load_state_dict(saved.pop("optimizer"))
@@ -241,7 +259,7 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch
     prune.apply_mask(model, mask)
     applied = tweaks.apply(model, args) + (["scale_init"] if args.scale_init else [])
     checkpoint = os.path.join(out, "checkpoint.pt")
-    if args.scale_init and not os.path.exists(checkpoint):  # on resume the checkpoint has the scaled weights
+    if args.scale_init and not models.exists(checkpoint):  # on resume the checkpoint has the scaled weights
         scales = tweaks.scale_init(model, mask, forever(ds, args.batch_size, args.seed), args.scale_init_iters)
         print(f"{label} scale_init: scales in [{min(scales.values()):.3f}, {max(scales.values()):.3f}]")
     loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
@@ -256,7 +274,7 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch
                    weights_nonzero=sum(int(w.count_nonzero()) for w in prune.prunable(model).values()),
                    seconds=round(time.time() - start, 1), device=str(args.device),
                    tweaks=applied + ([f"ls={args.ls}"] if args.ls else []) + (["kd"] if teacher else []))
-    if not os.path.exists(os.path.join(out, "mask.pt")):  # a draw's ticket folder has it already
+    if not models.exists(os.path.join(out, "mask.pt")):  # a draw's ticket folder has it already
         models.save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
     models.save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
     models.save({k: v.cpu() for k, v in best_state.items()}, os.path.join(out, "best.pt"))
@@ -266,7 +284,8 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch
     writer.writerows(rows)
     models.save(buf.getvalue(), os.path.join(out, "metrics.csv"))
     write_json(results, os.path.join(out, "results.json"))  # written last: its presence means finished
-    os.remove(checkpoint)
+    if models.rank() == 0:
+        os.remove(checkpoint)
     return results
 
 
@@ -277,7 +296,8 @@ def locked(folder, wait):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, ".lock"), "w") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            if models.rank() == 0:  # under torchrun rank 0 holds it for all
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             raise BadInput(f"{folder} is being written by another process; let it finish or choose another --out")
         yield
@@ -290,7 +310,7 @@ class Draw:
         self.args, self.ds = args, ds
         key = {k: getattr(args, k) for k in RECIPE}
         self.dir = os.path.join(args.runs, "draws", f"{args.dataset}_{args.arch}_seed{args.seed}_{short_hash(key)}")
-        if not os.path.exists(os.path.join(self.dir, "draw.json")):
+        if not models.exists(os.path.join(self.dir, "draw.json")):
             write_json(key, os.path.join(self.dir, "draw.json"))
         self.vanilla = copy.copy(args)  # the draw never sees the tweaks (§3)
         for k in TWEAKS:
@@ -300,7 +320,7 @@ class Draw:
         return os.path.join(self.dir, *parts)
 
     def init(self):
-        if not os.path.exists(self.path("init.pt")):
+        if not models.exists(self.path("init.pt")):
             torch.manual_seed(self.args.seed)
             models.save(new_model(self.args, self.ds).state_dict(), self.path("init.pt"))
         return models.load(self.path("init.pt"), self.args.device)
@@ -315,7 +335,7 @@ class Draw:
     def mask(self, ticket):
         """The mask of a ticket named imp_LL, omp_S or random_S; drawn once, then read from disk."""
         path = self.path(ticket, "mask.pt")
-        if not os.path.exists(path):
+        if not models.exists(path):
             method, value = ticket.split("_")
             model = new_model(self.args, self.ds)
             if ticket == "imp_00":
@@ -345,10 +365,10 @@ class Draw:
     def trained(self, ticket):
         """The ticket trained the vanilla-LTH way (reset weights * mask, no tweaks); its folder."""
         out = self.path(ticket)
-        if os.path.exists(os.path.join(out, "results.json")):
+        if models.exists(os.path.join(out, "results.json")):
             return out
         with locked(out, wait=True):
-            if os.path.exists(os.path.join(out, "results.json")):  # another process trained it meanwhile
+            if models.exists(os.path.join(out, "results.json")):  # another process trained it meanwhile
                 return out
             mask = self.mask(ticket)
             density = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
@@ -390,10 +410,10 @@ def run(args):
     variant = "+".join([k for k in TWEAKS if k != "ls" and getattr(args, k)] + ([f"ls{args.ls}"] if args.ls else []))
     out = args.out or os.path.join(args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}",
                                    f"{ticket}_{variant or 'lth'}_{short_hash(config)}")
-    if os.path.exists(os.path.join(out, "config.json")):
+    if models.exists(os.path.join(out, "config.json")):
         if data.read_json(os.path.join(out, "config.json")) != config:
             raise BadInput(f"{out} holds a run with another config; choose another --out")
-        if os.path.exists(os.path.join(out, "results.json")):
+        if models.exists(os.path.join(out, "results.json")):
             print(f"already finished: {summarize(data.read_json(os.path.join(out, 'results.json')), out)}")
             return
     if args.deterministic:
@@ -422,13 +442,30 @@ def spend(args, ds, draw, ticket, variant, user_mask, out):
     print(summarize(results, out))
 
 
+def init_distributed(args):
+    """Under `torchrun --nproc_per_node=N train.py ...`: one process per device, one run data-parallel.
+    Every rank computes the same draw and masks; only rank 0 prints and writes."""
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return
+    if str(args.device).startswith("cuda"):
+        args.device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(args.device)
+    dist.init_process_group("nccl" if str(args.device).startswith("cuda") else "gloo")
+    if models.rank() != 0:
+        sys.stdout = open(os.devnull, "w")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    init_distributed(args)
     try:
         if args.bench:
             import bench
             return bench.main(args)
         run(args)
+        if models.world() > 1:  # leave together: a rank that exits at once can cut off its last message to rank 0
+            models.barrier()
+            dist.destroy_process_group()
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

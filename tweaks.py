@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from models import ConvBN
+from models import BatchNorm, ConvBN
 
 
 def skip(model):
@@ -20,7 +20,7 @@ def skip(model):
     at every block (measured: an initial loss of ~150 on ResNet-20)."""
     for m in model.modules():
         if isinstance(m, ConvBN) and m.skippable:
-            m.skip = nn.BatchNorm2d(m.conv.in_channels, affine=False).to(m.conv.weight.device)
+            m.skip = BatchNorm(m.conv.in_channels, affine=False).to(m.conv.weight.device)
     return model
 
 
