@@ -254,9 +254,12 @@ def save(obj, path):
 
 
 def exists(path):
-    """os.path.exists, asked by all ranks at once under torchrun, so that all take the same branch."""
+    """os.path.exists, asked by all ranks at once under torchrun, so that all take the same branch: between two
+    barriers, since rank 0 may write the file (in `save`) as soon as it has passed the second."""
     barrier()
-    return os.path.exists(path)
+    found = os.path.exists(path)
+    barrier()
+    return found
 
 
 def load(path, device="cpu"):
