@@ -3,8 +3,9 @@
 Times, interleaved in one process on the same device and batch size: (1) a bare PyTorch training loop on the
 dense model fed by the conventional torchvision pipeline (PIL images, transforms, DataLoader with workers),
 (2) this project's loop (`train.train_epoch`) on the dense model, (3) our loop on a 90%-sparse ticket with
---at --trt. Prints images/s, the epoch time that implies, peak memory, the ratio of (3) to (1), and the cost
-of one Hessian-vector product (hessian.py) relative to one training step.
+--at --trt. With --compile, (2) and (3) run torch.compile'd, as `train.py --compile` trains; (1) stays eager.
+Prints images/s, the epoch time that implies, peak memory, the ratio of (3) to (1), and the cost of one
+Hessian-vector product (hessian.py) and of building the graph it reuses, relative to one training step.
 """
 import copy
 import resource
@@ -58,7 +59,7 @@ def peak_memory(device):
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB RSS (process)"
 
 
-def main(args, steps=12, rounds=3):
+def main(args, steps=10, rounds=3):
     if args.dataset == "synthetic":  # CIFAR-sized images, so the figures mean something for CIFAR
         data.SYNTHETIC.update(shape=(3, 32, 32), train=3000, classes=100)
     args.lr, args.epochs = 0.01, 180  # small lr: the timed steps must stay finite
@@ -78,39 +79,41 @@ def main(args, steps=12, rounds=3):
         weights = prune.prunable(model)
         opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.wd)
         ours[name] = (model, opt, [weights[n] for n in m], [m[n].to(weights[n].dtype) for n in m], tweaks.make_loss(ls))
+    step_models = {name: torch.compile(ours[name][0]) if args.compile else ours[name][0] for name in ours}  # as train.fit
     bare_model, loader = copy.deepcopy(dense).to(memory_format=torch.contiguous_format), bare_loader(ds, args.batch_size)
     timings = {k: [] for k in ["bare PyTorch + DataLoader (dense)", *ours]}
-    for r in range(rounds + 1):  # round 0 warms up (workers, allocator, cudnn autotuning) and is not counted
+    for r in range(rounds + 1):  # round 0 warms up (workers, allocator, cudnn autotuning, compiling): not counted
         for name in timings:
+            n_steps = steps if r else 2
             sync()
             t0 = time.perf_counter()
             if name in ours:
-                model, opt, masked, keep, loss = ours[name]
-                n = train.train_epoch(model, ds, args, opt, masked, keep, loss, epoch=r, max_steps=steps)[2]
+                _, opt, masked, keep, loss = ours[name]
+                n = train.train_epoch(step_models[name], ds, args, opt, masked, keep, loss, epoch=r, max_steps=n_steps)[2]
             else:
-                n = bare_steps(bare_model, loader, args.device, steps)
+                n = bare_steps(bare_model, loader, args.device, n_steps)
             sync()
             if r:
                 timings[name].append(n / (time.perf_counter() - t0))
     n_train = len(ds["train"][0])
     print(f"{args.arch} on {args.dataset} ({n_train} training images), batch {args.batch_size}, {args.device}, "
-          f"{torch.get_num_threads()} threads, {steps} steps x {rounds} interleaved rounds")
+          f"{torch.get_num_threads()} threads, {steps} steps x {rounds} interleaved rounds{', ours compiled' if args.compile else ''}")
     for name, rates in timings.items():
         rate = statistics.median(rates)
         print(f"  {name:34s} {rate:9.0f} images/s   epoch {n_train / rate:7.2f} s   peak {peak_memory(args.device)}")
     ratio = statistics.median(timings["ours 90% sparse +AT+TRT"]) / statistics.median(timings["bare PyTorch + DataLoader (dense)"])
     x, y = next(data.batches(ds, "train", args.batch_size, seed=0))
-    model, opt, masked, keep, loss = ours["ours 90% sparse +AT+TRT"]
-    hvp, step = [], []
-    params = list(model.parameters())
-    for _ in range(3):
-        model.eval()  # as hessian.top_eigen: BatchNorm in eval mode (train_epoch sets train mode again)
+    for name, (model, *_) in ours.items():  # as hessian.top_eigen runs: one graph, then many products through it
+        params, step = list(model.parameters()), args.batch_size / statistics.median(timings[name])
+        model.eval()  # BatchNorm in eval mode, as top_eigen (train_epoch sets train mode again)
         sync(); t0 = time.perf_counter()
-        hessian.hessian_vector_product(model, F.cross_entropy, [(x, y)], params, [None] * len(params),
-                                       [torch.randn_like(p) for p in params])
-        sync(); t1 = time.perf_counter()
-        train.train_epoch(model, {**ds, "train": (ds["train"][0][:args.batch_size], ds["train"][1][:args.batch_size])},
-                          args, opt, masked, keep, loss, epoch=0, max_steps=1)
-        sync(); hvp.append(t1 - t0); step.append(time.perf_counter() - t1)
-    print(f"one Hessian-vector product = {statistics.median(hvp) / statistics.median(step):.2f} training steps")
+        matvec = hessian.hessian_operator(model, F.cross_entropy, [(x, y)], params, [None] * len(params))
+        sync(); build, product = time.perf_counter() - t0, []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            matvec([torch.randn_like(p) for p in params])
+            sync(); product.append(time.perf_counter() - t0)
+        del matvec  # frees the graph
+        print(f"{name}: one Hessian-vector product = {statistics.median(product) / step:.2f} training steps "
+              f"(building the graph it reuses, once per power iteration: {build / step:.2f})")
     print(f"sparse/bare throughput ratio: {ratio:.2f}")

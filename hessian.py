@@ -29,15 +29,21 @@ def dot(a, b):
     return sum((x * y).sum() for x, y in zip(a, b))
 
 
-def hessian_vector_product(model, loss_fn, batches, params, keep, v):
-    """H v, H the Hessian of the mean loss over all examples: each batch's H_b v weighted by its share of them
-    (loss_fn is a mean over its batch). One batch's graph at a time, rebuilt per product, as in prune.grasp."""
-    total, out = sum(len(y) for _, y in batches), [torch.zeros_like(p) for p in params]
-    for x, y in batches:
-        grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)  # .grad is never touched
-        hv = torch.autograd.grad(dot(grads, project(v, keep)), params, materialize_grads=True)  # d(g.v)/dw = H v
-        out = [o + h * (len(y) / total) for o, h in zip(out, hv)]
-    return project(out, keep)
+def hessian_operator(model, loss_fn, batches, params, keep):
+    """v -> H v, H the Hessian of the mean loss over all examples of `batches`. Each batch's gradient, weighted by
+    its share of the examples, is built once with its graph (create_graph), as PyHessian does for one batch: a
+    product is then one double-backward pass through those graphs, not a forward and two backward passes every
+    time. The graphs of all batches are held at once; .grad is never touched."""
+    total = sum(len(y) for _, y in batches)
+    grads = [torch.autograd.grad(loss_fn(model(x), y) * (len(y) / total), params, create_graph=True) for x, y in batches]
+
+    def matvec(v):
+        v, out = project(v, keep), [torch.zeros_like(p) for p in params]
+        for g in grads:  # d(g.v)/dw = H v
+            out = [o + h for o, h in zip(out, torch.autograd.grad(dot(g, v), params, retain_graph=True,
+                                                                   materialize_grads=True))]
+        return project(out, keep)
+    return matvec
 
 
 def power_iteration(matvec, v, iters, tol, shift=0.0):
@@ -67,11 +73,11 @@ def top_eigen(model, loss_fn, batches, iters=100, tol=1e-4, masks=None, bn_train
     keep = [masks[n].to(p.device, p.dtype) if masks and n in masks else None for n, p in zip(names, params)]
     gen = torch.Generator().manual_seed(seed)
     start = lambda: project([torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params], keep)
-    matvec = lambda v: hessian_vector_product(model, loss_fn, batches, params, keep, v)
     was_training, buffers = model.training, {n: b.clone() for n, b in model.named_buffers()}
     model.train(bn_train)
     try:
         with torch.enable_grad():
+            matvec = hessian_operator(model, loss_fn, batches, params, keep)
             value, vector, done = power_iteration(matvec, start(), iters, tol)
             if value < 0:  # the most negative eigenvalue dominates; in H - value*I (all >= ~0) the top one does
                 value, vector, more = power_iteration(matvec, start(), iters, tol, shift=value)
