@@ -3,6 +3,7 @@ import itertools
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -405,6 +406,18 @@ def test_run_all_lists_the_full_reproduction():
 
 
 # ---------------------------------------------------------------- multi-process (torchrun, DDP)
+def test_bench_times_the_three_loops_and_the_hessian_vector_product():
+    """`train.py --bench` at a small batch: it must run end to end and print every figure it promises."""
+    r = cli("--bench", "--batch-size", "16", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    bare, *ours = ("bare PyTorch + DataLoader (dense)", "ours dense", "ours 90% sparse +AT+TRT")
+    for loop in (bare, *ours):
+        assert float(re.search(re.escape(loop) + r"\s+(\d+) images/s", r.stdout).group(1)) > 0, loop
+    for loop in ours:
+        assert re.search(re.escape(loop) + r": one Hessian-vector product = \d+\.\d\d training steps", r.stdout), loop
+    assert float(re.search(r"^sparse/bare throughput ratio: (\d+\.\d\d)$", r.stdout, re.M).group(1)) > 0
+
+
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     """torchrun, 2 gloo processes on CPU: each rank takes its shard of every global batch (the last one uneven:
     855 = 13 x 64 + 23 images) and BatchNorm statistics are global, so the draw, the mask and the AT+TRT spend
