@@ -405,7 +405,7 @@ def test_run_all_lists_the_full_reproduction():
         train.parse_args(job.split())  # every job line is a valid train.py command line
 
 
-# ---------------------------------------------------------------- multi-process (torchrun, DDP)
+# ---------------------------------------------------------------- speed benchmark
 def test_bench_times_the_three_loops_and_the_hessian_vector_product():
     """`train.py --bench` at a small batch: it must run end to end and print every figure it promises."""
     r = cli("--bench", "--batch-size", "16", "--device", "cpu")
@@ -418,6 +418,7 @@ def test_bench_times_the_three_loops_and_the_hessian_vector_product():
     assert float(re.search(r"^sparse/bare throughput ratio: (\d+\.\d\d)$", r.stdout, re.M).group(1)) > 0
 
 
+# ---------------------------------------------------------------- multi-process (torchrun, DDP)
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     """torchrun, 2 gloo processes on CPU: each rank takes its shard of every global batch (the last one uneven:
     855 = 13 x 64 + 23 images) and BatchNorm statistics are global, so the draw, the mask and the AT+TRT spend
