@@ -1,4 +1,6 @@
-"""The speed benchmark behind `python train.py --bench` (default: ResNet-20 on CIFAR-shaped synthetic data).
+"""The speed benchmark: `python bench.py` (ResNet-20 on CIFAR-shaped synthetic data; train.py's flags).
+
+    python bench.py --arch resnet18 --batch-size 128 [--compile] [--device cuda]
 
 Times, interleaved in one process on the same device and batch size: (1) a bare PyTorch training loop on the
 dense model fed by the conventional torchvision pipeline (PIL images, transforms, DataLoader with workers),
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 import data
 import hessian
 import prune
+import runs
 import train
 import tweaks
 
@@ -59,7 +62,7 @@ def peak_memory(device):
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB RSS (process)"
 
 
-def main(args, steps=10, rounds=3):
+def bench(args, steps=10, rounds=3):
     if args.dataset == "synthetic":  # CIFAR-sized images, so the figures mean something for CIFAR
         data.SYNTHETIC.update(shape=(3, 32, 32), train=3000, classes=100)
     args.lr, args.epochs = 0.01, 180  # small lr: the timed steps must stay finite
@@ -117,3 +120,15 @@ def main(args, steps=10, rounds=3):
         print(f"{name}: one Hessian-vector product = {statistics.median(product) / step:.2f} training steps "
               f"(building the graph it reuses, once per power iteration: {build / step:.2f})")
     print(f"sparse/bare throughput ratio: {ratio:.2f}")
+
+
+@runs.command
+def main(argv=None):
+    p = train.parser()
+    p.description = __doc__.split("\n")[0]
+    p.set_defaults(dataset="synthetic", arch="resnet20")
+    bench(train.parse_args(argv, p))
+
+
+if __name__ == "__main__":
+    main()

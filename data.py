@@ -9,7 +9,6 @@ is split 9:1 into train/val by a seeded permutation (§4.1); the official test s
 training set, computed from the data, so it is right for every dataset.
 """
 import gzip
-import json
 import os
 import pickle
 
@@ -85,11 +84,13 @@ def tinyimagenet(root):
     """The standard tiny-imagenet-200 layout: train/<wnid>/images/*.JPEG, val/images/*.JPEG and
     val/val_annotations.txt (file, wnid, box). Decoded once, then cached as one uint8 tensor file."""
     from PIL import Image
-    import models
     folder = os.path.join(root, "tiny-imagenet-200")
     cache = os.path.join(folder, "decoded.pt")
     if os.path.exists(cache):
-        d = models.load(cache)
+        try:
+            d = torch.load(cache, weights_only=True)
+        except Exception as e:
+            raise BadInput(f"{cache}: unreadable ({type(e).__name__}); delete it to decode the images again")
         return {k: (d[k + "_x"], d[k + "_y"]) for k in ("train", "test")}, int(d["classes"])
     if not os.path.exists(os.path.join(folder, "wnids.txt")):
         raise BadInput(f"Tiny-ImageNet not found: put the extracted tiny-imagenet-200/ folder in "
@@ -105,8 +106,9 @@ def tinyimagenet(root):
         files["test"].append((os.path.join(folder, "val", "images", f), label[w]))
     read = lambda p: torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
     split = {k: (torch.stack([read(p) for p, _ in v]), torch.tensor([c for _, c in v])) for k, v in files.items()}
-    models.save({**{k + "_x": x for k, (x, _) in split.items()}, **{k + "_y": y for k, (_, y) in split.items()},
-                 "classes": torch.tensor(len(wnids))}, cache)
+    torch.save({**{k + "_x": x for k, (x, _) in split.items()}, **{k + "_y": y for k, (_, y) in split.items()},
+                "classes": torch.tensor(len(wnids))}, cache + ".tmp")
+    os.replace(cache + ".tmp", cache)  # atomic: a kill never leaves a cache that looks complete
     return split, len(wnids)
 
 
@@ -197,33 +199,3 @@ def evaluate(model, ds, split, batch_size=1000):
         n += len(y)
     model.train(was_training)
     return correct / max(n, 1), loss / max(n, 1)
-
-
-def read_json(path):
-    """A run's JSON file (config.json, results.json); an unreadable one is a BadInput."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise BadInput(f"{path}: unreadable ({e})")
-
-
-def load_run(run_dir, data_dir="data", device="cpu", weights="model.pt"):
-    """Rebuild a finished spend of train.py from its folder: (model with its tweaks and trained weights,
-    in eval mode; mask; dataset; config). Used by hessian.py and landscape.py."""
-    from types import SimpleNamespace
-    import models
-    import prune
-    import tweaks
-    if not os.path.exists(os.path.join(run_dir, "results.json")):
-        raise BadInput(f"{run_dir}: not a finished run of train.py (no results.json)")
-    config = read_json(os.path.join(run_dir, "config.json"))
-    ds = load(config["dataset"], data_dir, config["subset"], config["seed"], device)
-    model = models.get_model(config["arch"], ds["classes"], ds["train"][0].shape[1])
-    tweaks.apply(model, SimpleNamespace(**config))
-    try:
-        model.load_state_dict(models.load(os.path.join(run_dir, weights)))
-    except RuntimeError as e:
-        raise BadInput(f"{run_dir}/{weights} does not fit its config.json ({str(e).splitlines()[0]})")
-    mask = prune.check_mask(models.load(os.path.join(run_dir, "mask.pt"), device), model, f"{run_dir}/mask.pt")
-    return model.to(device).eval(), mask, ds, config

@@ -12,13 +12,12 @@ cross-entropy (not a run's label-smoothed loss: spends with and without TRT shar
 """
 import itertools
 import json
-import sys
 
 import torch
 import torch.nn.functional as F
 
 import data
-from models import BadInput, Parser
+import runs
 
 
 def project(vector, keep):  # zero the pruned coordinates: the sparse network's Hessian has none
@@ -97,7 +96,7 @@ def fixed_batches(ds, n_batches=3, batch_size=128, seed=0):
 
 
 def parse_args(argv=None):
-    p = Parser(description=__doc__.split("\n")[0])
+    p = runs.Parser(description=__doc__.split("\n")[0])
     a = p.add_argument
     a("run", help="a finished spend folder written by train.py")
     a("--batches", type=int, default=3, help="how many fixed training batches the Hessian is taken over")
@@ -112,13 +111,10 @@ def parse_args(argv=None):
     return args
 
 
+@runs.command
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        model, mask, ds, _ = data.load_run(args.run, args.data_dir, args.device)
-    except (BadInput, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    model, mask, ds, _ = runs.load_run(args.run, args.data_dir, args.device)
     batches = fixed_batches(ds, args.batches, args.batch_size)
     value, _, iterations = top_eigen(model, F.cross_entropy, batches, args.iters, args.tol, mask, return_iters=True)
     print(json.dumps(dict(top_eigenvalue=value, iterations=iterations, batches=len(batches),

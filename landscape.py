@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import data
-import models
-from models import BadInput, Parser
+import runs
+from models import BadInput
 
 
 def fixed_images(ds, split, n, seed=0):
@@ -92,58 +92,58 @@ def load_runs(args, split):
     for r in args.runs:
         if not os.path.exists(os.path.join(r, "results.json")):
             raise BadInput(f"{r}: not a finished run of train.py (no results.json)")
-    configs = [data.read_json(os.path.join(r, "config.json")) for r in args.runs]
+    configs = [runs.read_json(os.path.join(r, "config.json")) for r in args.runs]
     datasets = sorted({c["dataset"] for c in configs})
     if len(datasets) > 1:
         raise BadInput(f"the runs are of different datasets ({', '.join(datasets)}): compare runs of one dataset")
     if len({(c["subset"], c["seed"]) for c in configs}) > 1:
         print("note: the runs split their data by different seeds or subsets: they see other images", file=sys.stderr)
-    runs, common = [], os.path.commonpath([os.path.dirname(os.path.abspath(r)) for r in args.runs])
+    loaded, common = [], os.path.commonpath([os.path.dirname(os.path.abspath(r)) for r in args.runs])
     for r in args.runs:  # named by what tells them apart: lth, at_trt; or imp_s91_lth/seed42, imp_s91_at/seed42
-        model, mask, ds, _ = data.load_run(r, args.data_dir, args.device)
+        model, mask, ds, _ = runs.load_run(r, args.data_dir, args.device)
         x, y = fixed_images(ds, split, args.images, args.seed)
-        runs.append((os.path.relpath(os.path.abspath(r), common), model, mask, ds, x, y))
-    return runs, datasets[0]
+        loaded.append((os.path.relpath(os.path.abspath(r), common), model, mask, ds, x, y))
+    return loaded, datasets[0]
 
 
-def save(fig, args, runs, dataset, split, cost, **arrays):
+def save_figure(fig, args, loaded, dataset, split, cost, **arrays):
     """The PNG, and beside it the raw numbers as .npz with what they were measured on; written atomically."""
-    n, png, npz = len(runs[0][4]), io.BytesIO(), io.BytesIO()
-    cost = f"{len(runs)} runs x {cost} x {n} images"
+    n, png, npz = len(loaded[0][4]), io.BytesIO(), io.BytesIO()
+    cost = f"{len(loaded)} runs x {cost} x {n} images"
     fig.suptitle(f"{dataset}: loss on {n} fixed {split} images")
     fig.savefig(png, format="png", dpi=120)
-    np.savez(npz, cost=cost, runs=args.runs, labels=[r[0] for r in runs], dataset=dataset, split=split, images=n,
+    np.savez(npz, cost=cost, runs=args.runs, labels=[r[0] for r in loaded], dataset=dataset, split=split, images=n,
              seed=args.seed, **arrays)
     for path, buf in ((args.out, png), (os.path.splitext(args.out)[0] + ".npz", npz)):
-        models.save(buf.getvalue(), path)
+        runs.save(buf.getvalue(), path)
     print(f"cost: {cost}\nwrote {args.out} and its raw numbers, {os.path.splitext(args.out)[0]}.npz")
 
 
 def contour(args):
-    runs, dataset = load_runs(args, "train")  # the training loss, as Li et al. plot it
-    planes = [loss_plane(model, mask, x, y, args.grid, args.span, args.seed) for _, model, mask, _, x, y in runs]
+    loaded, dataset = load_runs(args, "train")  # the training loss, as Li et al. plot it
+    planes = [loss_plane(model, mask, x, y, args.grid, args.span, args.seed) for _, model, mask, _, x, y in loaded]
     coords, grids = planes[0][0], [losses for _, losses in planes]
     lo, hi = min(g.min() for g in grids), min(max(g.max() for g in grids), 8.0)  # clamped at 8 as in Fig. 8
     levels = np.linspace(lo, max(hi, lo + 1e-6), 21)  # one colour scale for every panel
     from matplotlib.figure import Figure  # here, so that activation_sparsity never needs matplotlib; Agg, headless
-    fig = Figure(figsize=(5.3 * len(runs) + 1.5, 5), layout="constrained")
-    axes = fig.subplots(1, len(runs), squeeze=False)[0]
-    for ax, grid, (name, *_) in zip(axes, grids, runs):
+    fig = Figure(figsize=(5.3 * len(loaded) + 1.5, 5), layout="constrained")
+    axes = fig.subplots(1, len(loaded), squeeze=False)[0]
+    for ax, grid, (name, *_) in zip(axes, grids, loaded):
         filled = ax.contourf(coords, coords, grid, levels, cmap="viridis", extend="max")
         ax.contour(coords, coords, grid, levels, colors="k", linewidths=0.4)
         ax.plot(0, 0, "r+", ms=10)  # the trained weights
         ax.set(title=name, xlabel="random direction 1 (filter-normalized)", ylabel="random direction 2", aspect=1)
     fig.colorbar(filled, ax=axes.tolist(), label="loss (cross-entropy)", format="%.2f")
-    save(fig, args, runs, dataset, "training", f"{args.grid ** 2} grid points", coords=coords, losses=np.stack(grids))
+    save_figure(fig, args, loaded, dataset, "training", f"{args.grid ** 2} grid points", coords=coords, losses=np.stack(grids))
 
 
 def eigen(args):
     import hessian  # the sibling module computing top_eigen; only this plot needs it
-    runs, dataset = load_runs(args, "test")  # Fig. 10 plots the testing loss
+    loaded, dataset = load_runs(args, "test")  # Fig. 10 plots the testing loss
     alphas, lines, values, products = np.linspace(-args.radius, args.radius, args.points), [], [], 0
     from matplotlib.figure import Figure  # here, so that activation_sparsity never needs matplotlib; Agg, headless
     ax = Figure(figsize=(6.5, 4.3), layout="constrained").subplots()
-    for name, model, mask, ds, x, y in runs:
+    for name, model, mask, ds, x, y in loaded:
         batches = hessian.fixed_batches(ds, seed=args.seed)  # training images, as the eigenvalues of Fig. 2, A13
         value, vector, iters = hessian.top_eigen(model, F.cross_entropy, batches, args.iters, masks=mask,
                                                  return_iters=True)  # unit norm, zero where the mask prunes
@@ -154,20 +154,20 @@ def eigen(args):
         ax.plot(alphas, lines[-1], marker=".", label=f"{name}, top eigenvalue {value:.3g}")
     ax.set(xlabel="distance along the top Hessian eigenvector (unit norm)", ylabel="loss (cross-entropy)")
     ax.legend(fontsize=8)
-    save(ax.figure, args, runs, dataset, "test", f"{args.points} points", alphas=alphas, losses=np.stack(lines),
+    save_figure(ax.figure, args, loaded, dataset, "test", f"{args.points} points", alphas=alphas, losses=np.stack(lines),
          eigenvalues=values, hessian_cost=f"{products:,} image Hessian-vector products (power iterations x images)")
 
 
 def sparsity(args):
     for run in args.runs:  # one JSON object per run
-        model, _, ds, _ = data.load_run(run, args.data_dir, args.device)
+        model, _, ds, _ = runs.load_run(run, args.data_dir, args.device)
         x, _ = fixed_images(ds, "test", args.images, args.seed)
         print(json.dumps(dict(run=run, split="test", images=len(x), cost=f"{len(x)} images x 1 forward pass",
                               activation_sparsity=activation_sparsity(model, x))), flush=True)
 
 
 def parse_args(argv=None):
-    p = Parser(description=__doc__.split("\n")[0])
+    p = runs.Parser(description=__doc__.split("\n")[0])
     a = p.add_argument
     a("command", choices=["contour", "eigen", "sparsity"], help="Fig. 4/8, Fig. 10, Table A1")
     a("runs", nargs="+", metavar="RUN", help="folders of finished train.py runs")
@@ -188,13 +188,10 @@ def parse_args(argv=None):
     return args
 
 
+@runs.command
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        {"contour": contour, "eigen": eigen, "sparsity": sparsity}[args.command](args)
-    except BadInput as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    {"contour": contour, "eigen": eigen, "sparsity": sparsity}[args.command](args)
 
 
 if __name__ == "__main__":

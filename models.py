@@ -1,4 +1,4 @@
-"""The paper's networks (§4.1, Fig. 5, Table A4), CIFAR-style, plus the checkpoint files they live in.
+"""The paper's networks (§4.1, Fig. 5, Table A4), CIFAR-style.
 
     model = models.get_model("resnet18", num_classes=100, in_channels=3)
 
@@ -8,11 +8,6 @@ every conv is followed by its BatchNorm inside one `ConvBN` unit (the skip tweak
 on it), and every activation is its own `nn.ReLU` module (the Swish/Mish tweak swaps it). Stages are named
 layer1, layer2, ... in every architecture, so analysis tools can group by stage.
 """
-import argparse
-import os
-import sys
-import tempfile
-
 import torch
 import torch.nn as nn
 import torch.distributed as dist
@@ -21,29 +16,8 @@ import torch.nn.functional as F
 
 
 class BadInput(Exception):
-    """A user error: the command line prints its message as one line and exits with code 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    """The command-line parser of every script: a bad flag is one line on stderr and exit code 2."""
-
-    def error(self, message):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def rank():
-    """This process's rank under torchrun (DDP), else 0. Only rank 0 writes files."""
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def world():
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def barrier():
-    if world() > 1:
-        dist.barrier()
+    """A user error (an unknown arch here; a bad mask, missing data, a corrupt file elsewhere): every command
+    line prints its message as one line and exits with code 2. It lives at the bottom, where all can raise it."""
 
 
 class BatchNorm(nn.BatchNorm2d):
@@ -229,45 +203,3 @@ def get_model(arch, num_classes, in_channels=3):
         raise BadInput(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
     # channels_last (NHWC), as the batches of data.normalize: faster convs on CPU (oneDNN) and GPU (tensor cores)
     return ARCHS[arch](num_classes, in_channels).to(memory_format=torch.channels_last)
-
-
-def save(obj, path):
-    """Write atomically: a temporary file in the same folder, renamed into place, so a kill never leaves
-    a half-written file that a later run would trust. Under torchrun only rank 0 writes, and every rank
-    waits until it has: the files on disk change only here and look the same to all ranks (see `exists`)."""
-    if rank() != 0:
-        return barrier()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(obj, (str, bytes)):
-                f.write(obj.encode() if isinstance(obj, str) else obj)
-            else:
-                torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    barrier()
-
-
-def exists(path):
-    """os.path.exists, asked by all ranks at once under torchrun, so that all take the same branch: between two
-    barriers, since rank 0 may write the file (in `save`) as soon as it has passed the second."""
-    barrier()
-    found = os.path.exists(path)
-    barrier()
-    return found
-
-
-def load(path, device="cpu"):
-    """Load a checkpoint of tensors only (weights_only=True): pickled code is refused, not run."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such file")
-    except Exception as e:
-        raise BadInput(f"{path}: not a readable checkpoint of tensors ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:120] if str(e) else ''})")

@@ -9,12 +9,11 @@ the paper's published numbers (Tables A2, A3) as dashed reference lines.
 """
 import glob
 import io
-import json
 import os
 import statistics
-import sys
 
-from models import Parser, save
+from models import BadInput
+from runs import Parser, command, read_json, save
 
 # Published test accuracies (%), ResNet-18 on CIFAR-100, mean of seeds 42, 1099, 5469: Tables A2 and A3 of the paper.
 PAPER_SPARSITY = [0, 20, 36, 49, 59, 67, 74, 79, 83, 87, 89, 91, 93, 94, 95, 96, 97]
@@ -49,8 +48,7 @@ def gather(root):
         folder = os.path.dirname(path)
         if not os.path.exists(os.path.join(folder, "config.json")):
             continue  # a draw's own ticket folder; its spend copy carries the config
-        with open(path) as f, open(os.path.join(folder, "config.json")) as g:
-            res, cfg = json.load(f), json.load(g)
+        res, cfg = read_json(path), read_json(os.path.join(folder, "config.json"))
         key = (cfg["dataset"], cfg["arch"], cfg["prune"] if cfg["sparsity"] else "imp")
         groups.setdefault(key, {}).setdefault((cfg["sparsity"] or 0.0, variant(cfg)), []).append(res)
     return groups
@@ -102,6 +100,7 @@ def plot(runs, title, path, reference):
     save(buf.getvalue(), path)
 
 
+@command
 def main(argv=None):
     p = Parser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="?", default="runs")
@@ -109,8 +108,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     groups = gather(args.runs)
     if not groups:
-        print(f"error: no finished runs under {args.runs}", file=sys.stderr)
-        sys.exit(2)
+        raise BadInput(f"no finished runs under {args.runs}")
     md = [f"# Results gathered from {args.runs}\n", "Test accuracy (%) of the best-validation checkpoint, "
           "mean ± std over seeds, (difference to LTH).\n"]
     for (dataset, arch, method), runs in sorted(groups.items()):

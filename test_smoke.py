@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import data
 import models
 import prune
+import runs
 import train
 import tweaks
 from models import BadInput
@@ -25,14 +26,34 @@ TINY = ["--dataset", "synthetic", "--arch", "resnet20", "--epochs", "2", "--batc
         "--scale-init-iters", "5"]
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, os.path.join(HERE, "train.py"), *args], capture_output=True, text=True,
+def cli(*args, cwd=None, script="train.py"):
+    return subprocess.run([sys.executable, os.path.join(HERE, script), *args], capture_output=True, text=True,
                           cwd=cwd)
 
 
 def cli_in_process(tmp_path, *args, capsys=None):
     train.main(TINY + ["--runs", str(tmp_path / "runs"), *args])
     return capsys.readouterr().out if capsys else None
+
+
+# ---------------------------------------------------------------- the project's layout
+LAYERS = [["models"], ["prune", "tweaks", "data"], ["runs"], ["hessian"], ["landscape"], ["train"], ["bench", "report"]]
+
+
+def test_imports_run_one_way_down_the_layers():
+    """Every project import in the non-test code (function-level ones too) goes to a strictly lower layer: no
+    circle; models.py imports nothing of the project; data.py nothing above models.py."""
+    import ast
+    layer = {m: i for i, names in enumerate(LAYERS) for m in names}
+    files = {f[:-3] for f in os.listdir(HERE) if f.endswith(".py") and not f.startswith("test_")}
+    assert files == set(layer), "a module is missing from LAYERS"
+    for mod in files:
+        tree = ast.parse(open(os.path.join(HERE, mod + ".py")).read())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) else []
+            for name in (n.split(".")[0] for n in names):
+                assert name not in layer or layer[name] < layer[mod], f"{mod}.py imports {name} (a layer up or level)"
 
 
 # ---------------------------------------------------------------- models
@@ -235,7 +256,7 @@ def test_cli_draws_spends_and_reuses_the_draw(tmp_path, capsys):
         assert key in results
     assert abs(results["sparsity"] - (1 - 0.8 ** 3)) < 1e-3  # measured from the weights
     assert len((out / "metrics.csv").read_text().splitlines()) == 3
-    model, mask = models.load(out / "model.pt"), models.load(out / "mask.pt")
+    model, mask = runs.load(out / "model.pt"), runs.load(out / "mask.pt")
     assert set(mask) <= set(model)
     assert all((model[n][~m] == 0).all() for n, m in mask.items())  # pruned weights stayed exactly zero
     assert any((model[n][m] != 0).any() for n, m in mask.items())
@@ -265,8 +286,8 @@ def test_rewind_omp_random_kd_and_user_masks_spend(tmp_path, capsys):
     assert abs(json.loads((tmp_path / "b" / "results.json").read_text())["sparsity"] - 0.7) < 1e-4
     cli_in_process(tmp_path, "--mask", str(tmp_path / "b" / "mask.pt"), "--swish", "--out", str(tmp_path / "c"),
                    capsys=capsys)
-    assert torch.equal(torch.cat([m.flatten() for m in models.load(tmp_path / "c" / "mask.pt").values()]),
-                       torch.cat([m.flatten() for m in models.load(tmp_path / "b" / "mask.pt").values()]))
+    assert torch.equal(torch.cat([m.flatten() for m in runs.load(tmp_path / "c" / "mask.pt").values()]),
+                       torch.cat([m.flatten() for m in runs.load(tmp_path / "b" / "mask.pt").values()]))
 
 
 # ---------------------------------------------------------------- bad input
@@ -334,7 +355,7 @@ def test_a_run_killed_at_a_random_moment_resumes_to_the_same_result(tmp_path):
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("clean_run", "killed_run"))
     for key in ("test_acc", "final_test_acc", "best_val_acc", "best_epoch", "sparsity", "params_nonzero"):
         assert a[key] == b[key], key
-    ma, mb = models.load(tmp_path / "clean_run" / "model.pt"), models.load(tmp_path / "killed_run" / "model.pt")
+    ma, mb = runs.load(tmp_path / "clean_run" / "model.pt"), runs.load(tmp_path / "killed_run" / "model.pt")
     assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
     assert not list((tmp_path / "k").rglob("checkpoint.pt"))  # finished runs keep no checkpoint
     assert not list((tmp_path / "k").rglob(".tmp-*"))  # and no half-written file is left in use
@@ -407,8 +428,8 @@ def test_run_all_lists_the_full_reproduction():
 
 # ---------------------------------------------------------------- speed benchmark
 def test_bench_times_the_three_loops_and_the_hessian_vector_product():
-    """`train.py --bench` at a small batch: it must run end to end and print every figure it promises."""
-    r = cli("--bench", "--batch-size", "16", "--device", "cpu")
+    """`bench.py` at a small batch: it must run end to end and print every figure it promises."""
+    r = cli("--batch-size", "16", "--device", "cpu", script="bench.py")
     assert r.returncode == 0, r.stderr
     bare, *ours = ("bare PyTorch + DataLoader (dense)", "ours dense", "ours 90% sparse +AT+TRT")
     for loop in (bare, *ours):
@@ -444,7 +465,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     for key in ("test_acc", "best_val_acc", "best_epoch", "sparsity", "weights_nonzero"):
         assert a[key] == b[key], key
     for f in ("mask.pt", "model.pt"):
-        ma, mb = models.load(tmp_path / "one" / f), models.load(tmp_path / "two" / f)
+        ma, mb = runs.load(tmp_path / "one" / f), runs.load(tmp_path / "two" / f)
         assert ma.keys() == mb.keys()
         for k in ma:
             assert ma[k].dtype == mb[k].dtype and torch.allclose(ma[k], mb[k], rtol=0, atol=1e-9), (f, k)

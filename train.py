@@ -11,20 +11,15 @@ IMP level L's mask comes from level L-1's trained weights, so a vanilla spend of
 training of level L: it is reused, never trained twice. A spend writes --out: config.json, metrics.csv,
 mask.pt, model.pt (final weights), best.pt (best validation) and, last, results.json (the run is finished).
 """
-import contextlib
 import copy
 import csv
-import fcntl
 import hashlib
 import io
 import json
 import math
 import os
-import random
 import sys
 import time
-
-import numpy as np
 
 import torch
 import torch.distributed as dist
@@ -36,18 +31,20 @@ import hessian
 import landscape
 import models
 import prune
+import runs
 import tweaks
-from models import BadInput, Parser
+from models import BadInput
+from runs import load, save, exists, write_json
 
 RECIPE = ["dataset", "arch", "seed", "epochs", "lr", "batch_size", "momentum", "wd", "subset", "rewind_epoch"]
 TWEAKS = ["skip", "swish", "mish", "scale_init", "ls", "kd"]
 
 
-def parse_args(argv=None):
-    p = Parser(description=__doc__.split("\n")[0])
+def parser():
+    p = runs.Parser(description=__doc__.split("\n")[0])
     a = p.add_argument
-    a("--dataset", choices=list(data.DATASETS), help="default cifar100 (synthetic with --bench)")
-    a("--arch", choices=list(models.ARCHS), help="default resnet18 (resnet20 with --bench)")
+    a("--dataset", default="cifar100", choices=list(data.DATASETS))
+    a("--arch", default="resnet18", choices=list(models.ARCHS))
     a("--data-dir", default="data", help="where datasets are found or downloaded")
     a("--runs", default="runs", help="root of the draw cache and of default run folders")
     a("--out", help="this spend's folder (default: runs/<dataset>_<arch>_seed<seed>/<variant>_<hash>)")
@@ -55,7 +52,6 @@ def parse_args(argv=None):
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a("--deterministic", action="store_true", help="deterministic kernels: a resumed run repeats exactly")
     a("--compile", action="store_true", help="torch.compile the model for training")
-    a("--bench", action="store_true", help="time a bare PyTorch loop vs ours dense vs ours sparse+AT+TRT, then exit")
     # the §4.1 recipe, for the draw and the spend alike
     a("--epochs", type=int, default=180, help="lr x0.1 at 50%% and 75%% of them (90 and 135 of 180)")
     a("--lr", type=float, default=0.1)
@@ -82,9 +78,11 @@ def parse_args(argv=None):
     a("--at", action="store_true", help="architecture tweaking: --skip --swish")
     a("--trt", action="store_true", help="training recipe tweaking: --scale-init --ls 0.1")
     a("--hessian-every", type=int, default=0, help="record the Hessian's top eigenvalue every N epochs (Fig. A11)")
-    args = p.parse_args(argv)
-    args.dataset = args.dataset or ("synthetic" if args.bench else "cifar100")
-    args.arch = args.arch or ("resnet20" if args.bench else "resnet18")
+    return p
+
+
+def parse_args(argv=None, p=None):
+    args = (p or parser()).parse_args(argv)
     if args.at:
         args.skip = args.swish = True
     if args.trt:
@@ -111,10 +109,6 @@ def short_hash(obj):
     return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def write_json(obj, path):
-    models.save(json.dumps(obj, indent=1, sort_keys=True) + "\n", path)
-
-
 def new_model(args, ds):
     return models.get_model(args.arch, ds["classes"], ds["train"][0].shape[1]).to(args.device)
 
@@ -130,20 +124,6 @@ def lr_at(args, epoch):
     return args.lr * 0.1 ** sum(epoch > math.ceil(args.epochs * f) for f in (0.5, 0.75))
 
 
-def rng_states():
-    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                python=random.getstate(), numpy=torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-                numpy_pos=np.random.get_state()[2])
-
-
-def set_rng_states(s):
-    torch.set_rng_state(s["torch"])
-    if s["cuda"]:
-        torch.cuda.set_rng_state_all(s["cuda"])
-    random.setstate(s["python"])
-    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
-
-
 def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=None):
     """One epoch of SGD on the augmented training split, in bf16 autocast on a GPU. Pruned weights and
     their gradients are zeroed by two fused foreach multiplies per step (no hooks). Under torchrun every rank
@@ -155,7 +135,7 @@ def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=No
     correct = torch.zeros((), device=args.device, dtype=torch.long)
     seen = steps = 0
     first_bad = torch.tensor(-1, device=args.device)  # the first step with a non-finite loss, found without syncing
-    cuda, rank, world = str(args.device).startswith("cuda"), models.rank(), models.world()
+    cuda, rank, world = str(args.device).startswith("cuda"), runs.rank(), runs.world()
     for x, y in data.batches(ds, "train", args.batch_size, seed=args.seed * 1000 + epoch, augmented=True):
         if len(y) < world:  # a last batch too small to give every rank an image
             continue
@@ -197,7 +177,7 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch=None):
     keep = [mask[n].to(weights[n].dtype) for n in mask]
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
     step_model = model
-    if models.world() > 1:  # torchrun: gradients averaged over ranks, BatchNorm statistics over the global batch
+    if runs.world() > 1:  # torchrun: gradients averaged over ranks, BatchNorm statistics over the global batch
         for m in model.modules():
             if isinstance(m, models.BatchNorm):
                 m.global_stats = True
@@ -205,11 +185,11 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch=None):
                          forward_sync_buffers=False)
     step_model = torch.compile(step_model) if args.compile else step_model
     state = dict(epoch=0, best_val=-1.0, best_epoch=0, best_state=None, rows=[])
-    if models.exists(checkpoint):
-        saved = models.load(checkpoint, args.device)
+    if exists(checkpoint):
+        saved = load(checkpoint, args.device)
         model.load_state_dict(saved.pop("model"))
         opt.load_state_dict(saved.pop("optimizer"))
-        set_rng_states(saved.pop("rng"))
+        runs.set_rng_states(saved.pop("rng"))
         state = saved
         print(f"{label} resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
     start, first = time.time(), state["epoch"] + 1
@@ -240,7 +220,7 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch=None):
         if on_epoch:
             on_epoch(epoch, model)
         state["epoch"] = epoch
-        models.save(dict(state, model=model.state_dict(), optimizer=opt.state_dict(), rng=rng_states()), checkpoint)
+        save(dict(state, model=model.state_dict(), optimizer=opt.state_dict(), rng=runs.rng_states()), checkpoint)
     final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     final_test, _ = data.evaluate(model, ds, "test")
     model.load_state_dict(state["best_state"])
@@ -259,7 +239,7 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch
     prune.apply_mask(model, mask)
     applied = tweaks.apply(model, args) + (["scale_init"] if args.scale_init else [])
     checkpoint = os.path.join(out, "checkpoint.pt")
-    if args.scale_init and not models.exists(checkpoint):  # on resume the checkpoint has the scaled weights
+    if args.scale_init and not exists(checkpoint):  # on resume the checkpoint has the scaled weights
         scales = tweaks.scale_init(model, mask, forever(ds, args.batch_size, args.seed), args.scale_init_iters)
         print(f"{label} scale_init: scales in [{min(scales.values()):.3f}, {max(scales.values()):.3f}]")
     loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
@@ -274,33 +254,19 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch
                    weights_nonzero=sum(int(w.count_nonzero()) for w in prune.prunable(model).values()),
                    seconds=round(time.time() - start, 1), device=str(args.device),
                    tweaks=applied + ([f"ls={args.ls}"] if args.ls else []) + (["kd"] if teacher else []))
-    if not models.exists(os.path.join(out, "mask.pt")):  # a draw's ticket folder has it already
-        models.save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
-    models.save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
-    models.save({k: v.cpu() for k, v in best_state.items()}, os.path.join(out, "best.pt"))
+    if not exists(os.path.join(out, "mask.pt")):  # a draw's ticket folder has it already
+        save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
+    save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
+    save({k: v.cpu() for k, v in best_state.items()}, os.path.join(out, "best.pt"))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    models.save(buf.getvalue(), os.path.join(out, "metrics.csv"))
+    save(buf.getvalue(), os.path.join(out, "metrics.csv"))
     write_json(results, os.path.join(out, "results.json"))  # written last: its presence means finished
-    if models.rank() == 0:
+    if runs.rank() == 0:
         os.remove(checkpoint)
     return results
-
-
-@contextlib.contextmanager
-def locked(folder, wait):
-    """Hold an exclusive lock on a run folder (released by the OS if the process dies). A draw's ticket is
-    waited for (parallel spends share draws); a spend's own folder is refused if another process has it."""
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, ".lock"), "w") as f:
-        try:
-            if models.rank() == 0:  # under torchrun rank 0 holds it for all
-                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise BadInput(f"{folder} is being written by another process; let it finish or choose another --out")
-        yield
 
 
 class Draw:
@@ -310,7 +276,7 @@ class Draw:
         self.args, self.ds = args, ds
         key = {k: getattr(args, k) for k in RECIPE}
         self.dir = os.path.join(args.runs, "draws", f"{args.dataset}_{args.arch}_seed{args.seed}_{short_hash(key)}")
-        if not models.exists(os.path.join(self.dir, "draw.json")):
+        if not exists(os.path.join(self.dir, "draw.json")):
             write_json(key, os.path.join(self.dir, "draw.json"))
         self.vanilla = copy.copy(args)  # the draw never sees the tweaks (§3)
         for k in TWEAKS:
@@ -320,32 +286,32 @@ class Draw:
         return os.path.join(self.dir, *parts)
 
     def init(self):
-        if not models.exists(self.path("init.pt")):
+        if not exists(self.path("init.pt")):
             torch.manual_seed(self.args.seed)
-            models.save(new_model(self.args, self.ds).state_dict(), self.path("init.pt"))
-        return models.load(self.path("init.pt"), self.args.device)
+            save(new_model(self.args, self.ds).state_dict(), self.path("init.pt"))
+        return load(self.path("init.pt"), self.args.device)
 
     def reset_state(self):
         """theta_0 (vanilla LTH), or the dense weights after --rewind-epoch epochs (LTH-Rewind)."""
         if not self.args.rewind_epoch:
             return self.init()
         self.trained("imp_00")
-        return models.load(self.path("rewind.pt"), self.args.device)
+        return load(self.path("rewind.pt"), self.args.device)
 
     def mask(self, ticket):
         """The mask of a ticket named imp_LL, omp_S or random_S; drawn once, then read from disk."""
         path = self.path(ticket, "mask.pt")
-        if not models.exists(path):
+        if not exists(path):
             method, value = ticket.split("_")
             model = new_model(self.args, self.ds)
             if ticket == "imp_00":
                 mask = prune.ones_mask(model)
             elif method == "imp":
                 prev = f"imp_{int(value) - 1:02d}"
-                weights = models.load(os.path.join(self.trained(prev), "model.pt"), self.args.device)
+                weights = load(os.path.join(self.trained(prev), "model.pt"), self.args.device)
                 mask = prune.imp_step({n: weights[n] for n in prune.prunable(model)}, self.mask(prev))
             elif method == "omp":
-                weights = models.load(os.path.join(self.trained("imp_00"), "model.pt"), self.args.device)
+                weights = load(os.path.join(self.trained("imp_00"), "model.pt"), self.args.device)
                 mask = prune.omp({n: weights[n] for n in prune.prunable(model)}, float(value))
             elif method == "random":
                 mask = prune.random_prune(prune.prunable(model), float(value), self.args.seed)
@@ -359,23 +325,23 @@ class Draw:
                     size = self.args.batch_size if method == "snip" else 10 * self.ds["classes"]
                     batch = next(data.batches(self.ds, "train", size, seed=self.args.seed))
                     mask = getattr(prune, method)(model, [batch], float(value))
-            models.save({n: m.cpu() for n, m in mask.items()}, path)
-        return {n: m.to(self.args.device) for n, m in models.load(path).items()}
+            save({n: m.cpu() for n, m in mask.items()}, path)
+        return {n: m.to(self.args.device) for n, m in load(path).items()}
 
     def trained(self, ticket):
         """The ticket trained the vanilla-LTH way (reset weights * mask, no tweaks); its folder."""
         out = self.path(ticket)
-        if models.exists(os.path.join(out, "results.json")):
+        if exists(os.path.join(out, "results.json")):
             return out
-        with locked(out, wait=True):
-            if models.exists(os.path.join(out, "results.json")):  # another process trained it meanwhile
+        with runs.locked(out, wait=True):
+            if exists(os.path.join(out, "results.json")):  # another process trained it meanwhile
                 return out
             mask = self.mask(ticket)
             density = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
             print(f"=== draw {ticket}: {1 - density:.2%} sparse, vanilla LTH training -> {out}", flush=True)
             dense = ticket == "imp_00"
             rewind = self.args.rewind_epoch if dense else None
-            save_rewind = lambda epoch, model: epoch == rewind and models.save(
+            save_rewind = lambda epoch, model: epoch == rewind and save(
                 {k: v.cpu() for k, v in model.state_dict().items()}, self.path("rewind.pt"))
             train_ticket(self.vanilla, self.ds, mask, self.init() if dense else self.reset_state(), out,
                          f"[{ticket}]", on_epoch=save_rewind if rewind else None)
@@ -384,7 +350,7 @@ class Draw:
     def teacher(self):
         """The draw's dense network (best validation weights), frozen, as the KD teacher."""
         model = new_model(self.args, self.ds)
-        model.load_state_dict(models.load(os.path.join(self.trained("imp_00"), "best.pt"), self.args.device))
+        model.load_state_dict(load(os.path.join(self.trained("imp_00"), "best.pt"), self.args.device))
         return model.eval().requires_grad_(False)
 
 
@@ -405,23 +371,23 @@ def summarize(results, out):
 def run(args):
     check_args(args)
     config = {k: v for k, v in vars(args).items() if k not in ("device", "out", "runs", "data_dir", "deterministic",
-                                                                "compile", "bench", "hessian_every")}
+                                                                "compile", "hessian_every")}
     ticket = "mask" if args.mask else ticket_name(args)
     variant = "+".join([k for k in TWEAKS if k != "ls" and getattr(args, k)] + ([f"ls{args.ls}"] if args.ls else []))
     out = args.out or os.path.join(args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}",
                                    f"{ticket}_{variant or 'lth'}_{short_hash(config)}")
-    if models.exists(os.path.join(out, "config.json")):
-        if data.read_json(os.path.join(out, "config.json")) != config:
+    if exists(os.path.join(out, "config.json")):
+        if runs.read_json(os.path.join(out, "config.json")) != config:
             raise BadInput(f"{out} holds a run with another config; choose another --out")
-        if models.exists(os.path.join(out, "results.json")):
-            print(f"already finished: {summarize(data.read_json(os.path.join(out, 'results.json')), out)}")
+        if exists(os.path.join(out, "results.json")):
+            print(f"already finished: {summarize(runs.read_json(os.path.join(out, 'results.json')), out)}")
             return
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
     ds = data.load(args.dataset, args.data_dir, args.subset, args.seed, args.device)
     draw = Draw(args, ds)
-    user_mask = args.mask and prune.check_mask(models.load(args.mask), new_model(args, ds), args.mask)
-    with locked(out, wait=False):
+    user_mask = args.mask and prune.check_mask(load(args.mask), new_model(args, ds), args.mask)
+    with runs.locked(out, wait=False):
         write_json(config, os.path.join(out, "config.json"))
         spend(args, ds, draw, ticket, variant, user_mask, out)
 
@@ -432,8 +398,8 @@ def spend(args, ds, draw, ticket, variant, user_mask, out):
         source = draw.trained(ticket)
         for f in ("mask.pt", "model.pt", "best.pt", "metrics.csv", "results.json"):
             with open(os.path.join(source, f), "rb") as src:
-                models.save(src.read(), os.path.join(out, f))
-        results = data.read_json(os.path.join(out, "results.json"))
+                save(src.read(), os.path.join(out, f))
+        results = runs.read_json(os.path.join(out, "results.json"))
     else:
         mask = {n: m.to(args.device) for n, m in user_mask.items()} if user_mask else draw.mask(ticket)
         teacher = draw.teacher() if args.kd else None
@@ -442,36 +408,14 @@ def spend(args, ds, draw, ticket, variant, user_mask, out):
     print(summarize(results, out))
 
 
-def init_distributed(args):
-    """Under `torchrun --nproc_per_node=N train.py ...`: one process per device, one run data-parallel.
-    Every rank computes the same draw and masks; only rank 0 prints and writes."""
-    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
-        return
-    if str(args.device).startswith("cuda"):
-        args.device = f"cuda:{os.environ['LOCAL_RANK']}"
-        torch.cuda.set_device(args.device)
-    dist.init_process_group("nccl" if str(args.device).startswith("cuda") else "gloo")
-    if models.rank() != 0:
-        sys.stdout = open(os.devnull, "w")
-
-
+@runs.command
 def main(argv=None):
     args = parse_args(argv)
-    init_distributed(args)
-    try:
-        if args.bench:
-            import bench
-            return bench.main(args)
-        run(args)
-        if models.world() > 1:  # leave together: a rank that exits at once can cut off its last message to rank 0
-            models.barrier()
-            dist.destroy_process_group()
-    except BadInput as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:  # a read-only or full disk: files are written atomically, so nothing is half-written
-        print(f"error: cannot write: {e}", file=sys.stderr)
-        sys.exit(2)
+    runs.init_distributed(args)
+    run(args)
+    if runs.world() > 1:  # leave together: a rank that exits at once can cut off its last message to rank 0
+        runs.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,182 @@
+"""A run folder on disk and the command-line plumbing around it: atomic writes, safe loads, JSON, the folder lock,
+rebuilding a finished spend, the scripts' Parser, and the helpers that keep torchrun's ranks in step.
+
+    runs.save(state, "runs/x/model.pt"); state = runs.load("runs/x/model.pt")
+    model, mask, ds, config = runs.load_run("runs/x")      # a finished spend of train.py, ready for analysis
+"""
+import argparse
+import contextlib
+import fcntl
+import functools
+import glob
+import json
+import os
+import random
+import sys
+import tempfile
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import data
+import models
+import prune
+import tweaks
+from models import BadInput
+
+
+class Parser(argparse.ArgumentParser):
+    """The command-line parser of every script: a bad flag is one line on stderr and exit code 2."""
+
+    def error(self, message):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def command(main):
+    """Decorates a script's main: a user error (BadInput) or a file it cannot read or write (OSError: missing,
+    read-only, a full disk) is one line on stderr and exit code 2, no traceback. Files are written atomically
+    (`save`), so nothing on disk is left half-written."""
+    @functools.wraps(main)
+    def guarded(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except BadInput as e:
+            message = str(e)
+        except OSError as e:
+            message = f"cannot read or write: {e}"
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    return guarded
+
+
+def rank():
+    """This process's rank under torchrun (DDP), else 0. Only rank 0 writes files."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def barrier():
+    if world() > 1:
+        dist.barrier()
+
+
+def init_distributed(args):
+    """Under `torchrun --nproc_per_node=N train.py ...`: one process per device, one run data-parallel.
+    Every rank computes the same draw and masks; only rank 0 prints and writes."""
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return
+    if str(args.device).startswith("cuda"):
+        args.device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(args.device)
+    dist.init_process_group("nccl" if str(args.device).startswith("cuda") else "gloo")
+    if rank() != 0:
+        sys.stdout = open(os.devnull, "w")
+
+
+def save(obj, path):
+    """Write atomically: a temporary file in the same folder, renamed into place, so a kill never leaves
+    a half-written file that a later run would trust. Under torchrun only rank 0 writes, and every rank
+    waits until it has: the files on disk change only here and look the same to all ranks (see `exists`)."""
+    if rank() != 0:
+        return barrier()
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(obj, (str, bytes)):
+                f.write(obj.encode() if isinstance(obj, str) else obj)
+            else:
+                torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    barrier()
+
+
+def exists(path):
+    """os.path.exists, asked by all ranks at once under torchrun, so that all take the same branch: between two
+    barriers, since rank 0 may write the file (in `save`) as soon as it has passed the second."""
+    barrier()
+    found = os.path.exists(path)
+    barrier()
+    return found
+
+
+def load(path, device="cpu"):
+    """Load a checkpoint of tensors only (weights_only=True): pickled code is refused, not run."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file")
+    except Exception as e:
+        raise BadInput(f"{path}: not a readable checkpoint of tensors ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:120] if str(e) else ''})")
+
+
+def rng_states():
+    """Every random generator's state, for a checkpoint: a resumed run draws what the unbroken run would have."""
+    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                python=random.getstate(), numpy=torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+                numpy_pos=np.random.get_state()[2])
+
+
+def set_rng_states(s):
+    torch.set_rng_state(s["torch"])
+    if s["cuda"]:
+        torch.cuda.set_rng_state_all(s["cuda"])
+    random.setstate(s["python"])
+    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
+
+
+def read_json(path):
+    """A run's JSON file (config.json, results.json); an unreadable one is a BadInput."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{path}: unreadable ({e})")
+
+
+def write_json(obj, path):
+    save(json.dumps(obj, indent=1, sort_keys=True) + "\n", path)
+
+
+@contextlib.contextmanager
+def locked(folder, wait):
+    """Hold an exclusive lock on a run folder (released by the OS if the process dies). A draw's ticket is
+    waited for (parallel spends share draws); a spend's own folder is refused if another process has it."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "w") as f:
+        try:
+            if rank() == 0:  # under torchrun rank 0 holds it for all
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise BadInput(f"{folder} is being written by another process; let it finish or choose another --out")
+        for stale in glob.glob(os.path.join(folder, ".tmp-*")) if rank() == 0 else []:
+            os.remove(stale)  # half-written by a killed holder of this lock (SIGKILL skips save's clean-up)
+        yield
+
+
+def load_run(run_dir, data_dir="data", device="cpu", weights="model.pt"):
+    """Rebuild a finished spend of train.py from its folder: (model with its tweaks and trained weights,
+    in eval mode; mask; dataset; config). Used by hessian.py and landscape.py."""
+    if not os.path.exists(os.path.join(run_dir, "results.json")):
+        raise BadInput(f"{run_dir}: not a finished run of train.py (no results.json)")
+    config = read_json(os.path.join(run_dir, "config.json"))
+    ds = data.load(config["dataset"], data_dir, config["subset"], config["seed"], device)
+    model = models.get_model(config["arch"], ds["classes"], ds["train"][0].shape[1])
+    tweaks.apply(model, SimpleNamespace(**config))
+    try:
+        model.load_state_dict(load(os.path.join(run_dir, weights)))
+    except RuntimeError as e:
+        raise BadInput(f"{run_dir}/{weights} does not fit its config.json ({str(e).splitlines()[0]})")
+    mask = prune.check_mask(load(os.path.join(run_dir, "mask.pt"), device), model, f"{run_dir}/mask.pt")
+    return model.to(device).eval(), mask, ds, config
