@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from models import BadInput
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-SYNTHETIC = dict(classes=10, shape=(3, 16, 16), train=1000, test=200)  # small and learnable, for tests
 
 
 def _idx(path):
@@ -112,17 +111,19 @@ def tinyimagenet(root):
     return split, len(wnids)
 
 
-def synthetic(seed=0):
-    """Random images whose class sets a fixed random pattern: learnable, tiny, no files needed."""
+def synthetic(classes, shape, sizes, seed=0):
+    """Random images whose class sets a fixed random pattern: learnable, no files needed. `sizes`: (train, test)."""
     gen = torch.Generator().manual_seed(seed)
-    k, shape = SYNTHETIC["classes"], SYNTHETIC["shape"]
-    patterns = torch.randn(k, *shape, generator=gen)
+    patterns = torch.randn(classes, *shape, generator=gen)
     split = {}
-    for name in ("train", "test"):
-        y = torch.randint(0, k, (SYNTHETIC[name],), generator=gen)
-        x = 128 + 40 * patterns[y] + 50 * torch.randn(len(y), *shape, generator=gen)
-        split[name] = (x.clamp(0, 255).to(torch.uint8), y)
-    return split, k
+    for name, size in zip(("train", "test"), sizes):
+        y = torch.randint(0, classes, (size,), generator=gen)
+        chunks = []
+        for c in y.split(5000):  # 5,000 at a time: 50,000 float images at once would take 2 GB
+            x = 128 + 40 * patterns[c] + 50 * torch.randn(len(c), *shape, generator=gen)
+            chunks.append(x.clamp(0, 255).to(torch.uint8))
+        split[name] = (torch.cat(chunks), y)
+    return split, classes
 
 
 DATASETS = {
@@ -130,7 +131,8 @@ DATASETS = {
     "cifar100": lambda root: cifar(root, 100),
     "tinyimagenet": tinyimagenet,
     "fashionmnist": fashionmnist,
-    "synthetic": lambda root: synthetic(),
+    "synthetic": lambda root: synthetic(10, (3, 16, 16), (1000, 200)),  # tiny, for tests
+    "synthetic-cifar100": lambda root: synthetic(100, (3, 32, 32), (50000, 10000)),  # CIFAR-100's shape: for timing
 }
 
 

@@ -6,20 +6,26 @@
 #   ./run_all.sh                the full reproduction on GPUs (ResNet-18, CIFAR-100, §4.1 recipe, 3 seeds)
 #   ./run_all.sh --dry-run      print the full job list and an estimate of GPU-hours
 #   ./run_all.sh --list         the job list alone, one train.py command line per line (for a cluster)
-# Options: --jobs N (concurrent runs, one per GPU; default: the number of GPUs), --seeds "42 1099 5469",
-#          --parts "a2 a3 fig5 a4 analysis" (which tables/figures), --arch A --dataset D (Fig. 5 cells to run),
-#          --epochs E (default 180). Re-running skips every finished run, so a killed reproduction resumes.
-# The first call sets up the environment: a .venv beside this file with requirements.txt, and Debian's
-# dataset-fashion-mnist package where apt-get can install it.
+#   ./run_all.sh --gpu-check    a few minutes on one GPU: environment, speed, memory, an end-to-end signature run
+# Options (in any order): --jobs N (concurrent runs in all; default: GPUs x --per-gpu), --per-gpu K (runs at once
+#          on each GPU, default 1), --seeds "42 1099 5469" (--quick: 42), --parts "a2 a3 fig5 a4 analysis" (which
+#          tables/figures), --arch A --dataset D (Fig. 5 cells to run), --epochs E (default 180). Re-running skips
+#          every finished run, so a killed reproduction resumes.
+# The first call sets up the environment: a .venv beside this file with requirements.txt (or PYTHON=python3 to
+# use an interpreter that has torch already), and Debian's dataset-fashion-mnist package where apt-get can.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-MODE=full SEEDS="42 1099 5469" PARTS="a2 a3 fig5 a4 analysis" EPOCHS=180 JOBS="" CELL_ARCH="" CELL_DATASET=""
-EPOCH_SECONDS=${EPOCH_SECONDS:-10}  # assumed GPU seconds per ResNet-18/CIFAR epoch for --dry-run; not measured here
+MODE=full SEEDS="" PARTS="a2 a3 fig5 a4 analysis" EPOCHS=180 JOBS="" PER_GPU=1 CELL_ARCH="" CELL_DATASET=""
+MEASURED=runs/gpu_check/seconds_per_epoch  # written by --gpu-check: ResNet-18, 45,000 CIFAR-shaped images, AT+TRT
+if [ -n "${EPOCH_SECONDS:-}" ]; then SOURCE="set by EPOCH_SECONDS"  # GPU seconds per epoch, for --dry-run
+elif [ -s $MEASURED ]; then EPOCH_SECONDS=$(cat $MEASURED) SOURCE="measured by --gpu-check, read from $MEASURED"
+else EPOCH_SECONDS=10 SOURCE="assumed, not measured: run --gpu-check on your GPU or set EPOCH_SECONDS"; fi
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick|--test|--dry-run|--list) MODE=${1#--}; SEEDS=$([ "$1" = --quick ] && echo 42 || echo "$SEEDS") ;;
+    --quick|--test|--dry-run|--list|--gpu-check) MODE=${1#--} ;;
     --jobs) JOBS=$2; shift ;;
+    --per-gpu) PER_GPU=$2; shift ;;
     --seeds) SEEDS=$2; shift ;;
     --parts) PARTS=$2; shift ;;
     --epochs) EPOCHS=$2; shift ;;
@@ -29,9 +35,12 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-PY=.venv/bin/python
+[ -n "$SEEDS" ] || SEEDS=$([ $MODE = quick ] && echo 42 || echo "42 1099 5469")
+[[ "$PER_GPU" =~ ^[1-9][0-9]*$ ]] || { echo "error: --per-gpu must be a whole number >= 1, got $PER_GPU" >&2; exit 2; }
+PY=${PYTHON:-.venv/bin/python}
 
 setup() {
+  if [ -n "${PYTHON:-}" ]; then return; fi  # the caller's interpreter: nothing to install
   if [ ! -x $PY ] || ! $PY -c "import torch, torchvision, matplotlib, pytest" 2>/dev/null; then
     echo "setting up .venv (first run only)..."
     python3 -m venv .venv
@@ -102,15 +111,18 @@ quick_jobs() {
   done
 }
 
-# Run a job list (stdin) with $JOBS concurrent slots, slot i on GPU i; finished runs are skipped.
+GPUS=$( (nvidia-smi -L 2>/dev/null || true) | grep -c GPU || true)
+SLOTS=${JOBS:-$(( (GPUS > 0 ? GPUS : 1) * PER_GPU ))}
+
+# Run a job list (stdin) in $SLOTS concurrent slots, slot i on GPU i mod GPUs; finished runs are skipped.
 run_list() {
   local jobs=(); mapfile -t jobs
-  local n=${JOBS:-$( (nvidia-smi -L 2>/dev/null || true) | grep -c GPU || true)}; [ "$n" -ge 1 ] || n=1
+  local n=$SLOTS
   for ((slot = 0; slot < n; slot++)); do
     (for ((i = slot; i < ${#jobs[@]}; i += n)); do
        out=${jobs[i]##*--out }
        [ -e "$out/results.json" ] && continue
-       if [ "$n" -gt 1 ]; then export CUDA_VISIBLE_DEVICES=$slot; fi
+       if [ "$GPUS" -gt 1 ]; then export CUDA_VISIBLE_DEVICES=$((slot % GPUS)); fi
        $PY train.py ${jobs[i]} || echo "FAILED ($?): train.py ${jobs[i]}" >&2
      done) &
   done
@@ -129,7 +141,49 @@ analysis() {
   $PY landscape.py eigen "${runs[@]}" --images "$images" --iters "$iters" --out "$dir/eigen_s${s}_seed$seed.png"
 }
 
+# --gpu-check: each part under its own time limit; a failed part is named and the next one runs. Prints plain
+# lines for the README. Without a GPU it says so, runs the parts a CPU can (smaller), and exits 0.
+gpu_check() {
+  local dir=runs/gpu_check failed="" t0 device=cuda arch=resnet18
+  part() {  # part NAME SECONDS COMMAND...
+    echo "== $1"; t0=$(date +%s)
+    if timeout "$2" "${@:3}"; then echo "-- $1: ok, $(( $(date +%s) - t0 )) s"
+    else echo "-- $1: FAILED (exit $?, limit $2 s)"; failed="$failed $1"; fi
+  }
+  rm -rf $dir; mkdir -p $dir
+  part environment 120 $PY -c "import platform, torch; c = torch.cuda.is_available()
+print('torch', torch.__version__, '| CUDA', torch.version.cuda, '| cuDNN', torch.backends.cudnn.version(), '| python', platform.python_version())
+print('GPU:', torch.cuda.get_device_name() if c else 'none found (torch.cuda.is_available() is False)')"
+  if $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    local bench="bench.py --arch resnet18 --dataset synthetic-cifar100 --subset 5000 --batch-size 128 --device cuda"
+    part bench 180 $PY $bench
+    part bench-compiled 240 $PY $bench --compile
+    part epoch-seconds 180 $PY train.py --dataset synthetic-cifar100 --arch resnet18 --epochs 2 --prune random \
+      --sparsity 0.91 --at --trt --runs $dir/runs --out $dir/epoch
+    if [ -s $dir/epoch/metrics.csv ]; then  # epoch 2: cuDNN's autotuning is done
+      tail -1 $dir/epoch/metrics.csv | cut -d, -f7 > $MEASURED
+      echo "seconds per epoch, ResNet-18 + AT + TRT at 91% on 45,000 CIFAR-shaped images, batch 128: $(cat $MEASURED)"
+    fi
+  else
+    device=cpu arch=resnet20
+    echo "no GPU found: skipping the GPU benchmarks; the end-to-end parts run on the CPU with ResNet-20"
+  fi
+  local small="--dataset synthetic --arch $arch --device $device --runs $dir/runs"
+  part signature 240 $PY train.py $small --epochs 1 --sparsity 0.91 --skip --swish --ls 0.1 --out $dir/signature
+  part signature-zeros 5 grep '"pruned_nonzero": 0,' $dir/signature/results.json  # pruned weights exactly zero
+  local same="--epochs 2 --prune random --sparsity 0.5 --at --deterministic"
+  export CUBLAS_WORKSPACE_CONFIG=:4096:8  # what --deterministic needs of cuBLAS
+  part plain 240 $PY train.py $small $same --out $dir/plain
+  part torchrun-1 240 $PY -m torch.distributed.run --nproc_per_node=1 train.py $small $same --out $dir/torchrun
+  part torchrun-like-plain 5 diff <(grep -v '"seconds"' $dir/plain/results.json) \
+    <(grep -v '"seconds"' $dir/torchrun/results.json)  # the same accuracies, losses and counts, to the last digit
+  echo "gpu-check done;${failed:+ FAILED:$failed}${failed:- every part passed}"
+}
+
 case $MODE in
+  gpu-check)
+    setup
+    gpu_check ;;
   test)
     setup
     exec $PY -m pytest -q ;;
@@ -137,14 +191,15 @@ case $MODE in
     full_jobs ;;
   dry-run)
     full_jobs
-    full_jobs | awk -v es="$EPOCH_SECONDS" -v E="$EPOCHS" '
+    full_jobs | awk -v es="$EPOCH_SECONDS" -v E="$EPOCHS" -v source="$SOURCE" '
       { match($0, /--dataset [a-z0-9]+ --arch [a-z0-9]+/); draw = substr($0, RSTART, RLENGTH)
         match($0, /--seed [0-9]+/); draw = draw substr($0, RSTART, RLENGTH) ($0 ~ /rewind/ ? " rewind" : "")
         if ($0 !~ /--prune/) levels[draw] = 17; else if (!(draw in levels)) levels[draw] = 1
         if ($0 ~ /--(skip|swish|mish|scale-init|ls|at|trt|kd|prune)/) spends++ }
       END { for (d in levels) { draws++; trainings += levels[d] }
             printf "# %d jobs: %d trained spends + %d draws (%d trainings; vanilla LTH spends reuse them)\n", NR, spends, draws, trainings
-            printf "# estimate: %.0f GPU-hours at %s s/epoch (assumed, not measured; set EPOCH_SECONDS)\n", (spends + trainings) * E * es / 3600, es }' ;;
+            printf "# estimate: %.0f GPU-hours at %s s/epoch (%s), one run per GPU at a time\n", (spends + trainings) * E * es / 3600, es, source }'
+    echo "# slots: $SLOTS concurrent runs ($GPUS GPUs x $PER_GPU per GPU${JOBS:+; --jobs $JOBS overrides})" ;;
   quick)
     setup
     start=$(date +%s)

@@ -1,4 +1,5 @@
 """Fast tests of the whole project, on CPU, offline: `python -m pytest -q test_smoke.py`."""
+import csv
 import itertools
 import json
 import os
@@ -296,6 +297,27 @@ def bad(tmp_path, *args):
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     return r.stderr
+
+
+def test_bf16_autocast_on_cpu_trains_a_sparse_ticket_with_every_tweak(tmp_path, capsys):
+    """--amp on CPU takes the path a GPU takes by default (bf16 autocast): AT + TRT + KD finish with finite losses,
+    pruned weights exactly zero and results.json written, the Hessian (float32) runs on the result, and the
+    weights differ from the same spend in float32 (so autocast was really on)."""
+    import hessian
+    spend = ["--prune", "omp", "--sparsity", "0.8", "--at", "--trt", "--kd", "--epochs", "1", "--subset", "400"]
+    cli_in_process(tmp_path, *spend, "--amp", "--out", str(tmp_path / "bf16"))
+    cli_in_process(tmp_path, *spend, "--out", str(tmp_path / "fp32"))
+    out = tmp_path / "bf16"
+    assert json.loads((out / "results.json").read_text())["sparsity"] > 0.79
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 1 and all(np.isfinite(float(r["train_loss"])) for r in rows)
+    model, mask, ds, _ = runs.load_run(str(out))
+    weights = dict(model.named_parameters())
+    assert all(weights[n][~m].abs().sum() == 0 for n, m in mask.items())
+    value, _ = hessian.top_eigen(model, F.cross_entropy, hessian.fixed_batches(ds, 1, 32), iters=5, masks=mask)
+    assert np.isfinite(value)
+    fp32 = runs.load(tmp_path / "fp32" / "model.pt")
+    assert any(not torch.equal(fp32[n], p.detach()) for n, p in weights.items())
 
 
 def test_bad_input_gets_one_line_and_exit_code_2(tmp_path):

@@ -11,6 +11,7 @@ IMP level L's mask comes from level L-1's trained weights, so a vanilla spend of
 training of level L: it is reused, never trained twice. A spend writes --out: config.json, metrics.csv,
 mask.pt, model.pt (final weights), best.pt (best validation) and, last, results.json (the run is finished).
 """
+import argparse
 import copy
 import csv
 import hashlib
@@ -52,6 +53,7 @@ def parser():
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a("--deterministic", action="store_true", help="deterministic kernels: a resumed run repeats exactly")
     a("--compile", action="store_true", help="torch.compile the model for training")
+    a("--amp", action=argparse.BooleanOptionalAction, help="train in bf16 autocast (default: on with CUDA, off on CPU)")
     # the §4.1 recipe, for the draw and the spend alike
     a("--epochs", type=int, default=180, help="lr x0.1 at 50%% and 75%% of them (90 and 135 of 180)")
     a("--lr", type=float, default=0.1)
@@ -125,7 +127,7 @@ def lr_at(args, epoch):
 
 
 def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=None):
-    """One epoch of SGD on the augmented training split, in bf16 autocast on a GPU. Pruned weights and
+    """One epoch of SGD on the augmented training split, in bf16 autocast on a GPU (or with --amp). Pruned weights and
     their gradients are zeroed by two fused foreach multiplies per step (no hooks). Under torchrun every rank
     takes its shard of each global batch. Returns the summed loss, the number of correct predictions (both
     as device tensors: no sync per step), the number of images and the first step whose loss was not finite
@@ -136,12 +138,13 @@ def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=No
     seen = steps = 0
     first_bad = torch.tensor(-1, device=args.device)  # the first step with a non-finite loss, found without syncing
     cuda, rank, world = str(args.device).startswith("cuda"), runs.rank(), runs.world()
+    amp = cuda if args.amp is None else args.amp
     for x, y in data.batches(ds, "train", args.batch_size, seed=args.seed * 1000 + epoch, augmented=True):
         if len(y) < world:  # a last batch too small to give every rank an image
             continue
         n = len(y)
         x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
-        with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+        with torch.autocast("cuda" if cuda else "cpu", torch.bfloat16, enabled=amp):
             logits = model(x)
             loss = loss_fn(logits, x, y)  # autocast computes losses in float32
         opt.zero_grad(set_to_none=True)
@@ -252,6 +255,7 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch
                    params_nonzero=sum(int(p.count_nonzero()) for p in model.parameters()),
                    weights_total=sum(w.numel() for w in prune.prunable(model).values()),
                    weights_nonzero=sum(int(w.count_nonzero()) for w in prune.prunable(model).values()),
+                   pruned_nonzero=sum(int(prune.prunable(model)[n][~m].count_nonzero()) for n, m in mask.items()),
                    seconds=round(time.time() - start, 1), device=str(args.device),
                    tweaks=applied + ([f"ls={args.ls}"] if args.ls else []) + (["kd"] if teacher else []))
     if not exists(os.path.join(out, "mask.pt")):  # a draw's ticket folder has it already
@@ -371,7 +375,7 @@ def summarize(results, out):
 def run(args):
     check_args(args)
     config = {k: v for k, v in vars(args).items() if k not in ("device", "out", "runs", "data_dir", "deterministic",
-                                                                "compile", "hessian_every")}
+                                                                "compile", "amp", "hessian_every")}
     ticket = "mask" if args.mask else ticket_name(args)
     variant = "+".join([k for k in TWEAKS if k != "ls" and getattr(args, k)] + ([f"ls{args.ls}"] if args.ls else []))
     out = args.out or os.path.join(args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}",
@@ -383,7 +387,7 @@ def run(args):
             print(f"already finished: {summarize(runs.read_json(os.path.join(out, 'results.json')), out)}")
             return
     if args.deterministic:
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=True)  # CUDA: a few ops (pooling backward) only warn
     ds = data.load(args.dataset, args.data_dir, args.subset, args.seed, args.device)
     draw = Draw(args, ds)
     user_mask = args.mask and prune.check_mask(load(args.mask), new_model(args, ds), args.mask)
