@@ -56,16 +56,11 @@ def bare_steps(model, loader, device, steps):
     return n
 
 
-def peak_memory(device):
-    if str(device).startswith("cuda"):
-        return f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB GPU"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB RSS (process)"
-
-
 def bench(args, steps=10, rounds=3):
     args.lr, args.epochs = 0.01, 180  # small lr: the timed steps must stay finite
     ds = data.load(args.dataset, args.data_dir, args.subset, args.seed, args.device)
-    sync = torch.cuda.synchronize if str(args.device).startswith("cuda") else (lambda: None)
+    cuda = str(args.device).startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     torch.manual_seed(args.seed)
     dense = train.new_model(args, ds)
     sparse = copy.deepcopy(dense)
@@ -83,10 +78,13 @@ def bench(args, steps=10, rounds=3):
     step_models = {name: torch.compile(ours[name][0]) if args.compile else ours[name][0] for name in ours}  # as train.fit
     bare_model, loader = copy.deepcopy(dense).to(memory_format=torch.contiguous_format), bare_loader(ds, args.batch_size)
     timings = {k: [] for k in ["bare PyTorch + DataLoader (dense)", *ours]}
+    peaks = dict.fromkeys(timings, 0)  # GPU memory, each loop's own peak
     for r in range(rounds + 1):  # round 0 warms up (workers, allocator, cudnn autotuning, compiling): not counted
         for name in timings:
             n_steps = steps if r else 2
             sync()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             if name in ours:
                 _, opt, masked, keep, loss = ours[name]
@@ -96,12 +94,16 @@ def bench(args, steps=10, rounds=3):
             sync()
             if r:
                 timings[name].append(n / (time.perf_counter() - t0))
+            peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated() / 2**20 if cuda else 0)
     n_train = len(ds["train"][0])
     print(f"{args.arch} on {args.dataset} ({n_train} training images), batch {args.batch_size}, {args.device}, "
           f"{torch.get_num_threads()} threads, {steps} steps x {rounds} interleaved rounds{', ours compiled' if args.compile else ''}")
     for name, rates in timings.items():
         rate = statistics.median(rates)
-        print(f"  {name:34s} {rate:9.0f} images/s   epoch {n_train / rate:7.2f} s   peak {peak_memory(args.device)}")
+        print(f"  {name:34s} {rate:9.0f} images/s   epoch {n_train / rate:7.2f} s" +
+              (f"   peak {peaks[name]:.0f} MiB GPU" if cuda else ""))
+    if not cuda:  # ru_maxrss: this process alone, not the DataLoader's worker processes
+        print(f"  peak memory of the whole process (all loops): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB RSS")
     ratio = statistics.median(timings["ours 90% sparse +AT+TRT"]) / statistics.median(timings["bare PyTorch + DataLoader (dense)"])
     x, y = next(data.batches(ds, "train", args.batch_size, seed=0))
     for name, (model, *_) in ours.items():  # as hessian.top_eigen runs: one graph, then many products through it
@@ -116,7 +118,7 @@ def bench(args, steps=10, rounds=3):
             sync(); product.append(time.perf_counter() - t0)
         del matvec  # frees the graph
         print(f"{name}: one Hessian-vector product = {statistics.median(product) / step:.2f} training steps "
-              f"(building the graph it reuses, once per power iteration: {build / step:.2f})")
+              f"(building the graph it reuses, once per top_eigen call: {build / step:.2f})")
     print(f"sparse/bare throughput ratio: {ratio:.2f}")
 
 

@@ -58,11 +58,12 @@ LEVELS="0 0.2 0.36 0.488 0.59 0.672 0.738 0.79 0.832 0.866 0.893 0.914 0.931 0.9
 # is ROOT/<dataset>_<arch>/<prune>_s<sparsity>_<tweaks, or lth>/seed<seed>.
 job() {
   local root=$1 seed=$2 s=$3 base=$4; shift 4
-  local flags="$*" name prune
-  name=$(echo "$*" | sed 's/--prune [a-z]*//; s/--rewind-epoch [0-9]*/rewind/' | tr -d ' -')
-  prune=$(echo "$*" | grep -o -- '--prune [a-z]*' | cut -d' ' -f2 || true)
+  local flags="$*" name="$*" prune=imp
+  if [[ $name =~ --prune\ ([a-z]+) ]]; then prune=${BASH_REMATCH[1]} name=${name/"${BASH_REMATCH[0]}"/}; fi
+  if [[ $name =~ --rewind-epoch\ [0-9]+ ]]; then name=${name/"${BASH_REMATCH[0]}"/rewind}; fi
+  name=${name//[ -]/}  # no subprocess per job: the full list has thousands
   set -- $base
-  echo "$base${flags:+ }$flags --seed $seed --sparsity $s --runs $root --out $root/$2_$4/${prune:-imp}_s${s}_${name:-lth}/seed$seed"
+  echo "$base${flags:+ }$flags --seed $seed --sparsity $s --runs $root --out $root/$2_$4/${prune}_s${s}_${name:-lth}/seed$seed"
 }
 
 all_jobs() {
@@ -144,13 +145,13 @@ analysis() {
 # --gpu-check: each part under its own time limit; a failed part is named and the next one runs. Prints plain
 # lines for the README. Without a GPU it says so, runs the parts a CPU can (smaller), and exits 0.
 gpu_check() {
-  local dir=runs/gpu_check failed="" t0 device=cuda arch=resnet18
+  local dir=runs/gpu_check/work failed="" t0 device=cuda arch=resnet18
   part() {  # part NAME SECONDS COMMAND...
     echo "== $1"; t0=$(date +%s)
     if timeout "$2" "${@:3}"; then echo "-- $1: ok, $(( $(date +%s) - t0 )) s"
     else echo "-- $1: FAILED (exit $?, limit $2 s)"; failed="$failed $1"; fi
   }
-  rm -rf $dir; mkdir -p $dir
+  rm -rf $dir; mkdir -p $dir  # the last check's runs; a measured $MEASURED stays until a GPU measures again
   part environment 120 $PY -c "import platform, torch; c = torch.cuda.is_available()
 print('torch', torch.__version__, '| CUDA', torch.version.cuda, '| cuDNN', torch.backends.cudnn.version(), '| python', platform.python_version())
 print('GPU:', torch.cuda.get_device_name() if c else 'none found (torch.cuda.is_available() is False)')"
@@ -161,7 +162,7 @@ print('GPU:', torch.cuda.get_device_name() if c else 'none found (torch.cuda.is_
     part epoch-seconds 180 $PY train.py --dataset synthetic-cifar100 --arch resnet18 --epochs 2 --prune random \
       --sparsity 0.91 --at --trt --runs $dir/runs --out $dir/epoch
     if [ -s $dir/epoch/metrics.csv ]; then  # epoch 2: cuDNN's autotuning is done
-      tail -1 $dir/epoch/metrics.csv | cut -d, -f7 > $MEASURED
+      tail -1 $dir/epoch/metrics.csv | cut -d, -f7 | tr -d '\r' > $MEASURED
       echo "seconds per epoch, ResNet-18 + AT + TRT at 91% on 45,000 CIFAR-shaped images, batch 128: $(cat $MEASURED)"
     fi
   else

@@ -448,6 +448,29 @@ def test_run_all_lists_the_full_reproduction():
         train.parse_args(job.split())  # every job line is a valid train.py command line
 
 
+def test_run_all_options_in_any_order_and_several_runs_per_gpu():
+    run = lambda *a: subprocess.run(["bash", os.path.join(HERE, "run_all.sh"), *a], capture_output=True, text=True)
+    a, b = run("--seeds", "7", "--per-gpu", "3", "--dry-run"), run("--dry-run", "--per-gpu", "3", "--seeds", "7")
+    assert a.returncode == 0 and a.stdout == b.stdout and "--seed 7 " in a.stdout and "--seed 42 " not in a.stdout
+    assert re.search(r"^# slots: 3 concurrent runs \(0 GPUs x 3 per GPU\)$", a.stdout, re.M)
+    assert re.search(r"^# slots: 5 concurrent", run("--dry-run", "--per-gpu", "3", "--jobs", "5").stdout, re.M)
+    bad = run("--per-gpu", "0", "--dry-run")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and not bad.stdout
+
+
+def test_gpu_check_without_a_gpu_says_so_and_runs_what_a_cpu_can(tmp_path):
+    """`run_all.sh --gpu-check` on this CPU machine, in a copy of the project (it writes runs/gpu_check/)."""
+    for f in os.listdir(HERE):
+        if f.endswith(".py") or f == "run_all.sh":
+            (tmp_path / f).write_bytes(open(os.path.join(HERE, f), "rb").read())
+    r = subprocess.run(["bash", str(tmp_path / "run_all.sh"), "--gpu-check"], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHON=sys.executable, CUDA_VISIBLE_DEVICES=""))
+    assert r.returncode == 0 and "no GPU found" in r.stdout, r.stdout + r.stderr
+    for part in ("environment", "signature", "signature-zeros", "plain", "torchrun-1", "torchrun-like-plain"):
+        assert f"-- {part}: ok" in r.stdout, part
+    assert r.stdout.rstrip().endswith("every part passed") and "FAILED" not in r.stdout
+
+
 # ---------------------------------------------------------------- speed benchmark
 def test_bench_times_the_three_loops_and_the_hessian_vector_product():
     """`bench.py` at a small batch: it must run end to end and print every figure it promises."""
