@@ -72,7 +72,7 @@ def bench(args, steps=10, rounds=3):
     tweaks.scale_init(sparse, mask, train.forever(ds, args.batch_size, args.seed), iters=5)
     ours = {}
     for name, model, m, ls in (("ours dense", dense, prune.ones_mask(dense), 0.0), ("ours 90% sparse +AT+TRT", sparse, mask, 0.1)):
-        weights = prune.prunable(model)
+        weights = dict(model.named_parameters())
         opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.wd)
         ours[name] = (model, opt, [weights[n] for n in m], [m[n].to(weights[n].dtype) for n in m], tweaks.make_loss(ls))
     step_models = {name: torch.compile(ours[name][0]) if args.compile else ours[name][0] for name in ours}  # as train.fit

@@ -1,8 +1,9 @@
 """Drawing masks: global magnitude pruning (IMP, OMP), random pruning, the pruning-at-init baselines of
 Table A4 (SNIP, GraSP, SynFlow), and the mask bookkeeping.
 
-A mask is a dict {weight name: bool tensor} over every conv and linear weight (`prunable`), with the names
-of `model.state_dict()`. BatchNorm parameters and biases are never pruned. All pruners here are global:
+A mask is a dict {weight name: bool tensor} over the pruned weights (`prunable`: every conv weight, as the
+authors' code prunes; the linear classifier too with linear=True), with the names of `model.state_dict()`.
+BatchNorm parameters and biases are never pruned. All pruners here are global:
 one ranking across all layers, and each keeps an exact number of weights. The IMP loop itself (train,
 prune 20%, reset, repeat) lives in train.py's `Draw`, because it trains.
 """
@@ -19,13 +20,14 @@ IMP_RATE = 0.2  # each IMP level removes 20% of the remaining weights (§4.1): d
 GRASP_TEMP = 200  # GraSP's code divides the logits by T = 200 so the softmax is not saturated at init
 
 
-def prunable(model):
-    """Conv and linear weights: every parameter with more than one dimension."""
-    return {n: p for n, p in model.named_parameters() if p.dim() > 1}
+def prunable(model, linear=False):
+    """The weights a mask covers: every conv weight, globally, as ToST's LRsI/cifar_prune.py (which leaves the
+    classifier dense); with linear=True the linear weights too (--prune-classifier)."""
+    return {n: p for n, p in model.named_parameters() if p.dim() == 4 or (linear and p.dim() == 2)}
 
 
-def ones_mask(model):
-    return {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable(model).items()}
+def ones_mask(model, linear=False):
+    return {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable(model, linear).items()}
 
 
 def imp_level(sparsity):
@@ -88,32 +90,32 @@ def random_like(mask_ref, seed):
     return mask
 
 
-def loss_grad(net, batches, temp=1.0):
+def loss_grad(net, weights, batches, temp=1.0):
     """Gradient of the cross-entropy of logits / temp, summed over batches, w.r.t. the weights (.grad untouched)."""
-    weights = list(prunable(net).values())
+    weights = list(weights.values())
     total = [torch.zeros_like(w) for w in weights]
     for x, y in batches:
         total = [t + g for t, g in zip(total, torch.autograd.grad(F.cross_entropy(net(x) / temp, y), weights))]
     return total
 
 
-def snip(model, batches, sparsity):
+def snip(model, batches, sparsity, linear=False):
     """SNIP (Lee et al. 2019): keep the weights of highest connection sensitivity |g * w| at init, with g the
     gradient of the cross-entropy summed over `batches` [(x, y), ...]."""
     net = copy.deepcopy(model).train().requires_grad_(True)  # train-mode passes would move the caller's BN stats
-    weights = prunable(net)
-    g = loss_grad(net, batches)
+    weights = prunable(net, linear)
+    g = loss_grad(net, weights, batches)
     return keep_top({n: (gi * w).abs().detach() for (n, w), gi in zip(weights.items(), g)},
                     keep_count(weights, sparsity))
 
 
-def grasp(model, batches, sparsity):
+def grasp(model, batches, sparsity, linear=False):
     """GraSP (Wang et al. 2020): score -w * Hg, with g the gradient of the cross-entropy (logits / T) summed over
     `batches` and H its Hessian. A high score means removing the weight reduces the gradient flow least, so GraSP
     prunes the highest scores (its code keeps score <= threshold): we keep the top of w * Hg."""
     net = copy.deepcopy(model).train().requires_grad_(True)  # a copy, as in snip
-    weights = prunable(net)
-    g, hg = loss_grad(net, batches, GRASP_TEMP), [torch.zeros_like(w) for w in weights.values()]
+    weights = prunable(net, linear)
+    g, hg = loss_grad(net, weights, batches, GRASP_TEMP), [torch.zeros_like(w) for w in weights.values()]
     for x, y in batches:  # one batch at a time: the double-backprop graph of all of them may not fit
         grads = torch.autograd.grad(F.cross_entropy(net(x) / GRASP_TEMP, y), list(weights.values()), create_graph=True)
         gtg = sum((gi * gr).sum() for gi, gr in zip(g, grads))  # g (held fixed) . grad: its gradient is H g
@@ -121,14 +123,14 @@ def grasp(model, batches, sparsity):
     return keep_top({n: (w * h).detach() for (n, w), h in zip(weights.items(), hg)}, keep_count(weights, sparsity))
 
 
-def synflow(model, sparsity, rounds=100, input_shape=(3, 32, 32)):
+def synflow(model, sparsity, rounds=100, input_shape=(3, 32, 32), linear=False):
     """SynFlow (Tanaka et al. 2020), data-free: with every parameter and buffer replaced by its absolute value,
     BatchNorm in eval mode and an all-ones input, R = 1^T (prod |W|) 1 is the summed output; score |dR/dw * w|.
     Over `rounds` rounds the density falls as (1 - sparsity)^(k / rounds), re-scoring the masked net each time."""
     net = copy.deepcopy(model).double().eval().requires_grad_(True)  # float64: R, a product, may overflow fp32
     for t in net.state_dict().values():  # state_dict() shares the storage of the parameters and buffers
         t.abs_()
-    weights = prunable(net)
+    weights = prunable(net, linear)
     mask = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
     x = torch.ones(1, *input_shape, dtype=torch.float64, device=next(net.parameters()).device)
     for k in range(1, rounds + 1):
@@ -143,9 +145,9 @@ def synflow(model, sparsity, rounds=100, input_shape=(3, 32, 32)):
     return mask
 
 
-def check_mask(mask, model, source):
+def check_mask(mask, model, source, linear=False):
     """Refuse anything that is not a mask of exactly this model's prunable weights."""
-    expected = {n: p.shape for n, p in prunable(model).items()}
+    expected = {n: p.shape for n, p in prunable(model, linear).items()}
     if not isinstance(mask, dict) or not all(isinstance(v, torch.Tensor) for v in mask.values()):
         raise BadInput(f"{source}: not a mask (expected a dict of weight name -> bool tensor)")
     if set(mask) != set(expected):
@@ -160,12 +162,11 @@ def check_mask(mask, model, source):
 @torch.no_grad()
 def apply_mask(model, mask):
     """Zero the pruned weights in place."""
-    weights = prunable(model)
+    weights = dict(model.named_parameters())
     names = list(mask)
     torch._foreach_mul_([weights[n] for n in names], [mask[n].to(weights[n].dtype) for n in names])
 
 
-def sparsity(model):
-    """Fraction of exactly-zero conv/linear weights, measured from the weights themselves."""
-    weights = prunable(model).values()
+def sparsity(weights):
+    """Fraction of exactly-zero entries of the given weight tensors, measured from the weights themselves."""
     return 1 - sum(int(w.count_nonzero()) for w in weights) / sum(w.numel() for w in weights)

@@ -173,10 +173,11 @@ def load_run(run_dir, data_dir="data", device="cpu", weights="model.pt"):
     config = read_json(os.path.join(run_dir, "config.json"))
     ds = data.load(config["dataset"], data_dir, config["subset"], config["seed"], device)
     model = models.get_model(config["arch"], ds["classes"], ds["train"][0].shape[1])
-    tweaks.apply(model, SimpleNamespace(**config))
+    mask = prune.check_mask(load(os.path.join(run_dir, "mask.pt"), device), model, f"{run_dir}/mask.pt",
+                            config.get("prune_classifier", True))  # runs older than the option pruned it
+    tweaks.apply(model, SimpleNamespace(**config))  # after the check: a tweak may add weights the mask never covers
     try:
         model.load_state_dict(load(os.path.join(run_dir, weights)))
     except RuntimeError as e:
         raise BadInput(f"{run_dir}/{weights} does not fit its config.json ({str(e).splitlines()[0]})")
-    mask = prune.check_mask(load(os.path.join(run_dir, "mask.pt"), device), model, f"{run_dir}/mask.pt")
     return model.to(device).eval(), mask, ds, config

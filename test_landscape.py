@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import landscape
@@ -98,13 +99,19 @@ def test_the_grid_centre_is_the_unperturbed_loss_and_the_plane_is_not_flat():
 
 
 def test_activation_sparsity_relu_tens_of_percent_swish_almost_none():
-    model = models.get_model("resnet20", 10).eval()
-    x = torch.randn(8, 3, 16, 16)
-    relu = landscape.activation_sparsity(model, x)
+    model, x = models.get_model("resnet20", 10), torch.randn(8, 3, 16, 16)
+    for m in model.modules():  # running statistics of x itself, as a trained network has of its data
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+    with torch.no_grad():
+        model.train()(x)
+    model.eval()
+    relu, relu_zeros = landscape.activation_sparsity(model, x), landscape.activation_sparsity(model, x, threshold=0)
     assert list(relu) == ["stem", "layer1", "layer2", "layer3"]
-    assert all(0.1 < v < 0.9 for v in relu.values()), relu
-    swish = landscape.activation_sparsity(tweaks.swish(model), x)
-    assert list(swish) == list(relu) and all(v < 0.01 for v in swish.values()), swish
+    assert all(0.1 < relu_zeros[k] <= v < 0.9 for k, v in relu.items()), relu
+    swish = landscape.activation_sparsity(tweaks.swish(model), x)  # |a| <= 1e-2 as the paper counts: not zero
+    assert list(swish) == list(relu) and all(0 < v < 0.05 for v in swish.values()), swish
+    assert all(v == 0 for v in landscape.activation_sparsity(model, x, threshold=0).values())  # Swish is never 0
     assert not any(m._forward_hooks for m in model.modules())  # the hooks are gone
 
 
@@ -163,6 +170,7 @@ def test_cli_sparsity_prints_json(runs, capsys):
     result = json.loads(out)
     assert result["images"] == 50 and list(result["activation_sparsity"]) == ["stem", "layer1", "layer2", "layer3"]
     assert all(0 < v < 1 for v in result["activation_sparsity"].values())
+    assert all(0 < v <= result["activation_sparsity"][k] for k, v in result["activation_zeros"].items())
 
 
 def test_cli_eigen_plots_the_loss_along_the_top_eigenvector(runs, capsys, monkeypatch):

@@ -56,7 +56,7 @@ def test_snip_on_a_linear_model_is_the_hand_derived_sensitivity():
     w = model.weight.detach()
     # mean cross-entropy of softmax(x W^T): dL/dW = (softmax(x W^T) - onehot(y))^T x / n, summed over the batches
     g = sum((F.softmax(x @ w.T, 1) - F.one_hot(y, 3).double()).T @ x / len(y) for x, y in data)
-    assert_ranking(lambda s: prune.snip(model, data, s), model, [(g * w).abs()])
+    assert_ranking(lambda s: prune.snip(model, data, s, linear=True), model, [(g * w).abs()])
 
 
 def test_grasp_keeps_the_lowest_minus_w_hg_with_the_exact_hessian():
@@ -75,7 +75,7 @@ def test_grasp_keeps_the_lowest_minus_w_hg_with_the_exact_hessian():
     g = torch.autograd.functional.jacobian(loss, theta)
     hessian = torch.autograd.functional.hessian(loss, theta)
     score = -theta * (hessian @ g)  # GraSP's score; it removes the highest, so the ranking to keep is -score
-    assert_ranking(lambda s: prune.grasp(model, data, s), model, [-score])
+    assert_ranking(lambda s: prune.grasp(model, data, s, linear=True), model, [-score])
 
 
 @pytest.mark.parametrize("rounds", [1, 3])
@@ -98,11 +98,11 @@ def test_synflow_on_a_two_layer_linear_net_is_the_path_count(rounds):
         return torch.cat([m1.flatten(), m2.flatten()])
 
     if rounds == 1:
-        assert_ranking(lambda s: prune.synflow(model, s, rounds=1, input_shape=(6,)), model,
+        assert_ranking(lambda s: prune.synflow(model, s, rounds=1, input_shape=(6,), linear=True), model,
                        [a1 * a2.sum(0)[:, None], a2 * a1.sum(1)[None, :]])
     for n_keep in range(1, total):
         s = 1 - n_keep / total
-        assert torch.equal(flat_mask(prune.synflow(model, s, rounds=rounds, input_shape=(6,))), by_hand(s)), n_keep
+        assert torch.equal(flat_mask(prune.synflow(model, s, rounds=rounds, input_shape=(6,), linear=True)), by_hand(s)), n_keep
 
 
 # ---------------------------------------------------------------- on a real network

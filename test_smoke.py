@@ -132,12 +132,12 @@ def test_skip_adds_no_parameter_and_keeps_sparsity(arch):
     mask = prune.random_prune(prune.prunable(model), 0.9, seed=0)
     prune.apply_mask(model, mask)
     x = torch.randn(2, 3, 32, 32)
-    before_out, before_params, before_sparsity = model(x), list(model.parameters()), prune.sparsity(model)
+    before_out, before_params, before_sparsity = model(x), list(model.parameters()), prune.sparsity(prune.prunable(model).values())
     tweaks.skip(model)
     threes = [m for m in model.modules() if isinstance(m, models.ConvBN) and m.conv.kernel_size == (3, 3)]
     assert all(m.skip is not None for m in threes[1:]) and threes[0].skip is None  # every 3x3 but the stem
     assert list(model.parameters()) == before_params
-    assert prune.sparsity(model) == before_sparsity
+    assert prune.sparsity(prune.prunable(model).values()) == before_sparsity
     assert not torch.allclose(model(x), before_out)  # and it does change the function
 
 
@@ -297,6 +297,20 @@ def bad(tmp_path, *args):
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     return r.stderr
+
+
+def test_convs_are_pruned_by_default_and_the_classifier_only_with_the_flag(tmp_path, capsys):
+    """As the authors' code: every conv weight, globally; the classifier stays dense and is counted apart."""
+    common = ["--prune", "omp", "--sparsity", "0.5", "--epochs", "1", "--subset", "300", "--ls", "0.1"]
+    cli_in_process(tmp_path, *common, "--out", str(tmp_path / "conv"))
+    cli_in_process(tmp_path, *common, "--prune-classifier", "--out", str(tmp_path / "all"))
+    conv, every = (runs.load(tmp_path / d / "mask.pt") for d in ("conv", "all"))
+    assert "fc.weight" not in conv and set(every) == set(conv) | {"fc.weight"}
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("conv", "all"))
+    assert abs(a["sparsity"] - 0.5) < 1e-3 and a["unmasked_weights"] == 64 * 10 and a["sparsity_all"] < a["sparsity"]
+    assert abs(b["sparsity"] - 0.5) < 1e-3 and b["unmasked_weights"] == 0 and b["sparsity_all"] == b["sparsity"]
+    assert a["pruned_nonzero"] == b["pruned_nonzero"] == 0
+    assert len(os.listdir(tmp_path / "runs" / "draws")) == 2  # the choice is part of the draw's key
 
 
 def test_bf16_autocast_on_cpu_trains_a_sparse_ticket_with_every_tweak(tmp_path, capsys):

@@ -37,7 +37,8 @@ import tweaks
 from models import BadInput
 from runs import load, save, exists, write_json
 
-RECIPE = ["dataset", "arch", "seed", "epochs", "lr", "batch_size", "momentum", "wd", "subset", "rewind_epoch"]
+RECIPE = ["dataset", "arch", "seed", "epochs", "lr", "batch_size", "momentum", "wd", "subset", "rewind_epoch",
+          "prune_classifier"]
 TWEAKS = ["skip", "swish", "mish", "scale_init", "ls", "kd"]
 
 
@@ -65,6 +66,7 @@ def parser():
     a("--sparsity", type=float, help="target sparsity in [0, 1); IMP spends level round(log(1-s)/log 0.8)")
     a("--prune", default="imp", choices=["imp", "omp", "random", "randomimp", "snip", "grasp", "synflow"],
       help="randomimp: random with IMP's layer-wise densities; snip/grasp/synflow: pruning at init (Table A4)")
+    a("--prune-classifier", action="store_true", help="prune the linear classifier too (default: convs only)")
     a("--mask", help="spend this mask file ({weight name: bool tensor}) instead of drawing one")
     a("--rewind-epoch", type=int, help="reset to the dense weights after k epochs (LTH-Rewind), not theta_0")
     # the tweaks (§3), applied to the spend only
@@ -175,7 +177,7 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch=None):
     continues from it. The data order of an epoch depends only on (seed, epoch), so needs no state."""
     if str(args.device).startswith("cuda"):
         torch.backends.cudnn.benchmark = not args.deterministic
-    weights = prune.prunable(model)
+    weights = dict(model.named_parameters())
     masked = [weights[n] for n in mask]
     keep = [mask[n].to(weights[n].dtype) for n in mask]
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
@@ -250,12 +252,15 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch
     summary, rows, best_state = fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch)
     total = sum(p.numel() for p in model.parameters())
     images = landscape.fixed_images(ds, "test", 500)
-    results = dict(summary, sparsity=prune.sparsity(model), params_total=total,
-                   activation_sparsity=landscape.activation_sparsity(model, images[0]),  # Table A1
-                   params_nonzero=sum(int(p.count_nonzero()) for p in model.parameters()),
-                   weights_total=sum(w.numel() for w in prune.prunable(model).values()),
-                   weights_nonzero=sum(int(w.count_nonzero()) for w in prune.prunable(model).values()),
-                   pruned_nonzero=sum(int(prune.prunable(model)[n][~m].count_nonzero()) for n, m in mask.items()),
+    weights, every = dict(model.named_parameters()), prune.prunable(model, linear=True)  # every conv/linear weight
+    pruned = [weights[n] for n in mask]  # the layers the mask covers: the paper's sparsity is theirs
+    results = dict(summary, sparsity=prune.sparsity(pruned), sparsity_all=prune.sparsity(every.values()),
+                   params_total=total, params_nonzero=sum(int(p.count_nonzero()) for p in model.parameters()),
+                   activation_sparsity=landscape.activation_sparsity(model, images[0]),  # Table A1: |a| <= 1e-2
+                   activation_zeros=landscape.activation_sparsity(model, images[0], threshold=0),
+                   weights_total=sum(w.numel() for w in pruned), weights_nonzero=sum(int(w.count_nonzero()) for w in pruned),
+                   unmasked_weights=sum(w.numel() for n, w in every.items() if n not in mask),  # trained, never pruned
+                   pruned_nonzero=sum(int(weights[n][~m].count_nonzero()) for n, m in mask.items()),
                    seconds=round(time.time() - start, 1), device=str(args.device),
                    tweaks=applied + ([f"ls={args.ls}"] if args.ls else []) + (["kd"] if teacher else []))
     if not exists(os.path.join(out, "mask.pt")):  # a draw's ticket folder has it already
@@ -307,28 +312,30 @@ class Draw:
         path = self.path(ticket, "mask.pt")
         if not exists(path):
             method, value = ticket.split("_")
-            model = new_model(self.args, self.ds)
+            model, linear = new_model(self.args, self.ds), self.args.prune_classifier
+            names = list(prune.prunable(model, linear))
             if ticket == "imp_00":
-                mask = prune.ones_mask(model)
+                mask = prune.ones_mask(model, linear)
             elif method == "imp":
                 prev = f"imp_{int(value) - 1:02d}"
                 weights = load(os.path.join(self.trained(prev), "model.pt"), self.args.device)
-                mask = prune.imp_step({n: weights[n] for n in prune.prunable(model)}, self.mask(prev))
+                mask = prune.imp_step({n: weights[n] for n in names}, self.mask(prev))
             elif method == "omp":
                 weights = load(os.path.join(self.trained("imp_00"), "model.pt"), self.args.device)
-                mask = prune.omp({n: weights[n] for n in prune.prunable(model)}, float(value))
+                mask = prune.omp({n: weights[n] for n in names}, float(value))
             elif method == "random":
-                mask = prune.random_prune(prune.prunable(model), float(value), self.args.seed)
+                mask = prune.random_prune(prune.prunable(model, linear), float(value), self.args.seed)
             elif method == "randomimp":  # random, with the IMP ticket's layer-wise densities
                 mask = prune.random_like(self.mask(f"imp_{prune.imp_level(float(value)):02d}"), self.args.seed)
             else:  # pruning at initialization (Table A4): scored on theta_0
                 model.load_state_dict(self.init())
                 if method == "synflow":
-                    mask = prune.synflow(model, float(value), input_shape=tuple(self.ds["train"][0].shape[1:]))
+                    mask = prune.synflow(model, float(value), input_shape=tuple(self.ds["train"][0].shape[1:]),
+                                         linear=linear)
                 else:  # SNIP: one batch; GraSP: ~10 images per class, as in the original papers
                     size = self.args.batch_size if method == "snip" else 10 * self.ds["classes"]
                     batch = next(data.batches(self.ds, "train", size, seed=self.args.seed))
-                    mask = getattr(prune, method)(model, [batch], float(value))
+                    mask = getattr(prune, method)(model, [batch], float(value), linear)
             save({n: m.cpu() for n, m in mask.items()}, path)
         return {n: m.to(self.args.device) for n, m in load(path).items()}
 
@@ -366,10 +373,12 @@ def ticket_name(args):
 
 
 def summarize(results, out):
+    every = f", {results['sparsity_all']:.2%} of all conv/linear weights" if "sparsity_all" in results and \
+        round(results["sparsity_all"], 4) != round(results["sparsity"], 4) else ""
     return (f"test acc {results['test_acc']:.2%} (best val {results['best_val_acc']:.2%} at epoch "
             f"{results['best_epoch']}; final epoch {results['final_test_acc']:.2%})  sparsity "
-            f"{results['sparsity']:.2%} ({results['weights_nonzero']:,} of {results['weights_total']:,} "
-            f"conv/linear weights left)  {results['seconds']:.0f}s on {results['device']}  -> {out}")
+            f"{results['sparsity']:.2%} ({results['weights_nonzero']:,} of {results['weights_total']:,} pruned-layer "
+            f"weights left{every})  {results['seconds']:.0f}s on {results['device']}  -> {out}")
 
 
 def run(args):
@@ -390,7 +399,7 @@ def run(args):
         torch.use_deterministic_algorithms(True, warn_only=True)  # CUDA: a few ops (pooling backward) only warn
     ds = data.load(args.dataset, args.data_dir, args.subset, args.seed, args.device)
     draw = Draw(args, ds)
-    user_mask = args.mask and prune.check_mask(load(args.mask), new_model(args, ds), args.mask)
+    user_mask = args.mask and prune.check_mask(load(args.mask), new_model(args, ds), args.mask, args.prune_classifier)
     with runs.locked(out, wait=False):
         write_json(config, os.path.join(out, "config.json"))
         spend(args, ds, draw, ticket, variant, user_mask, out)
