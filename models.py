@@ -53,9 +53,10 @@ class BatchNorm(nn.BatchNorm2d):
 
 
 class ConvBN(nn.Module):
-    """conv -> BatchNorm. With `skip` set (tweaks.skip, §3.1 Fig. 3) the unit's input, batch-normalized
-    without learned parameters, is added to its output before the activation that follows, through a
-    parameter-free shortcut: no weight escapes the mask."""
+    """conv -> BatchNorm. With `skip` set (tweaks.skip, §3.1 Fig. 3) the unit's input, through `skip`, is added to
+    its output before the activation that follows: by default batch-normalized without learned parameters and
+    through a parameter-free shortcut (no weight escapes the mask); with --skip-proj through the authors' 1x1
+    conv + BatchNorm, which already has the output's shape."""
 
     def __init__(self, cin, cout, kernel, stride=1, groups=1, skippable=True):
         super().__init__()
@@ -68,7 +69,8 @@ class ConvBN(nn.Module):
         y = self.bn(self.conv(x))
         if self.skip is None:
             return y
-        return y + parameter_free_shortcut(self.skip(x), y.shape[1], self.conv.stride[0])
+        s = self.skip(x)
+        return y + (s if s.shape == y.shape else parameter_free_shortcut(s, y.shape[1], self.conv.stride[0]))
 
 
 def parameter_free_shortcut(x, channels, stride):

@@ -311,6 +311,11 @@ def test_convs_are_pruned_by_default_and_the_classifier_only_with_the_flag(tmp_p
     assert abs(b["sparsity"] - 0.5) < 1e-3 and b["unmasked_weights"] == 0 and b["sparsity_all"] == b["sparsity"]
     assert a["pruned_nonzero"] == b["pruned_nonzero"] == 0
     assert len(os.listdir(tmp_path / "runs" / "draws")) == 2  # the choice is part of the draw's key
+    cli_in_process(tmp_path, *common, "--skip-proj", "--out", str(tmp_path / "proj"))  # the authors' 1x1 skip
+    c = json.loads((tmp_path / "proj" / "results.json").read_text())
+    proj = sum(p.numel() for n, p in runs.load_run(str(tmp_path / "proj"))[0].named_parameters() if ".skip." in n and p.dim() == 4)
+    assert proj > 0 and c["unmasked_weights"] == 640 + proj and c["params_total"] > a["params_total"] + proj
+    assert c["sparsity"] == a["sparsity"] and c["sparsity_all"] < a["sparsity_all"] and c["pruned_nonzero"] == 0
 
 
 def test_bf16_autocast_on_cpu_trains_a_sparse_ticket_with_every_tweak(tmp_path, capsys):

@@ -39,7 +39,7 @@ from runs import load, save, exists, write_json
 
 RECIPE = ["dataset", "arch", "seed", "epochs", "lr", "batch_size", "momentum", "wd", "subset", "rewind_epoch",
           "prune_classifier"]
-TWEAKS = ["skip", "swish", "mish", "scale_init", "ls", "kd"]
+TWEAKS = ["skip", "skip_proj", "swish", "mish", "scale_init", "ls", "kd"]
 
 
 def parser():
@@ -71,6 +71,7 @@ def parser():
     a("--rewind-epoch", type=int, help="reset to the dense weights after k epochs (LTH-Rewind), not theta_0")
     # the tweaks (§3), applied to the spend only
     a("--skip", action="store_true", help="AT: extra parameter-free skip around every 3x3 conv+BN (Fig. 3)")
+    a("--skip-proj", action="store_true", help="the authors' extra skip: a dense 1x1 conv + BN, outside the mask")
     a("--swish", action="store_true", help="AT: every ReLU becomes Swish (SiLU)")
     a("--mish", action="store_true", help="every ReLU becomes Mish")
     a("--scale-init", action="store_true", help="TRT: GradInit-style layer-wise scaled initialization")

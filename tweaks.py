@@ -11,16 +11,25 @@ from torch.func import functional_call
 from models import BatchNorm, ConvBN
 
 
-def skip(model):
+def skip(model, projection=False):
     """§3.1, Fig. 3: a new skip connection around every 3x3 conv+BN (not the stem), added before the
-    activation. The skip carries no weight: identity, or subsample + zero-pad where stride or width
+    activation. By default the skip carries no weight: identity, or subsample + zero-pad where stride or width
     change, so the ticket gains nothing outside its mask and its sparsity is unchanged. The input is
     batch-normalized first (affine=False: statistics only, no parameters), so the skip enters on the
     conv branch's scale, as the authors' BN-ended skip does; raw identities would double the activations
-    at every block (measured: an initial loss of ~150 on ResNet-20)."""
+    at every block (measured: an initial loss of ~150 on ResNet-20).
+    projection=True (--skip-proj) builds the authors' skip instead (ToST skip_connection/models/
+    resnet_modified.py): a dense 1x1 conv, weights all 1e-4, + BatchNorm, outside the mask."""
     for m in model.modules():
         if isinstance(m, ConvBN) and m.skippable:
-            m.skip = BatchNorm(m.conv.in_channels, affine=False).to(m.conv.weight.device)
+            c = m.conv
+            if projection:
+                conv = nn.Conv2d(c.in_channels, c.out_channels, 1, c.stride, bias=False)
+                nn.init.constant_(conv.weight, 1e-4)
+                m.skip = nn.Sequential(conv, BatchNorm(c.out_channels))
+            else:
+                m.skip = BatchNorm(c.in_channels, affine=False)
+            m.skip.to(c.weight.device, memory_format=torch.channels_last)
     return model
 
 
@@ -110,7 +119,10 @@ def make_loss(ls=0.0, teacher=None, kd_temp=4.0, kd_alpha=0.9):
 def apply(model, args):
     """The architecture tweaks named by the flags, in place; returns the names of those applied."""
     done = []
-    for flag, tweak in (("skip", skip), ("swish", swish), ("mish", mish)):
+    if args.skip or getattr(args, "skip_proj", False):  # runs older than --skip-proj have no such key
+        skip(model, projection=getattr(args, "skip_proj", False))
+        done.append("skip_proj" if getattr(args, "skip_proj", False) else "skip")
+    for flag, tweak in (("swish", swish), ("mish", mish)):
         if getattr(args, flag):
             tweak(model)
             done.append(flag)
