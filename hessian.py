@@ -1,17 +1,20 @@
 """The top eigenvalue of the loss Hessian and its eigenvector (§3.3 Fig. 2, §4.6 Fig. 10, §A1.2 Fig. A11), by
 power iteration on Hessian-vector products, as PyHessian (Yao et al. 2020), which the paper uses, computes it.
 
-    python hessian.py RUN_DIR --batches 3        # JSON: the top eigenvalue of a finished spend of train.py
+    python hessian.py RUN_DIR --batches 10       # JSON: mean and std of each batch's top eigenvalue (Fig. 2, A13)
     value, vector = hessian.top_eigen(model, F.cross_entropy, hessian.fixed_batches(ds), masks=mask)
 
-The Hessian is that of the mean loss over all examples of the batches, on the unpruned weights (and unmasked
-parameters) only: the sparse network's own. BatchNorm is in eval mode by default: the curvature of the loss the
+The paper's figures average the top eigenvalue of each batch's own Hessian over batches (`per_batch`; Fig. 2, A13:
+"mean across 10 random batches", Fig. A11: 3); `top_eigen` over several batches, and `--pooled`, take the Hessian
+of the mean loss over all their examples instead. Either is on the unpruned weights (and unmasked parameters)
+only: the sparse network's own. BatchNorm is in eval mode by default: the curvature of the loss the
 trained network computes, with its running statistics (PyHessian calls model.eval() too); bn_train=True uses
 batch statistics. The model comes back as it was, buffers and .grad too. The command line measures plain
 cross-entropy (not a run's label-smoothed loss: spends with and without TRT share one loss).
 """
 import itertools
 import json
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +92,14 @@ def top_eigen(model, loss_fn, batches, iters=100, tol=1e-4, masks=None, bn_train
     return (value, vector, done) if return_iters else (value, vector)
 
 
+def per_batch(model, loss_fn, batches, iters=100, tol=1e-4, masks=None):
+    """The paper's way: the top eigenvalue of each batch's own Hessian. (mean, std, [values], power iterations)."""
+    found = [top_eigen(model, loss_fn, [b], iters, tol, masks, return_iters=True) for b in batches]
+    values = [value for value, _, _ in found]
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, values, sum(
+        done for _, _, done in found)
+
+
 def fixed_batches(ds, n_batches=3, batch_size=128, seed=0):
     """The first n_batches of a seeded shuffle of the training split, not augmented: the same images every time
     (Fig. A11 uses 3 batches, Fig. 2 and A13 10)."""
@@ -99,7 +110,8 @@ def parse_args(argv=None):
     p = runs.Parser(description=__doc__.split("\n")[0])
     a = p.add_argument
     a("run", help="a finished spend folder written by train.py")
-    a("--batches", type=int, default=3, help="how many fixed training batches the Hessian is taken over")
+    a("--batches", type=int, default=10, help="how many fixed training batches (the paper's Fig. 2, A13: 10)")
+    a("--pooled", action="store_true", help="one Hessian of the loss over all the batches, not one per batch")
     a("--batch-size", type=int, default=128)
     a("--iters", type=int, default=100, help="most power iterations (per stage, see top_eigen)")
     a("--tol", type=float, default=1e-4, help="stop when the eigenvalue changes by at most this, relatively")
@@ -116,9 +128,14 @@ def main(argv=None):
     args = parse_args(argv)
     model, mask, ds, _ = runs.load_run(args.run, args.data_dir, args.device)
     batches = fixed_batches(ds, args.batches, args.batch_size)
-    value, _, iterations = top_eigen(model, F.cross_entropy, batches, args.iters, args.tol, mask, return_iters=True)
-    print(json.dumps(dict(top_eigenvalue=value, iterations=iterations, batches=len(batches),
-                          images=sum(len(y) for _, y in batches), run=args.run), indent=1))
+    if args.pooled:
+        value, _, iterations = top_eigen(model, F.cross_entropy, batches, args.iters, args.tol, mask, return_iters=True)
+        found = dict(top_eigenvalue=value, mode="pooled")
+    else:
+        value, std, values, iterations = per_batch(model, F.cross_entropy, batches, args.iters, args.tol, mask)
+        found = dict(top_eigenvalue=value, std=std, per_batch=values, mode="per batch")
+    print(json.dumps(dict(found, iterations=iterations, batches=len(batches), images=sum(len(y) for _, y in batches),
+                          run=args.run), indent=1))
 
 
 if __name__ == "__main__":

@@ -132,10 +132,10 @@ run_list() {
 
 # Fig. 2/A13 (Hessian), Fig. 4/8 (contours), Fig. 10 (eigenvector), Table A1 (activation sparsity), one sparsity.
 analysis() {
-  local dir=$1 s=$2 seed=$3 grid=$4 images=$5 iters=$6 runs=() v
+  local dir=$1 s=$2 seed=$3 grid=$4 images=$5 iters=$6 batches=$7 runs=() v  # batches: the paper's Fig. 2/A13 use 10
   for v in lth at trt attrt; do runs+=("$dir/imp_s${s}_$v/seed$seed"); done
   for v in "${runs[@]}"; do
-    $PY hessian.py "$v" --batches 2 --batch-size 128 --iters "$iters" > "$v/hessian.json" && echo "$v: $(cat "$v/hessian.json")"
+    $PY hessian.py "$v" --batches "$batches" --batch-size 128 --iters "$iters" > "$v/hessian.json" && echo "$v: $(cat "$v/hessian.json")"
     $PY landscape.py sparsity "$v" > "$v/activation_sparsity.json"
   done
   $PY landscape.py contour "${runs[@]}" --grid "$grid" --images "$images" --out "$dir/contours_s${s}_seed$seed.png"
@@ -205,13 +205,13 @@ case $MODE in
     setup
     start=$(date +%s)
     quick_jobs | run_list
-    for seed in $SEEDS; do analysis runs/quick/fashionmnist_resnet20 0.914 "$seed" 11 256 20; done
+    for seed in $SEEDS; do analysis runs/quick/fashionmnist_resnet20 0.914 "$seed" 11 256 20 3; done
     $PY report.py runs/quick --out runs/quick/report
     echo "quick reproduction: $(( $(date +%s) - start )) s; plots in runs/quick/report and runs/quick/fashionmnist_resnet20" ;;
   full)
     setup
     full_jobs | run_list
     case " $PARTS " in *" analysis "*)
-      for seed in $SEEDS; do analysis runs/full/cifar100_resnet18 0.914 "$seed" 21 1000 100; done ;; esac
+      for seed in $SEEDS; do analysis runs/full/cifar100_resnet18 0.914 "$seed" 21 1000 100 10; done ;; esac
     $PY report.py runs/full --out runs/full/report ;;
 esac

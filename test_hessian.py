@@ -116,6 +116,18 @@ def test_the_model_is_left_exactly_as_it_was():
     assert eval_value != value  # batch statistics change the loss, so bn_train must have been used
 
 
+def test_per_batch_is_the_mean_of_each_batchs_own_top_eigenvalue():
+    """The paper's figures: each batch's Hessian on its own, then mean and std (not one Hessian of all batches)."""
+    model, (x, y) = tiny_mlp(), tiny_data(30)
+    batches = [(x[:10], y[:10]), (x[10:], y[10:])]
+    exact = [torch.linalg.eigvalsh(exact_hessian(model, F.cross_entropy, bx, by)).max().item() for bx, by in batches]
+    mean, std, values, iters = hessian.per_batch(model, F.cross_entropy, batches, iters=500, tol=1e-10)
+    assert values == pytest.approx(exact, rel=1e-5) and mean == pytest.approx(sum(exact) / 2, rel=1e-5)
+    assert std == pytest.approx(abs(exact[0] - exact[1]) / 2 ** 0.5, rel=1e-4) and iters >= 2
+    pooled = torch.linalg.eigvalsh(exact_hessian(model, F.cross_entropy, x, y)).max().item()
+    assert abs(pooled - mean) > 1e-3 * abs(pooled)  # the two modes are different quantities
+
+
 def test_the_start_vector_is_seeded():
     model, (x, y) = tiny_mlp(), tiny_data()
     a = hessian.top_eigen(model, F.cross_entropy, [(x, y)], iters=3, tol=0, return_iters=True)
@@ -137,6 +149,7 @@ def test_cli_on_a_real_run_and_on_bad_input(tmp_path):
     result = json.loads(out.stdout)
     assert 0 < result["top_eigenvalue"] < float("inf") and 1 <= result["iterations"] <= 40
     assert result["batches"] == 1 and result["images"] == 32 and result["run"] == str(tmp_path / "run")
+    assert result["mode"] == "per batch" and result["per_batch"] == [result["top_eigenvalue"]] and result["std"] == 0
     shutil.copytree(tmp_path / "run", tmp_path / "corrupt")
     (tmp_path / "corrupt" / "model.pt").write_bytes(b"not a checkpoint")
     for args in (["/nonexistent"], [str(tmp_path / "corrupt")], [str(tmp_path / "run"), "--iters", "0"]):
