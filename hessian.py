@@ -115,6 +115,7 @@ def parse_args(argv=None):
     a("--batch-size", type=int, default=128)
     a("--iters", type=int, default=100, help="most power iterations (per stage, see top_eigen)")
     a("--tol", type=float, default=1e-4, help="stop when the eigenvalue changes by at most this, relatively")
+    a("--weights", default="model.pt", help="which weights of the run: model.pt (final), best.pt, epochE.pt")
     a("--data-dir", default="data")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
@@ -126,7 +127,7 @@ def parse_args(argv=None):
 @runs.command
 def main(argv=None):
     args = parse_args(argv)
-    model, mask, ds, _ = runs.load_run(args.run, args.data_dir, args.device)
+    model, mask, ds, _ = runs.load_run(args.run, args.data_dir, args.device, args.weights)
     batches = fixed_batches(ds, args.batches, args.batch_size)
     if args.pooled:
         value, _, iterations = top_eigen(model, F.cross_entropy, batches, args.iters, args.tol, mask, return_iters=True)
@@ -135,7 +136,7 @@ def main(argv=None):
         value, std, values, iterations = per_batch(model, F.cross_entropy, batches, args.iters, args.tol, mask)
         found = dict(top_eigenvalue=value, std=std, per_batch=values, mode="per batch")
     print(json.dumps(dict(found, iterations=iterations, batches=len(batches), images=sum(len(y) for _, y in batches),
-                          run=args.run), indent=1))
+                          run=args.run, weights=args.weights), indent=1))
 
 
 if __name__ == "__main__":

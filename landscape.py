@@ -101,7 +101,7 @@ def load_runs(args, split):
         print("note: the runs split their data by different seeds or subsets: they see other images", file=sys.stderr)
     loaded, common = [], os.path.commonpath([os.path.dirname(os.path.abspath(r)) for r in args.runs])
     for r in args.runs:  # named by what tells them apart: lth, at_trt; or imp_s91_lth/seed42, imp_s91_at/seed42
-        model, mask, ds, _ = runs.load_run(r, args.data_dir, args.device)
+        model, mask, ds, _ = runs.load_run(r, args.data_dir, args.device, args.weights)
         x, y = fixed_images(ds, split, args.images, args.seed)
         loaded.append((os.path.relpath(os.path.abspath(r), common), model, mask, ds, x, y))
     return loaded, datasets[0]
@@ -121,7 +121,7 @@ def save_figure(fig, args, loaded, dataset, split, cost, **arrays):
 
 
 def contour(args):
-    loaded, dataset = load_runs(args, "train")  # the training loss, as Li et al. plot it
+    loaded, dataset = load_runs(args, "test")  # Fig. 8: "randomly chosen from CIFAR-100 test dataset"
     planes = [loss_plane(model, mask, x, y, args.grid, args.span, args.seed) for _, model, mask, _, x, y in loaded]
     coords, grids = planes[0][0], [losses for _, losses in planes]
     lo, hi = min(g.min() for g in grids), min(max(g.max() for g in grids), 8.0)  # clamped at 8 as in Fig. 8
@@ -135,7 +135,7 @@ def contour(args):
         ax.plot(0, 0, "r+", ms=10)  # the trained weights
         ax.set(title=name, xlabel="random direction 1 (filter-normalized)", ylabel="random direction 2", aspect=1)
     fig.colorbar(filled, ax=axes.tolist(), label="loss (cross-entropy)", format="%.2f")
-    save_figure(fig, args, loaded, dataset, "training", f"{args.grid ** 2} grid points", coords=coords, losses=np.stack(grids))
+    save_figure(fig, args, loaded, dataset, "test", f"{args.grid ** 2} grid points", coords=coords, losses=np.stack(grids))
 
 
 def eigen(args):
@@ -161,7 +161,7 @@ def eigen(args):
 
 def sparsity(args):
     for run in args.runs:  # one JSON object per run
-        model, _, ds, _ = runs.load_run(run, args.data_dir, args.device)
+        model, _, ds, _ = runs.load_run(run, args.data_dir, args.device, args.weights)
         x, _ = fixed_images(ds, "test", args.images, args.seed)
         print(json.dumps(dict(run=run, split="test", images=len(x), cost=f"{len(x)} images x 2 forward passes",
                               activation_sparsity=activation_sparsity(model, x),  # |a| <= 1e-2, as the paper
@@ -174,7 +174,7 @@ def parse_args(argv=None):
     a("command", choices=["contour", "eigen", "sparsity"], help="Fig. 4/8, Fig. 10, Table A1")
     a("runs", nargs="+", metavar="RUN", help="folders of finished train.py runs")
     a("--out", help="the PNG (contour, eigen); the raw numbers go beside it as .npz")
-    a("--images", type=int, default=500, help="fixed images per loss: training (contour) or test images")
+    a("--images", type=int, default=500, help="fixed test images per loss (Fig. 8, 10)")
     a("--seed", type=int, default=0, help="picks the images and the random directions")
     a("--grid", type=int, default=21, help="contour: points per axis")
     a("--span", type=float, default=1.0, help="contour: the plane is [-span, span]^2")
@@ -182,6 +182,7 @@ def parse_args(argv=None):
     a("--points", type=int, default=21, help="eigen: points on the line")
     a("--iters", type=int, default=100, help="eigen: most power iterations for the eigenvector")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a("--weights", default="model.pt", help="which weights of each run: model.pt (final), epoch5.pt (Fig. 4), ...")
     a("--data-dir", default="data")
     args = p.parse_args(argv)
     if args.images < 1 or args.grid < 2 or args.points < 2 or args.span <= 0 or args.radius <= 0 or not (

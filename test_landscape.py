@@ -143,10 +143,11 @@ def in_process(capsys, *args):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A vanilla LTH run and an AT run of one draw: 1 epoch on 180 synthetic images (--subset keeps it quick)."""
+    """A vanilla LTH run and an AT run of one draw: 2 epochs on 180 synthetic images (--subset keeps it quick),
+    each keeping its epoch-1 weights (as Fig. 4 keeps epoch 5's)."""
     tmp = tmp_path_factory.mktemp("runs")
-    common = ["--dataset", "synthetic", "--arch", "resnet20", "--epochs", "1", "--sparsity", "0.5", "--subset", "200",
-              "--device", "cpu", "--runs", tmp]
+    common = ["--dataset", "synthetic", "--arch", "resnet20", "--epochs", "2", "--sparsity", "0.5", "--subset", "200",
+              "--device", "cpu", "--runs", tmp, "--keep-epochs", "1"]
     for name, extra in (("lth", []), ("at", ["--at"])):
         done = cli(*common, "--out", tmp / name, *extra, script="train.py")
         assert done.returncode == 0, done.stderr
@@ -161,6 +162,7 @@ def test_cli_contour_writes_a_png_and_its_grid(runs):
     grid = np.load(runs / "plots" / "c.npz")
     assert grid["losses"].shape == (2, 5, 5) and np.isfinite(grid["losses"]).all()
     assert list(grid["runs"]) == [str(runs / "lth"), str(runs / "at")] and int(grid["images"]) == 64
+    assert str(grid["split"]) == "test"  # Fig. 8: images "randomly chosen from CIFAR-100 test dataset"
     assert "2 runs x 25 grid points x 64 images" in str(grid["cost"]) and "cost: 2 runs" in done.stdout
 
 
@@ -184,6 +186,14 @@ def test_cli_eigen_plots_the_loss_along_the_top_eigenvector(runs, capsys, monkey
     line = np.load(runs / "plots" / "e.npz")
     assert out.read_bytes()[:4] == b"\x89PNG" and line["losses"].shape == (2, 5) and np.isfinite(line["losses"]).all()
     assert abs(line["losses"][0, 2] - line["losses"][0].min()) < 0.5 and "Hessian-vector" in str(line["hessian_cost"])
+
+
+def test_kept_epoch_weights_are_written_copied_for_lth_and_read_with_weights(runs, capsys):
+    for name in ("lth", "at"):  # the vanilla LTH spend copies its draw's kept epochs
+        early, final = (torch.load(runs / name / f, weights_only=True) for f in ("epoch1.pt", "model.pt"))
+        assert early.keys() == final.keys() and any(not torch.equal(early[k], final[k]) for k in early)
+    outputs = [in_process(capsys, "sparsity", runs / "at", "--images", 20, "--weights", w) for w in ("epoch1.pt", "model.pt")]
+    assert all(code == 0 for code, _, _ in outputs) and outputs[0][1] != outputs[1][1]
 
 
 def test_cli_bad_input_is_one_line_and_exit_code_2(runs, tmp_path, capsys):

@@ -83,6 +83,7 @@ def parser():
     a("--at", action="store_true", help="architecture tweaking: --skip --swish")
     a("--trt", action="store_true", help="training recipe tweaking: --scale-init --ls 0.1")
     a("--hessian-every", type=int, default=0, help="record the Hessian's top eigenvalue every N epochs (Fig. A11)")
+    a("--keep-epochs", type=int, nargs="*", default=[], help="also keep these epochs' weights as epochE.pt (Fig. 4: 5)")
     return p
 
 
@@ -225,6 +226,9 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch=None):
               f"val {val_acc:.2%}  lr {lr:.4g}  {secs:.1f}s  eta {eta / 60:.1f}m", flush=True)
         if on_epoch:
             on_epoch(epoch, model)
+        if epoch in args.keep_epochs:  # Fig. 4 looks at the landscape after epoch 5
+            save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(os.path.dirname(checkpoint),
+                                                                                  f"epoch{epoch}.pt"))
         state["epoch"] = epoch
         save(dict(state, model=model.state_dict(), optimizer=opt.state_dict(), rng=runs.rng_states()), checkpoint)
     final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -385,7 +389,8 @@ def summarize(results, out):
 def run(args):
     check_args(args)
     config = {k: v for k, v in vars(args).items() if k not in ("device", "out", "runs", "data_dir", "deterministic",
-                                                                "compile", "amp", "hessian_every")}
+                                                                "compile", "amp", "hessian_every",
+                                                                "keep_epochs")}
     ticket = "mask" if args.mask else ticket_name(args)
     variant = "+".join([k for k in TWEAKS if k != "ls" and getattr(args, k)] + ([f"ls{args.ls}"] if args.ls else []))
     out = args.out or os.path.join(args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}",
@@ -410,7 +415,11 @@ def spend(args, ds, draw, ticket, variant, user_mask, out):
     """Spend the ticket into `out`: vanilla LTH is the draw's own training, copied; anything else trains."""
     if not user_mask and not variant:  # vanilla LTH: the draw's own training of this ticket
         source = draw.trained(ticket)
-        for f in ("mask.pt", "model.pt", "best.pt", "metrics.csv", "results.json"):
+        kept = [f"epoch{e}.pt" for e in args.keep_epochs]
+        if not all(os.path.exists(os.path.join(source, f)) for f in kept):
+            raise BadInput(f"{source} was trained without --keep-epochs {' '.join(map(str, args.keep_epochs))}: "
+                           f"the draw does not have those weights (train the draw with it from the start)")
+        for f in ("mask.pt", "model.pt", "best.pt", "metrics.csv", "results.json", *kept):
             with open(os.path.join(source, f), "rb") as src:
                 save(src.read(), os.path.join(out, f))
         results = runs.read_json(os.path.join(out, "results.json"))
