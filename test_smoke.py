@@ -159,15 +159,14 @@ def test_kd_loss_is_zero_when_student_equals_teacher():
 
 
 def post_step_loss(model, mask, x, y, eta=0.1):
-    """The loss after one normalized SGD step of size eta (what scale_init minimizes)."""
+    """The loss after one normalized SGD step of size eta (what scale_init minimizes, here with S = S~ = x)."""
     params = dict(model.named_parameters())
-    half = len(x) // 2
-    loss = F.cross_entropy(torch.func.functional_call(model, params, (x[:half],)), y[:half])
+    loss = F.cross_entropy(torch.func.functional_call(model, params, (x,)), y)
     grads = torch.autograd.grad(loss, list(params.values()))
     grads = [g * mask[n] if n in mask else g for n, g in zip(params, grads)]
     norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
     stepped = {n: p - eta * g / norm for (n, p), g in zip(params.items(), grads)}
-    return float(F.cross_entropy(torch.func.functional_call(model, stepped, (x[half:],)), y[half:]).detach())
+    return float(F.cross_entropy(torch.func.functional_call(model, stepped, (x,)), y).detach())
 
 
 def test_scale_init_keeps_zeros_and_lowers_the_post_step_loss():
@@ -183,9 +182,45 @@ def test_scale_init_keeps_zeros_and_lowers_the_post_step_loss():
     assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())  # BN statistics untouched
     after = post_step_loss(model, mask, x, y)
     assert after < before - 1e-3, (before, after)
-    assert min(scales.values()) >= 0.01 - 1e-6 and max(scales.values()) != 1.0
+    assert min(v for n, v in scales.items() if n.endswith("weight")) >= 0.01 - 1e-6 and max(scales.values()) != 1.0
+    assert "fc.bias" in scales and min(scales.values()) >= 0 and "layer1.0.unit1.bn.bias" not in scales  # zero at init
     weights = prune.prunable(model)
     assert all((weights[n][~m] == 0).all() for n, m in mask.items())
+
+
+def test_gradinit_objective_gradient_is_first_order_as_the_reference():
+    """One iteration's scale gradient, against central finite differences of the same objective computed apart:
+    with the step eta*g/|g| held at its value for the current scales (objective), or moving with them (constraint)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    mask = {"0.weight": torch.rand(6, 4) < 0.5}
+    gen = torch.Generator().manual_seed(1)
+    first, second, fresh = [(torch.randn(5, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (5,), generator=gen))
+                            for _ in range(3)]
+    x, y = torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
+    x2, y2 = torch.cat([first[0], fresh[0]]), torch.cat([first[1], fresh[1]])
+    alpha = {n: torch.tensor(0.5 + 0.2 * i, dtype=torch.float64) for i, n in enumerate(params)}
+    loss = lambda a, xs, ys, step=None: F.cross_entropy(torch.func.functional_call(
+        model, {n: p * a[n] - (0 if step is None else step[n]) for n, p in params.items()}, (xs,)), ys)
+
+    def step_and_norm(a):  # eta * g / |g| and |g|, g the masked gradient on S at scales a
+        w = {n: (p * a[n]).requires_grad_() for n, p in params.items()}
+        g = torch.autograd.grad(F.cross_entropy(torch.func.functional_call(model, w, (x,)), y), list(w.values()))
+        g = {n: gi * mask[n] if n in mask else gi for n, gi in zip(w, g)}
+        norm = torch.sqrt(sum(gi.pow(2).sum() for gi in g.values()))
+        return {n: 0.1 * gi / norm for n, gi in g.items()}, norm
+
+    fixed, norm = step_and_norm(alpha)
+    for gamma, objective in ((1e9, lambda a: loss(a, x2, y2, fixed) / 0.1), (1e-9, lambda a: step_and_norm(a)[1])):
+        scales = {n: a.clone().requires_grad_() for n, a in alpha.items()}
+        value, branch = tweaks.gradinit_objective(model, params, scales, mask, first, second, lambda: fresh, 0.1, gamma)
+        assert branch == (gamma < 1) and value.item() == pytest.approx(objective(alpha).item(), rel=1e-9)
+        auto = torch.autograd.grad(value, list(scales.values()))
+        for (n, a), g in zip(alpha.items(), auto):
+            h = 1e-6
+            up, down = dict(alpha, **{n: a + h}), dict(alpha, **{n: a - h})
+            assert float(g) == pytest.approx(float(objective(up) - objective(down)) / (2 * h), rel=1e-5, abs=1e-8), n
 
 
 # ---------------------------------------------------------------- data

@@ -75,7 +75,8 @@ def parser():
     a("--swish", action="store_true", help="AT: every ReLU becomes Swish (SiLU)")
     a("--mish", action="store_true", help="every ReLU becomes Mish")
     a("--scale-init", action="store_true", help="TRT: GradInit-style layer-wise scaled initialization")
-    a("--scale-init-iters", type=int, default=200)
+    a("--scale-init-iters", type=int, default=180, help="GradInit iterations (the authors' command: 180)")
+    a("--scale-init-lr", type=float, default=1e-2, help="GradInit's Adam lr on the scales (the authors' command)")
     a("--ls", type=float, default=0.0, help="TRT: label smoothing alpha (the paper uses 0.1)")
     a("--kd", action="store_true", help="distil from the draw's dense network (§4.6)")
     a("--kd-temp", type=float, default=4.0)
@@ -250,7 +251,8 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch
     applied = tweaks.apply(model, args) + (["scale_init"] if args.scale_init else [])
     checkpoint = os.path.join(out, "checkpoint.pt")
     if args.scale_init and not exists(checkpoint):  # on resume the checkpoint has the scaled weights
-        scales = tweaks.scale_init(model, mask, forever(ds, args.batch_size, args.seed), args.scale_init_iters)
+        scales = tweaks.scale_init(model, mask, forever(ds, args.batch_size, args.seed), args.scale_init_iters,
+                                   args.scale_init_lr)
         print(f"{label} scale_init: scales in [{min(scales.values()):.3f}, {max(scales.values()):.3f}]")
     loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
     start = time.time()

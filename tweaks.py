@@ -50,43 +50,37 @@ def mish(model):
     return replace_relu(model, nn.Mish)
 
 
-def scale_init(model, mask, batches, iters=200, eta=0.1, gamma=1.0, min_scale=0.01, clip=1.0, lr=5e-3):
-    """§3.2 layer-wise scaled initialization, learned as in GradInit (Zhu et al. 2021).
+def scale_init(model, mask, batches, iters=180, lr=1e-2, eta=0.1, gamma=1.0, min_scale=0.01, clip=1.0):
+    """§3.2 layer-wise scaled initialization, learned as GradInit (Zhu et al. 2021) computes it in its reference
+    code (zhuchen03/gradinit: gradinit_utils.py, gradinit_optimizers.py), with the settings of the authors' command
+    (ToST LRsI: lr 1e-2, 180 iterations, eta 0.1, gamma 1, min scale 0.01, clip 1).
 
-    One scalar per weight tensor (conv, linear, BatchNorm), all starting at 1, is trained with Adam (lr)
-    so that one SGD step of size eta along the normalized gradient, taken on one half of a batch,
-    lowers the loss on the other half as much as possible. While the gradient norm exceeds gamma the
-    scalars minimize that norm instead (GradInit's constraint). Scalars stay >= min_scale and their
-    gradient is clipped to norm `clip`. The look-ahead gradient is masked, and the final weights are
-    w * scale, so pruned weights stay exactly zero. BatchNorm statistics are left as they were.
-    Returns the learned scales {name: float}."""
+    One scale per parameter tensor, starting at 1 (w = scale * w0): conv, linear and BatchNorm weights stay
+    >= min_scale, biases >= 0; tensors that are all zero (BatchNorm biases at init) have nothing to scale. Each
+    iteration minimizes `gradinit_objective` with Adam as the reference's RescaleAdam: each scale's gradient clamped
+    to [-clip, clip], one first moment per branch (objective, constraint) and one shared second moment. The
+    objective's gradient is masked, and w = scale * w0 keeps pruned weights exactly zero. BatchNorm normalizes
+    with batch statistics; its running statistics are left as they were. Returns the scales {name: float}."""
     params = {n: p.detach().requires_grad_() for n, p in model.named_parameters()}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
-    names = [n for n in params if n.endswith("weight")]
-    scales = {n: torch.ones((), device=params[n].device, requires_grad=True) for n in names}
-    opt = torch.optim.Adam(scales.values(), lr=lr)
-    was_training = model.training
+    scales = {n: torch.ones((), device=p.device, dtype=p.dtype, requires_grad=True) for n, p in params.items()
+              if p.norm() > 0}
+    floor = {n: min_scale if n.endswith("weight") else 0.0 for n in scales}
+    moments = {n: [torch.zeros_like(s) for _ in range(3)] for n, s in scales.items()}  # objective, constraint, squared
+    steps, was_training = [0, 0], model.training
     model.train()
     for _ in range(iters):
-        x, y = next(batches)
-        half = len(x) // 2
-        weights = {n: p * scales[n] if n in scales else p for n, p in params.items()}
-        loss = F.cross_entropy(functional_call(model, weights, (x[:half],)), y[:half])
-        grads = torch.autograd.grad(loss, list(weights.values()), create_graph=True)
-        grads = [g * mask[n] if n in mask else g for n, g in zip(weights, grads)]
-        gnorm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
-        if gnorm > gamma:
-            objective = gnorm
-        else:
-            stepped = {n: w - eta * g / gnorm for (n, w), g in zip(weights.items(), grads)}
-            objective = F.cross_entropy(functional_call(model, stepped, (x[half:],)), y[half:])
-        opt.zero_grad()
-        objective.backward()
-        nn.utils.clip_grad_norm_(list(scales.values()), clip)
-        opt.step()
+        objective, branch = gradinit_objective(model, params, scales, mask, next(batches), next(batches),
+                                               lambda: next(batches), eta, gamma)
+        grads = torch.autograd.grad(objective, list(scales.values()))
+        steps[branch] += 1
         with torch.no_grad():
-            for s in scales.values():
-                s.clamp_(min=min_scale)
+            for (n, s), g in zip(scales.items(), grads):
+                g, m = g.clamp(-clip, clip), moments[n]
+                m[branch].lerp_(g, 0.1)  # beta1 = 0.9
+                m[2].lerp_(g * g, 0.001)  # beta2 = 0.999, over both branches
+                update = m[branch] / (1 - 0.9 ** steps[branch]) / ((m[2] / (1 - 0.999 ** sum(steps))).sqrt() + 1e-8)
+                s.sub_(lr * update).clamp_(min=floor[n])
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n in scales:
@@ -95,6 +89,26 @@ def scale_init(model, mask, batches, iters=200, eta=0.1, gamma=1.0, min_scale=0.
             b.copy_(buffers[n])
     model.train(was_training)
     return {n: float(s.detach()) for n, s in scales.items()}
+
+
+def gradinit_objective(model, params, scales, mask, first, second, fresh, eta, gamma):
+    """One GradInit iteration's objective as a function of the scales: (objective, 1 if the constraint else 0).
+    g is the (masked) gradient of the loss on S = first + second batch at w = scale * w0. If |g| > gamma the
+    objective is |g| itself, differentiated through g. Else it is the loss on S~ = first + fresh() batch after one
+    step of eta along g/|g|, divided by eta, with the step held constant (first order, as the reference detaches
+    it): only the scales in w move the objective."""
+    weights = {n: p * scales[n] if n in scales else p for n, p in params.items()}
+    x, y = torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
+    grads = torch.autograd.grad(F.cross_entropy(functional_call(model, weights, (x,)), y), list(weights.values()),
+                                create_graph=True)
+    grads = [g * mask[n] if n in mask else g for n, g in zip(weights, grads)]
+    gnorm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+    if gnorm > gamma:
+        return gnorm, 1
+    x2, y2 = fresh()
+    x, y = torch.cat([first[0], x2]), torch.cat([first[1], y2])
+    stepped = {n: w - (eta * g / gnorm).detach() for (n, w), g in zip(weights.items(), grads)}
+    return F.cross_entropy(functional_call(model, stepped, (x,)), y) / eta, 0
 
 
 def kd_loss(student_logits, teacher_logits, temp):
