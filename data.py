@@ -188,6 +188,15 @@ def batches(ds, split, batch_size, seed=None, augmented=False):
         yield normalize(ds, xb), y[idx]
 
 
+def balanced_batch(ds, per_class, seed):
+    """`per_class` training images of every class, picked by a seeded shuffle, not augmented: GraSP's sample
+    (alecwangcq/GraSP, pruner/GraSP.py: GraSP_fetch_data)."""
+    x, y = ds["train"]
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)).to(y.device)
+    picks = torch.cat([order[y[order] == c][:per_class] for c in range(ds["classes"])])
+    return normalize(ds, x[picks]), y[picks]
+
+
 @torch.inference_mode()
 def evaluate(model, ds, split, batch_size=1000):
     """(accuracy, mean cross-entropy) of the model in eval mode over a whole split."""

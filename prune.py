@@ -101,8 +101,9 @@ def loss_grad(net, weights, batches, temp=1.0):
 
 def snip(model, batches, sparsity, linear=False):
     """SNIP (Lee et al. 2019): keep the weights of highest connection sensitivity |g * w| at init, with g the
-    gradient of the cross-entropy summed over `batches` [(x, y), ...]."""
-    net = copy.deepcopy(model).train().requires_grad_(True)  # train-mode passes would move the caller's BN stats
+    gradient of the cross-entropy summed over `batches` [(x, y), ...]. BatchNorm in eval mode, as the official
+    code scores (snip-public: is_train False), with the running statistics of initialization."""
+    net = copy.deepcopy(model).eval().requires_grad_(True)
     weights = prunable(net, linear)
     g = loss_grad(net, weights, batches)
     return keep_top({n: (gi * w).abs().detach() for (n, w), gi in zip(weights.items(), g)},
@@ -113,7 +114,7 @@ def grasp(model, batches, sparsity, linear=False):
     """GraSP (Wang et al. 2020): score -w * Hg, with g the gradient of the cross-entropy (logits / T) summed over
     `batches` and H its Hessian. A high score means removing the weight reduces the gradient flow least, so GraSP
     prunes the highest scores (its code keeps score <= threshold): we keep the top of w * Hg."""
-    net = copy.deepcopy(model).train().requires_grad_(True)  # a copy, as in snip
+    net = copy.deepcopy(model).train().requires_grad_(True)  # batch statistics, as the official code; on a copy
     weights = prunable(net, linear)
     g, hg = loss_grad(net, weights, batches, GRASP_TEMP), [torch.zeros_like(w) for w in weights.values()]
     for x, y in batches:  # one batch at a time: the double-backprop graph of all of them may not fit

@@ -2,11 +2,14 @@
 
 Each score has a known-answer test on a tiny float64 net, checked at every possible number of kept weights, so
 the whole ranking (and its direction) must match the hand-derived score."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import data
 import models
 import prune
 
@@ -142,6 +145,24 @@ def test_grasp_and_snip_differ_from_magnitude_and_from_each_other(resnet20):
     masks = [flat_mask(prune.snip(resnet20, data, 0.9)), flat_mask(prune.grasp(resnet20, data, 0.9)),
              flat_mask(prune.omp(prune.prunable(resnet20), 0.9))]
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
+
+
+def test_snip_scores_with_batchnorm_in_eval_mode_as_the_official_code(resnet20):
+    """snip-public runs its network with is_train False: BatchNorm uses the running statistics of init (0 and 1)."""
+    data_ = batches(1, 8, (3, 32, 32), 10, seed=7)
+    net = copy.deepcopy(resnet20).eval()
+    weights = prune.prunable(net)
+    grads = torch.autograd.grad(F.cross_entropy(net(data_[0][0]), data_[0][1]), list(weights.values()))
+    by_hand = prune.keep_top({n: (g * w).abs().detach() for (n, w), g in zip(weights.items(), grads)},
+                             prune.keep_count(weights, 0.9))
+    assert torch.equal(flat_mask(prune.snip(resnet20, data_, 0.9)), flat_mask(by_hand))
+
+
+def test_grasp_sample_is_class_balanced_and_seeded():
+    ds = data.load("synthetic")
+    x, y = data.balanced_batch(ds, 10, seed=0)
+    assert x.shape[0] == 100 and torch.bincount(y, minlength=10).tolist() == [10] * 10
+    assert torch.equal(x, data.balanced_batch(ds, 10, seed=0)[0]) and not torch.equal(x, data.balanced_batch(ds, 10, 1)[0])
 
 
 # ---------------------------------------------------------------- random_like

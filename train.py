@@ -339,10 +339,13 @@ class Draw:
                 if method == "synflow":
                     mask = prune.synflow(model, float(value), input_shape=tuple(self.ds["train"][0].shape[1:]),
                                          linear=linear)
-                else:  # SNIP: one batch; GraSP: ~10 images per class, as in the original papers
-                    size = self.args.batch_size if method == "snip" else 10 * self.ds["classes"]
-                    batch = next(data.batches(self.ds, "train", size, seed=self.args.seed))
-                    mask = getattr(prune, method)(model, [batch], float(value), linear)
+                elif method == "snip":  # one batch, as the official code
+                    batch = next(data.batches(self.ds, "train", self.args.batch_size, seed=self.args.seed))
+                    mask = prune.snip(model, [batch], float(value), linear)
+                else:  # GraSP's official configs: 10 images per class; 5 per class, twice, for 100 classes
+                    per_class, fetches = (10, 1) if self.ds["classes"] <= 10 else (5, 2)
+                    batches = [data.balanced_batch(self.ds, per_class, self.args.seed + i) for i in range(fetches)]
+                    mask = prune.grasp(model, batches, float(value), linear)
             save({n: m.cpu() for n, m in mask.items()}, path)
         return {n: m.to(self.args.device) for n, m in load(path).items()}
 
