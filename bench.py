@@ -34,7 +34,7 @@ def bare_loader(ds, batch_size):
     transform = T.Compose([T.RandomCrop(x.shape[-1], padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                            T.Normalize(ds["mean"].tolist(), ds["std"].tolist())])
     dataset = [(img, int(label)) for img, label in zip(images, y.cpu())]
-    return torch.utils.data.DataLoader([(i, t) for i, t in dataset], batch_size=batch_size, shuffle=True, num_workers=2,
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=2,
                                        collate_fn=lambda b: (torch.stack([transform(i) for i, _ in b]),
                                                              torch.tensor([t for _, t in b])), persistent_workers=True)
 

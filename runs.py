@@ -6,17 +6,17 @@ rebuilding a finished spend, the scripts' Parser, and the helpers that keep torc
 """
 import argparse
 import contextlib
+import errno
 import fcntl
 import functools
 import glob
+import io
 import json
 import os
-import random
 import sys
 import tempfile
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -85,18 +85,22 @@ def save(obj, path):
     waits until it has: the files on disk change only here and look the same to all ranks (see `exists`)."""
     if rank() != 0:
         return barrier()
+    if not isinstance(obj, (str, bytes)):  # to bytes first: torch.save reports a full disk as a RuntimeError
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        obj = buf.getvalue()
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
-            if isinstance(obj, (str, bytes)):
-                f.write(obj.encode() if isinstance(obj, str) else obj)
-            else:
-                torch.save(obj, f)
+            f.write(obj.encode() if isinstance(obj, str) else obj)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise OSError(e.errno, f"the disk is full: {path} not written (what was written before is intact; "
+                                   f"free space and run the same command again)") from None
         raise
     barrier()
 
@@ -122,18 +126,14 @@ def load(path, device="cpu"):
 
 
 def rng_states():
-    """Every random generator's state, for a checkpoint: a resumed run draws what the unbroken run would have."""
-    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                python=random.getstate(), numpy=torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-                numpy_pos=np.random.get_state()[2])
+    """torch's global generators, for a checkpoint (data order and augmentation have their own, seeded by epoch)."""
+    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
 
 def set_rng_states(s):
     torch.set_rng_state(s["torch"])
     if s["cuda"]:
         torch.cuda.set_rng_state_all(s["cuda"])
-    random.setstate(s["python"])
-    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
 
 
 def read_json(path):

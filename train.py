@@ -37,9 +37,11 @@ import tweaks
 from models import BadInput
 from runs import load, save, exists, write_json
 
+# the draw's cache key; the spend-only tweaks (a draw has them off); how a run computes, not what (not in its config)
 RECIPE = ["dataset", "arch", "seed", "epochs", "lr", "batch_size", "momentum", "wd", "subset", "rewind_epoch",
           "prune_classifier"]
 TWEAKS = ["skip", "skip_proj", "swish", "mish", "scale_init", "ls", "kd"]
+HOW = ["device", "out", "runs", "data_dir", "deterministic", "compile", "amp", "hessian_every", "repair", "keep_epochs"]
 
 
 def parser():
@@ -53,6 +55,7 @@ def parser():
     a("--seed", type=int, default=42)
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a("--deterministic", action="store_true", help="deterministic kernels: a resumed run repeats exactly")
+    a("--repair", action="store_true", help="move a damaged draw file aside (*.damaged) and derive it again")
     a("--compile", action="store_true", help="torch.compile the model for training")
     a("--amp", action=argparse.BooleanOptionalAction, help="train in bf16 autocast (default: on with CUDA, off on CPU)")
     # the §4.1 recipe, for the draw and the spend alike
@@ -301,11 +304,37 @@ class Draw:
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
 
+    def derived(self, path, derive):
+        """A draw file that can be derived again exactly (init.pt from the seed; a mask from what it is drawn from):
+        derived once, then read. A damaged one stops the run with the way to repair it; with --repair it is moved
+        aside as *.damaged (never deleted) and derived again."""
+        if exists(path):
+            try:
+                return load(path)
+            except BadInput as e:
+                if not self.args.repair:
+                    raise BadInput(f"{e}; it can be derived again exactly: run the same command with --repair")
+                if runs.rank() == 0:
+                    os.replace(path, path + ".damaged")
+                print(f"note: {path} was damaged, kept as {path}.damaged; deriving it again", file=sys.stderr)
+        save(derive(), path)
+        return load(path)
+
+    def trained_weights(self, ticket, name="model.pt"):
+        """A file of the ticket's vanilla training. A damaged one cannot be derived again exactly (training is not
+        bit-exact on every device): the message says which runs to redo."""
+        path = os.path.join(self.trained(ticket), name)
+        try:
+            return load(path, self.args.device)
+        except BadInput as e:
+            raise BadInput(f"{e}; a trained network cannot be derived again exactly: move {os.path.dirname(path)} "
+                           f"aside and run again (it retrains; redo also every IMP level drawn after it)")
+
     def init(self):
-        if not exists(self.path("init.pt")):
+        def derive():
             torch.manual_seed(self.args.seed)
-            save(new_model(self.args, self.ds).state_dict(), self.path("init.pt"))
-        return load(self.path("init.pt"), self.args.device)
+            return new_model(self.args, self.ds).state_dict()
+        return self.derived(self.path("init.pt"), derive)
 
     def reset_state(self):
         """theta_0 (vanilla LTH), or the dense weights after --rewind-epoch epochs (LTH-Rewind)."""
@@ -316,38 +345,41 @@ class Draw:
 
     def mask(self, ticket):
         """The mask of a ticket named imp_LL, omp_S or random_S; drawn once, then read from disk."""
-        path = self.path(ticket, "mask.pt")
-        if not exists(path):
-            method, value = ticket.split("_")
-            model, linear = new_model(self.args, self.ds), self.args.prune_classifier
-            names = list(prune.prunable(model, linear))
-            if ticket == "imp_00":
-                mask = prune.ones_mask(model, linear)
-            elif method == "imp":
-                prev = f"imp_{int(value) - 1:02d}"
-                weights = load(os.path.join(self.trained(prev), "model.pt"), self.args.device)
-                mask = prune.imp_step({n: weights[n] for n in names}, self.mask(prev))
-            elif method == "omp":
-                weights = load(os.path.join(self.trained("imp_00"), "model.pt"), self.args.device)
-                mask = prune.omp({n: weights[n] for n in names}, float(value))
-            elif method == "random":
-                mask = prune.random_prune(prune.prunable(model, linear), float(value), self.args.seed)
-            elif method == "randomimp":  # random, with the IMP ticket's layer-wise densities
-                mask = prune.random_like(self.mask(f"imp_{prune.imp_level(float(value)):02d}"), self.args.seed)
-            else:  # pruning at initialization (Table A4): scored on theta_0
-                model.load_state_dict(self.init())
-                if method == "synflow":
-                    mask = prune.synflow(model, float(value), input_shape=tuple(self.ds["train"][0].shape[1:]),
-                                         linear=linear)
-                elif method == "snip":  # one batch, as the official code
-                    batch = next(data.batches(self.ds, "train", self.args.batch_size, seed=self.args.seed))
-                    mask = prune.snip(model, [batch], float(value), linear)
-                else:  # GraSP's official configs: 10 images per class; 5 per class, twice, for 100 classes
-                    per_class, fetches = (10, 1) if self.ds["classes"] <= 10 else (5, 2)
-                    batches = [data.balanced_batch(self.ds, per_class, self.args.seed + i) for i in range(fetches)]
-                    mask = prune.grasp(model, batches, float(value), linear)
-            save({n: m.cpu() for n, m in mask.items()}, path)
-        return {n: m.to(self.args.device) for n, m in load(path).items()}
+        masks = self.derived(self.path(ticket, "mask.pt"), lambda: self.draw_mask(ticket))
+        return {n: m.to(self.args.device) for n, m in masks.items()}
+
+    def draw_mask(self, ticket):
+        """Draw a ticket's mask (on the CPU): IMP from the previous level's trained weights, OMP from the dense
+        network's, random from the seed, pruning at initialization from theta_0 and the data."""
+        method, value = ticket.split("_")
+        model, linear = new_model(self.args, self.ds), self.args.prune_classifier
+        names = list(prune.prunable(model, linear))
+        if ticket == "imp_00":
+            mask = prune.ones_mask(model, linear)
+        elif method == "imp":
+            prev = f"imp_{int(value) - 1:02d}"
+            weights = self.trained_weights(prev)
+            mask = prune.imp_step({n: weights[n] for n in names}, self.mask(prev))
+        elif method == "omp":
+            weights = self.trained_weights("imp_00")
+            mask = prune.omp({n: weights[n] for n in names}, float(value))
+        elif method == "random":
+            mask = prune.random_prune(prune.prunable(model, linear), float(value), self.args.seed)
+        elif method == "randomimp":  # random, with the IMP ticket's layer-wise densities
+            mask = prune.random_like(self.mask(f"imp_{prune.imp_level(float(value)):02d}"), self.args.seed)
+        else:  # pruning at initialization (Table A4): scored on theta_0
+            model.load_state_dict(self.init())
+            if method == "synflow":
+                mask = prune.synflow(model, float(value), input_shape=tuple(self.ds["train"][0].shape[1:]),
+                                     linear=linear)
+            elif method == "snip":  # one batch, as the official code
+                batch = next(data.batches(self.ds, "train", self.args.batch_size, seed=self.args.seed))
+                mask = prune.snip(model, [batch], float(value), linear)
+            else:  # GraSP's official configs: 10 images per class; 5 per class, twice, for 100 classes
+                per_class, fetches = (10, 1) if self.ds["classes"] <= 10 else (5, 2)
+                batches = [data.balanced_batch(self.ds, per_class, self.args.seed + i) for i in range(fetches)]
+                mask = prune.grasp(model, batches, float(value), linear)
+        return {n: m.cpu() for n, m in mask.items()}
 
     def trained(self, ticket):
         """The ticket trained the vanilla-LTH way (reset weights * mask, no tweaks); its folder."""
@@ -371,7 +403,7 @@ class Draw:
     def teacher(self):
         """The draw's dense network (best validation weights), frozen, as the KD teacher."""
         model = new_model(self.args, self.ds)
-        model.load_state_dict(load(os.path.join(self.trained("imp_00"), "best.pt"), self.args.device))
+        model.load_state_dict(self.trained_weights("imp_00", "best.pt"))
         return model.eval().requires_grad_(False)
 
 
@@ -383,19 +415,16 @@ def ticket_name(args):
 
 
 def summarize(results, out):
-    every = f", {results['sparsity_all']:.2%} of all conv/linear weights" if "sparsity_all" in results and \
-        round(results["sparsity_all"], 4) != round(results["sparsity"], 4) else ""
     return (f"test acc {results['test_acc']:.2%} (best val {results['best_val_acc']:.2%} at epoch "
             f"{results['best_epoch']}; final epoch {results['final_test_acc']:.2%})  sparsity "
             f"{results['sparsity']:.2%} ({results['weights_nonzero']:,} of {results['weights_total']:,} pruned-layer "
-            f"weights left{every})  {results['seconds']:.0f}s on {results['device']}  -> {out}")
+            f"weights left; {results.get('sparsity_all', results['sparsity']):.2%} of all conv/linear weights)  "
+            f"{results['seconds']:.0f}s on {results['device']}  -> {out}")
 
 
 def run(args):
     check_args(args)
-    config = {k: v for k, v in vars(args).items() if k not in ("device", "out", "runs", "data_dir", "deterministic",
-                                                                "compile", "amp", "hessian_every",
-                                                                "keep_epochs")}
+    config = {k: v for k, v in vars(args).items() if k not in HOW}
     ticket = "mask" if args.mask else ticket_name(args)
     variant = "+".join([k for k in TWEAKS if k != "ls" and getattr(args, k)] + ([f"ls{args.ls}"] if args.ls else []))
     out = args.out or os.path.join(args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}",

@@ -17,7 +17,7 @@ def skip(model, projection=False):
     change, so the ticket gains nothing outside its mask and its sparsity is unchanged. The input is
     batch-normalized first (affine=False: statistics only, no parameters), so the skip enters on the
     conv branch's scale, as the authors' BN-ended skip does; raw identities would double the activations
-    at every block (measured: an initial loss of ~150 on ResNet-20).
+    at every block.
     projection=True (--skip-proj) builds the authors' skip instead (ToST skip_connection/models/
     resnet_modified.py): a dense 1x1 conv, weights all 1e-4, + BatchNorm, outside the mask."""
     for m in model.modules():

@@ -1,0 +1,89 @@
+"""Faults a long reproduction meets: a full disk, a damaged draw cache, preemption, two runners on one folder.
+`python -m pytest -q test_faults.py`"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SMALL = ["--dataset", "synthetic", "--arch", "resnet20", "--subset", "256", "--batch-size", "64", "--device", "cpu"]
+
+
+def train(*args):
+    return subprocess.run([sys.executable, os.path.join(HERE, "train.py"), *SMALL, *map(str, args)], cwd=HERE,
+                          capture_output=True, text=True)
+
+
+def one_line_error(r, *words):
+    return r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and all(
+        w in r.stderr for w in words)
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_finishes_once_space_is_freed(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(fs)], capture_output=True).returncode:
+        pytest.skip("this machine does not let root mount a tmpfs")
+    try:
+        cmd = ["--epochs", "1", "--prune", "random", "--sparsity", "0.5", "--at", "--runs", fs / "runs", "--out", fs / "out"]
+        r = train(*cmd)  # init.pt (1 MB) fits, the first checkpoint (3 MB) does not
+        assert one_line_error(r, "disk is full", "checkpoint.pt"), r.stderr
+        assert not list(fs.rglob(".tmp-*"))  # no temporary file left behind
+        init = next(fs.rglob("init.pt")).read_bytes()
+        subprocess.run(["mount", "-o", "remount,size=64m", str(fs)], check=True)
+        r = train(*cmd)
+        assert r.returncode == 0, r.stderr
+        assert json.loads((fs / "out" / "results.json").read_text())["pruned_nonzero"] == 0
+        assert next(fs.rglob("init.pt")).read_bytes() == init  # what was written before is what was kept
+    finally:
+        subprocess.run(["umount", str(fs)])
+
+
+def test_a_damaged_draw_file_names_its_repair_and_repair_keeps_the_damaged_copy(tmp_path):
+    runs_dir = tmp_path / "runs"
+    common = ["--epochs", "1", "--runs", runs_dir]
+    assert train(*common, "--sparsity", "0.36", "--out", tmp_path / "lth").returncode == 0  # draws imp_00..imp_02
+    draw = next((runs_dir / "draws").iterdir())
+    mask = draw / "imp_02" / "mask.pt"
+    good = mask.read_bytes()
+    mask.write_bytes(good[:100])  # a copy cut short
+    spend = [*common, "--sparsity", "0.36", "--ls", "0.1", "--out", tmp_path / "ls"]
+    r = train(*spend)
+    assert one_line_error(r, "imp_02/mask.pt", "--repair") and not (tmp_path / "ls" / "results.json").exists()
+    r = train(*spend, "--repair")
+    assert r.returncode == 0, r.stderr
+    assert (draw / "imp_02" / "mask.pt.damaged").read_bytes() == good[:100]  # moved aside, never deleted
+    assert mask.read_bytes() != good[:100]
+    assert torch_equal_masks(mask, tmp_path / "lth" / "mask.pt")  # derived again: the same mask as before
+
+    (draw / "imp_02" / "model.pt").write_bytes(b"cut")  # a trained network: it cannot be derived again
+    for extra in ([], ["--repair"]):
+        r = train(*common, "--sparsity", "0.488", "--out", tmp_path / f"next{len(extra)}", *extra)
+        assert one_line_error(r, "imp_02/model.pt", "cannot be derived again", f"move {draw / 'imp_02'} aside"), r.stderr
+
+
+def torch_equal_masks(a, b):
+    import torch
+    ma, mb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    return ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_a_damaged_config_is_one_line_and_a_dead_holders_lock_is_free(tmp_path):
+    cmd = ["--epochs", "1", "--prune", "random", "--sparsity", "0.5", "--runs", tmp_path / "runs", "--out", tmp_path / "r"]
+    (tmp_path / "r").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+                               str(tmp_path / "r" / ".lock")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "locked\n"
+    assert one_line_error(train(*cmd), "being written by another process")
+    holder.kill()  # SIGKILL: the OS releases its lock
+    holder.wait()
+    assert train(*cmd).returncode == 0
+    (tmp_path / "r" / "config.json").write_text("{not json")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    assert one_line_error(train(*cmd), "config.json", "unreadable")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before  # nothing on disk changed
