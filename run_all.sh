@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-MODE=full SEEDS="" PARTS="a2 a3 fig5 a4 analysis" EPOCHS=180 JOBS="" PER_GPU=1 CELL_ARCH="" CELL_DATASET=""
+MODE=full SEEDS="" FULL_ONLY="" PARTS="a2 a3 fig5 a4 analysis" EPOCHS=180 JOBS="" PER_GPU=1 CELL_ARCH="" CELL_DATASET=""
 MEASURED=runs/gpu_check/seconds_per_epoch  # written by --gpu-check: ResNet-18, 45,000 CIFAR-shaped images, AT+TRT
 if [ -n "${EPOCH_SECONDS:-}" ]; then SOURCE="set by EPOCH_SECONDS"  # GPU seconds per epoch, for --dry-run
 elif [ -s $MEASURED ]; then EPOCH_SECONDS=$(cat $MEASURED) SOURCE="measured by --gpu-check, read from $MEASURED"
@@ -27,14 +27,17 @@ while [ $# -gt 0 ]; do
     --jobs) JOBS=$2; shift ;;
     --per-gpu) PER_GPU=$2; shift ;;
     --seeds) SEEDS=$2; shift ;;
-    --parts) PARTS=$2; shift ;;
-    --epochs) EPOCHS=$2; shift ;;
-    --arch) CELL_ARCH=$2; shift ;;
-    --dataset) CELL_DATASET=$2; shift ;;
+    --parts) PARTS=$2 FULL_ONLY+=" $1"; shift ;;
+    --epochs) EPOCHS=$2 FULL_ONLY+=" $1"; shift ;;
+    --arch) CELL_ARCH=$2 FULL_ONLY+=" $1"; shift ;;
+    --dataset) CELL_DATASET=$2 FULL_ONLY+=" $1"; shift ;;
     *) echo "error: unknown option $1 (see the top of run_all.sh)" >&2; exit 2 ;;
   esac
   shift
 done
+if [ $MODE = quick ] && [ -n "$FULL_ONLY" ]; then
+  echo "error:$FULL_ONLY: the full reproduction's options; --quick is a fixed demo (see quick_jobs)" >&2; exit 2
+fi
 [ -n "$SEEDS" ] || SEEDS=$([ $MODE = quick ] && echo 42 || echo "42 1099 5469")
 [[ "$PER_GPU" =~ ^[1-9][0-9]*$ ]] || { echo "error: --per-gpu must be a whole number >= 1, got $PER_GPU" >&2; exit 2; }
 PY=${PYTHON:-.venv/bin/python}

@@ -508,8 +508,8 @@ def test_run_all_options_in_any_order_and_several_runs_per_gpu():
     assert a.returncode == 0 and a.stdout == b.stdout and "--seed 7 " in a.stdout and "--seed 42 " not in a.stdout
     assert re.search(r"^# slots: 3 concurrent runs \(0 GPUs x 3 per GPU\)$", a.stdout, re.M)
     assert re.search(r"^# slots: 5 concurrent", run("--dry-run", "--per-gpu", "3", "--jobs", "5").stdout, re.M)
-    bad = run("--per-gpu", "0", "--dry-run")
-    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and not bad.stdout
+    for bad in (run("--per-gpu", "0", "--dry-run"), run("--epochs", "5", "--quick"), run("--quick", "--parts", "a2")):
+        assert bad.returncode == 2 and bad.stderr.startswith("error: ") and not bad.stdout  # refused, not ignored
 
 
 def test_gpu_check_without_a_gpu_says_so_and_runs_what_a_cpu_can(tmp_path):
