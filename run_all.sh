@@ -7,6 +7,7 @@
 #   ./run_all.sh --dry-run      print the full job list and an estimate of GPU-hours
 #   ./run_all.sh --list         the job list alone, one train.py command line per line (for a cluster)
 #   ./run_all.sh --gpu-check    a few minutes on one GPU: environment, speed, memory, an end-to-end signature run
+#   ./run_all.sh --jobs-from F  run the train.py argument lines of file F (your own grid) as the reproduction does
 # Options (in any order): --jobs N (concurrent runs in all; default: GPUs x --per-gpu), --per-gpu K (runs at once
 #          on each GPU, default 1), --seeds "42 1099 5469" (--quick: 42), --parts "a2 a3 fig5 a4 analysis" (which
 #          tables/figures), --arch A --dataset D (Fig. 5 cells to run), --epochs E (default 180). Re-running skips
@@ -25,6 +26,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --quick|--test|--dry-run|--list|--gpu-check) MODE=${1#--} ;;
     --jobs) JOBS=$2; shift ;;
+    --jobs-from) MODE=jobs-from JOBS_FROM=$2; shift ;;
     --per-gpu) PER_GPU=$2; shift ;;
     --seeds) SEEDS=$2; shift ;;
     --parts) PARTS=$2 FULL_ONLY+=" $1"; shift ;;
@@ -127,7 +129,9 @@ run_list() {
        out=${jobs[i]##*--out }
        [ -e "$out/results.json" ] && continue
        if [ "$GPUS" -gt 1 ]; then export CUDA_VISIBLE_DEVICES=$((slot % GPUS)); fi
-       $PY train.py ${jobs[i]} || echo "FAILED ($?): train.py ${jobs[i]}" >&2
+       mkdir -p "$out"  # another runner on this folder holds .runner while it trains the run: skip it, quietly
+       flock -n -E 75 "$out/.runner" $PY train.py ${jobs[i]} && continue
+       rc=$?; [ $rc = 75 ] || echo "FAILED ($rc): train.py ${jobs[i]}" >&2
      done) &
   done
   wait
@@ -169,8 +173,8 @@ print('GPU:', torch.cuda.get_device_name() if c else 'none found (torch.cuda.is_
       echo "seconds per epoch, ResNet-18 + AT + TRT at 91% on 45,000 CIFAR-shaped images, batch 128: $(cat $MEASURED)"
     fi
   else
-    device=cpu arch=resnet20
-    echo "no GPU found: skipping the GPU benchmarks; the end-to-end parts run on the CPU with ResNet-20"
+    device="cpu --subset 300" arch=resnet20
+    echo "no GPU found: skipping the GPU benchmarks; the end-to-end parts run on the CPU (ResNet-20, 270 images)"
   fi
   local small="--dataset synthetic --arch $arch --device $device --runs $dir/runs"
   part signature 240 $PY train.py $small --epochs 1 --sparsity 0.91 --skip --swish --ls 0.1 --out $dir/signature
@@ -185,6 +189,9 @@ print('GPU:', torch.cuda.get_device_name() if c else 'none found (torch.cuda.is_
 }
 
 case $MODE in
+  jobs-from)
+    setup
+    run_list < "$JOBS_FROM" ;;
   gpu-check)
     setup
     gpu_check ;;

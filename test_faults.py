@@ -46,24 +46,24 @@ def test_a_full_disk_is_one_line_and_the_same_command_finishes_once_space_is_fre
 def test_a_damaged_draw_file_names_its_repair_and_repair_keeps_the_damaged_copy(tmp_path):
     runs_dir = tmp_path / "runs"
     common = ["--epochs", "1", "--runs", runs_dir]
-    assert train(*common, "--sparsity", "0.36", "--out", tmp_path / "lth").returncode == 0  # draws imp_00..imp_02
+    assert train(*common, "--sparsity", "0.2", "--out", tmp_path / "lth").returncode == 0  # trains imp_00, imp_01
     draw = next((runs_dir / "draws").iterdir())
-    mask = draw / "imp_02" / "mask.pt"
+    mask = draw / "imp_01" / "mask.pt"
     good = mask.read_bytes()
     mask.write_bytes(good[:100])  # a copy cut short
-    spend = [*common, "--sparsity", "0.36", "--ls", "0.1", "--out", tmp_path / "ls"]
+    spend = [*common, "--sparsity", "0.2", "--ls", "0.1", "--out", tmp_path / "ls"]
     r = train(*spend)
-    assert one_line_error(r, "imp_02/mask.pt", "--repair") and not (tmp_path / "ls" / "results.json").exists()
+    assert one_line_error(r, "imp_01/mask.pt", "--repair") and not (tmp_path / "ls" / "results.json").exists()
     r = train(*spend, "--repair")
     assert r.returncode == 0, r.stderr
-    assert (draw / "imp_02" / "mask.pt.damaged").read_bytes() == good[:100]  # moved aside, never deleted
+    assert (draw / "imp_01" / "mask.pt.damaged").read_bytes() == good[:100]  # moved aside, never deleted
     assert mask.read_bytes() != good[:100]
     assert torch_equal_masks(mask, tmp_path / "lth" / "mask.pt")  # derived again: the same mask as before
 
-    (draw / "imp_02" / "model.pt").write_bytes(b"cut")  # a trained network: it cannot be derived again
-    for extra in ([], ["--repair"]):
-        r = train(*common, "--sparsity", "0.488", "--out", tmp_path / f"next{len(extra)}", *extra)
-        assert one_line_error(r, "imp_02/model.pt", "cannot be derived again", f"move {draw / 'imp_02'} aside"), r.stderr
+    (draw / "imp_01" / "model.pt").write_bytes(b"cut")  # a trained network: it cannot be derived again
+    for extra in ([], ["--repair"]):  # imp_02's mask is drawn from imp_01's trained weights
+        r = train(*common, "--sparsity", "0.36", "--out", tmp_path / f"next{len(extra)}", *extra)
+        assert one_line_error(r, "imp_01/model.pt", "cannot be derived again", f"move {draw / 'imp_01'} aside"), r.stderr
 
 
 def torch_equal_masks(a, b):
@@ -87,3 +87,26 @@ def test_a_damaged_config_is_one_line_and_a_dead_holders_lock_is_free(tmp_path):
     before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
     assert one_line_error(train(*cmd), "config.json", "unreadable")
     assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before  # nothing on disk changed
+
+
+def test_two_runners_on_one_folder_train_each_run_once_and_as_one_runner_would(tmp_path):
+    variants = ["", "--ls 0.1", "--swish"]
+    for root in ("two", "one"):
+        lines = [f"{' '.join(SMALL)} --epochs 1 --prune random --sparsity 0.5 --deterministic --runs {tmp_path / root} "
+                 f"--out {tmp_path / root / f'v{i}'} {v}" for i, v in enumerate(variants)]
+        (tmp_path / f"{root}.txt").write_text("\n".join(lines) + "\n")
+    env = dict(os.environ, PYTHON=sys.executable)
+    runner = lambda root: subprocess.Popen(["bash", os.path.join(HERE, "run_all.sh"), "--jobs-from", str(tmp_path / f"{root}.txt"),
+                                            "--jobs", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first, second = runner("two"), runner("two")  # the same list, the same folders, at once
+    outs = [p.communicate() for p in (first, second)]
+    assert first.returncode == second.returncode == 0 and "FAILED" not in outs[0][1] + outs[1][1], outs
+    log = outs[0][0] + outs[1][0]
+    finished = [line for line in log.splitlines() if line.startswith("test acc")]  # train.py's summary of a run
+    assert all(sum(line.endswith(f"-> {tmp_path / 'two' / f'v{i}'}") for line in finished) == 1
+               for i in range(len(variants))), log  # each run trained and finished once, by one of the runners
+    single = runner("one")
+    single.communicate()
+    for i in range(len(variants)):
+        a, b = (json.loads((tmp_path / root / f"v{i}" / "results.json").read_text()) for root in ("two", "one"))
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
