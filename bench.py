@@ -61,11 +61,11 @@ def bench(args, steps=10, rounds=3):
     ds = data.load(args.dataset, args.data_dir, args.subset, args.seed, args.device)
     cuda = str(args.device).startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    torch.backends.cudnn.benchmark = cuda  # as train.fit trains
     torch.manual_seed(args.seed)
     dense = train.new_model(args, ds)
     sparse = copy.deepcopy(dense)
-    mask = prune.random_prune(prune.prunable(sparse), 0.9, args.seed)
-    mask = {n: m.to(args.device) for n, m in mask.items()}
+    mask = {n: m.to(args.device) for n, m in prune.random_prune(prune.prunable(sparse), 0.9, args.seed).items()}
     prune.apply_mask(sparse, mask)
     tweaks.skip(sparse)
     tweaks.swish(sparse)
