@@ -315,7 +315,7 @@ def test_rewind_omp_random_kd_and_user_masks_spend(tmp_path, capsys):
     cli_in_process(tmp_path, "--sparsity", "0.8", "--prune", "omp", "--rewind-epoch", "1", "--kd",
                    "--out", str(tmp_path / "a"), capsys=capsys)
     draw_dir = next((tmp_path / "runs" / "draws").iterdir())
-    assert (draw_dir / "rewind.pt").exists() and (draw_dir / "omp_0.8000" / "mask.pt").exists()
+    assert (draw_dir / "imp_00" / "epoch1.pt").exists() and (draw_dir / "omp_0.8000" / "mask.pt").exists()
     res = json.loads((tmp_path / "a" / "results.json").read_text())
     assert abs(res["sparsity"] - 0.8) < 1e-4 and "kd" in res["tweaks"]
     cli_in_process(tmp_path, "--sparsity", "0.7", "--prune", "random", "--out", str(tmp_path / "b"), capsys=capsys)

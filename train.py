@@ -4,7 +4,7 @@
     python train.py --dataset fashionmnist --arch resnet20 --epochs 2 --subset 5000 --sparsity 0.91 --at --trt
 
 Defaults are the §4.1 recipe. The draw is cached, keyed by everything that changes it, in
-runs/draws/<dataset>_<arch>_seed<seed>_<hash>/: draw.json (the key), init.pt (theta_0), rewind.pt (theta_k)
+runs/draws/<dataset>_<arch>_seed<seed>_<hash>/: draw.json (the key), init.pt (theta_0)
 and one folder per ticket -- imp_LL for IMP level L (density 0.8^L), omp_S / random_S -- holding mask.pt
 and, once the ticket has been trained the vanilla-LTH way, model.pt, best.pt, metrics.csv, results.json.
 IMP level L's mask comes from level L-1's trained weights, so a vanilla spend of level L is the draw's own
@@ -175,7 +175,7 @@ def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=No
     return loss_sum, correct, seen, int(first_bad)
 
 
-def fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch=None):
+def fit(model, ds, args, mask, loss_fn, label, checkpoint):
     """The one training loop (§4.1), for the dense draw, every IMP level and every spend: SGD with momentum
     and weight decay, the step lr schedule, the best-validation weights kept. Gradients are masked before
     each step and weights after it, so pruned weights stay exactly zero. After every epoch the whole state
@@ -228,9 +228,7 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch=None):
         eta = (time.time() - start) / (epoch - first + 1) * (args.epochs - epoch)
         print(f"{label} epoch {epoch:3d}/{args.epochs}  loss {train_loss:.4f}  train {correct / seen:.2%}  "
               f"val {val_acc:.2%}  lr {lr:.4g}  {secs:.1f}s  eta {eta / 60:.1f}m", flush=True)
-        if on_epoch:
-            on_epoch(epoch, model)
-        if epoch in args.keep_epochs:  # Fig. 4 looks at the landscape after epoch 5
+        if epoch in args.keep_epochs:  # Fig. 4 looks at the landscape after epoch 5; LTH-Rewind restarts from one
             save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(os.path.dirname(checkpoint),
                                                                                   f"epoch{epoch}.pt"))
         state["epoch"] = epoch
@@ -245,7 +243,7 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch=None):
     return summary, state["rows"], state["best_state"]
 
 
-def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch=None):
+def train_ticket(args, ds, mask, reset_state, out, label, teacher=None):
     """Build the ticket (reset weights * mask), apply the spend's tweaks, train it with `fit`, write `out`."""
     torch.manual_seed(args.seed)
     model = new_model(args, ds)
@@ -259,7 +257,7 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None, on_epoch
         print(f"{label} scale_init: scales in [{min(scales.values()):.3f}, {max(scales.values()):.3f}]")
     loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
     start = time.time()
-    summary, rows, best_state = fit(model, ds, args, mask, loss_fn, label, checkpoint, on_epoch)
+    summary, rows, best_state = fit(model, ds, args, mask, loss_fn, label, checkpoint)
     total = sum(p.numel() for p in model.parameters())
     images = landscape.fixed_images(ds, "test", 500)
     weights, every = dict(model.named_parameters()), prune.prunable(model, linear=True)  # every conv/linear weight
@@ -340,8 +338,7 @@ class Draw:
         """theta_0 (vanilla LTH), or the dense weights after --rewind-epoch epochs (LTH-Rewind)."""
         if not self.args.rewind_epoch:
             return self.init()
-        self.trained("imp_00")
-        return load(self.path("rewind.pt"), self.args.device)
+        return self.trained_weights("imp_00", f"epoch{self.args.rewind_epoch}.pt")  # kept by the dense training
 
     def mask(self, ticket):
         """The mask of a ticket named imp_LL, omp_S or random_S; drawn once, then read from disk."""
@@ -392,12 +389,10 @@ class Draw:
             mask = self.mask(ticket)
             density = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
             print(f"=== draw {ticket}: {1 - density:.2%} sparse, vanilla LTH training -> {out}", flush=True)
-            dense = ticket == "imp_00"
-            rewind = self.args.rewind_epoch if dense else None
-            save_rewind = lambda epoch, model: epoch == rewind and save(
-                {k: v.cpu() for k, v in model.state_dict().items()}, self.path("rewind.pt"))
-            train_ticket(self.vanilla, self.ds, mask, self.init() if dense else self.reset_state(), out,
-                         f"[{ticket}]", on_epoch=save_rewind if rewind else None)
+            dense, vanilla = ticket == "imp_00", copy.copy(self.vanilla)
+            if dense and self.args.rewind_epoch:  # LTH-Rewind's theta_k: the dense training keeps epoch k
+                vanilla.keep_epochs = [*vanilla.keep_epochs, self.args.rewind_epoch]
+            train_ticket(vanilla, self.ds, mask, self.init() if dense else self.reset_state(), out, f"[{ticket}]")
         return out
 
     def teacher(self):
