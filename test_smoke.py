@@ -541,8 +541,8 @@ def test_bench_times_the_three_loops_and_the_hessian_vector_product():
 # ---------------------------------------------------------------- multi-process (torchrun, DDP)
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     """torchrun, 2 gloo processes on CPU: each rank takes its shard of every global batch (the last one uneven:
-    855 = 13 x 64 + 23 images) and BatchNorm statistics are global, so the draw, the mask and the AT+TRT spend
-    equal one process's. In float64 (a driver sets the default dtype) and at a small lr, where 2 epochs do not
+    540 = 8 x 64 + 28 images) and BatchNorm statistics are global, so the draw, the mask and the AT+TRT spend
+    equal one process's. In float64 (a driver sets the default dtype) and at a small lr, where an epoch does not
     amplify rounding: per-rank BatchNorm or a mis-scaled loss would be off by far more than 1e-9. Rank 1 looks
     for its files 0.2 s late, so a resume check that races with rank 0's writes fails here every time."""
     driver = tmp_path / "train64.py"
@@ -551,7 +551,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
                       "if os.environ.get('RANK') == '1':\n    found = os.path.exists\n"
                       f"    os.path.exists = lambda p: str(p).startswith({str(tmp_path)!r}) and time.sleep(0.2) or found(p)\n"
                       "train.main()\n")
-    args = [str(driver), *TINY, "--subset", "950", "--lr", "0.02", "--sparsity", "0.2", "--at", "--trt"]
+    args = [str(driver), *TINY, "--subset", "600", "--lr", "0.02", "--sparsity", "0.2", "--at", "--trt",
+            "--scale-init-iters", "2", "--epochs", "1"]
     one = subprocess.run([sys.executable, *args, "--runs", str(tmp_path / "r1"), "--out", str(tmp_path / "one")],
                          capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
