@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's reproduction in one script, built from train.py, hessian.py, landscape.py and report.py.
 #
-#   ./run_all.sh --quick        CPU demo (<= 15 min, 2 cores, offline): Fashion-MNIST, ResNet-20, LTH vs AT/TRT
+#   ./run_all.sh --quick        CPU demo (2 cores, offline): Fashion-MNIST, ResNet-20, LTH vs AT/TRT
 #   ./run_all.sh --test         the test suite
 #   ./run_all.sh                the full reproduction on GPUs (ResNet-18, CIFAR-100, §4.1 recipe, 3 seeds)
 #   ./run_all.sh --dry-run      print the full job list and an estimate of GPU-hours
