@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from matplotlib.figure import Figure  # no pyplot: headless, no global state
 from torch.func import functional_call
 
 import data
@@ -127,6 +126,7 @@ def contour(args):
     coords, grids = planes[0][0], [losses for _, losses in planes]
     lo, hi = min(g.min() for g in grids), min(max(g.max() for g in grids), 8.0)  # clamped at 8 as in Fig. 8
     levels = np.linspace(lo, max(hi, lo + 1e-6), 21)  # one colour scale for every panel
+    from matplotlib.figure import Figure  # here: train.py imports this module, and needs no matplotlib
     fig = Figure(figsize=(5.3 * len(loaded) + 1.5, 5), layout="constrained")
     axes = fig.subplots(1, len(loaded), squeeze=False)[0]
     for ax, grid, (name, *_) in zip(axes, grids, loaded):
@@ -142,6 +142,7 @@ def eigen(args):
     import hessian  # the sibling module computing top_eigen; only this plot needs it
     loaded, dataset = load_runs(args, "test")  # Fig. 10 plots the testing loss
     alphas, lines, values, products = np.linspace(-args.radius, args.radius, args.points), [], [], 0
+    from matplotlib.figure import Figure  # no pyplot: headless, no global state
     ax = Figure(figsize=(6.5, 4.3), layout="constrained").subplots()
     for name, model, mask, ds, x, y in loaded:
         batches = hessian.fixed_batches(ds, seed=args.seed)  # training images, as the eigenvalues of Fig. 2, A13

@@ -346,7 +346,7 @@ class Draw:
         return {n: m.to(self.args.device) for n, m in masks.items()}
 
     def draw_mask(self, ticket):
-        """Draw a ticket's mask (on the CPU): IMP from the previous level's trained weights, OMP from the dense
+        """Draw a ticket's mask, returned on the CPU: IMP from the previous level's trained weights, OMP from the dense
         network's, random from the seed, pruning at initialization from theta_0 and the data."""
         method, value = ticket.split("_")
         model, linear = new_model(self.args, self.ds), self.args.prune_classifier
