@@ -2,6 +2,7 @@
 # The paper's reproduction in one script, built from train.py, hessian.py, landscape.py and report.py.
 #
 #   ./run_all.sh --quick        CPU demo (2 cores, offline): Fashion-MNIST, ResNet-20, LTH vs AT/TRT
+#   ./run_all.sh --study        the CPU study (2 cores, offline, hours): every tweak vs LTH on the same tickets, 5 seeds
 #   ./run_all.sh --test         the test suite
 #   ./run_all.sh                the full reproduction on GPUs (ResNet-18, CIFAR-100, §4.1 recipe, 3 seeds)
 #   ./run_all.sh --dry-run      print the full job list and an estimate of GPU-hours
@@ -24,7 +25,7 @@ elif [ -s $MEASURED ]; then EPOCH_SECONDS=$(cat $MEASURED) SOURCE="measured by -
 else EPOCH_SECONDS=10 SOURCE="assumed, not measured: run --gpu-check on your GPU or set EPOCH_SECONDS"; fi
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick|--test|--dry-run|--list|--gpu-check) MODE=${1#--} ;;
+    --quick|--study|--test|--dry-run|--list|--gpu-check) MODE=${1#--} ;;
     --jobs) JOBS=$2; shift ;;
     --jobs-from) MODE=jobs-from JOBS_FROM=$2; shift ;;
     --per-gpu) PER_GPU=$2; shift ;;
@@ -40,7 +41,7 @@ done
 if [ $MODE = quick ] && [ -n "$FULL_ONLY" ]; then
   echo "error:$FULL_ONLY: the full reproduction's options; --quick is a fixed demo (see quick_jobs)" >&2; exit 2
 fi
-[ -n "$SEEDS" ] || SEEDS=$([ $MODE = quick ] && echo 42 || echo "42 1099 5469")
+[ -n "$SEEDS" ] || SEEDS=$(case $MODE in quick) echo 42 ;; study) echo 1 2 3 4 5 ;; *) echo 42 1099 5469 ;; esac)
 [[ "$PER_GPU" =~ ^[1-9][0-9]*$ ]] || { echo "error: --per-gpu must be a whole number >= 1, got $PER_GPU" >&2; exit 2; }
 PY=${PYTHON:-.venv/bin/python}
 
@@ -117,8 +118,19 @@ quick_jobs() {
   done
 }
 
+# The CPU study (README "Evidence"): every tweak on the same OMP ticket per seed, 91.4% sparse, Fashion-MNIST.
+STUDY="--dataset fashionmnist --arch resnet20 --epochs 5 --subset 10000 --prune omp"
+study_jobs() {
+  for seed in $SEEDS; do
+    for v in "" "--skip" "--skip-proj" "--swish" "--scale-init" "--ls 0.1" "--at" "--trt" "--at --trt"; do
+      job runs/study "$seed" 0.914 "$STUDY" $v
+    done
+  done
+}
+
 GPUS=$( (nvidia-smi -L 2>/dev/null || true) | grep -c GPU || true)
 SLOTS=${JOBS:-$(( (GPUS > 0 ? GPUS : 1) * PER_GPU ))}
+if [ $MODE = study ] && [ -z "$JOBS" ] && [ "$GPUS" = 0 ]; then SLOTS=$(nproc); fi  # CPU: one run per core
 
 # Run a job list (stdin) in $SLOTS concurrent slots, slot i on GPU i mod GPUs; finished runs are skipped.
 run_list() {
@@ -211,6 +223,10 @@ case $MODE in
             printf "# %d jobs: %d trained spends + %d draws (%d trainings; vanilla LTH spends reuse them)\n", NR, spends, draws, trainings
             printf "# estimate: %.0f GPU-hours at %s s/epoch (%s), one run per GPU at a time\n", (spends + trainings) * E * es / 3600, es, source }'
     echo "# slots: $SLOTS concurrent runs ($GPUS GPUs x $PER_GPU per GPU${JOBS:+; --jobs $JOBS overrides})" ;;
+  study)
+    setup
+    export OMP_NUM_THREADS=$(( $(nproc) / SLOTS > 0 ? $(nproc) / SLOTS : 1 ))  # one thread per run beats shared ones
+    study_jobs | run_list ;;
   quick)
     setup
     start=$(date +%s)
