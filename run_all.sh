@@ -65,7 +65,7 @@ LEVELS="0 0.2 0.36 0.488 0.59 0.672 0.738 0.79 0.832 0.866 0.893 0.914 0.931 0.9
 job() {
   local root=$1 seed=$2 s=$3 base=$4; shift 4
   local flags="$*" name="$*" prune=imp
-  if [[ $name =~ --prune\ ([a-z]+) ]]; then prune=${BASH_REMATCH[1]} name=${name/"${BASH_REMATCH[0]}"/}; fi
+  if [[ "$base $name" =~ --prune\ ([a-z]+) ]]; then prune=${BASH_REMATCH[1]} name=${name/"${BASH_REMATCH[0]}"/}; fi
   if [[ $name =~ --rewind-epoch\ [0-9]+ ]]; then name=${name/"${BASH_REMATCH[0]}"/rewind}; fi
   name=${name//[ -]/}  # no subprocess per job: the full list has thousands
   set -- $base
