@@ -3,12 +3,15 @@
     python report.py runs --out report      # writes report/report.md and report/acc_<dataset>_<arch>_<prune>.png
 
 Tables are laid out like Tables A2/A3: one row per sparsity, one column per variant, each cell the mean
-test accuracy over seeds +- its standard deviation, with the difference to LTH in brackets. A variant
-missing at a sparsity is shown as "missing", never as zero. For ResNet-18 on CIFAR-100 the plots carry
+test accuracy over seeds +- its standard deviation, with the paired difference to LTH in brackets: seed by
+seed, i.e. on the same ticket, with its 95% t-interval over seeds. A variant missing at a sparsity is shown
+as "missing", never as zero. Each plot's numbers are beside it as .csv. For ResNet-18 on CIFAR-100 the plots carry
 the paper's published numbers (Tables A2, A3) as dashed reference lines.
 """
+import functools
 import glob
 import io
+import math
 import os
 import statistics
 
@@ -50,55 +53,121 @@ def gather(root):
         if not os.path.exists(os.path.join(folder, "config.json")):
             continue  # a draw's own ticket folder; its spend copy carries the config
         res, cfg = read_json(path), read_json(os.path.join(folder, "config.json"))
+        res["seed"] = cfg["seed"]  # pairs a variant with LTH on the same ticket
         key = (cfg["dataset"], cfg["arch"], cfg["prune"] if cfg["sparsity"] else "imp")
         groups.setdefault(key, {}).setdefault((cfg["sparsity"] or 0.0, variant(cfg)), []).append(res)
     return groups
 
 
-def cell(accs, base):
+@functools.cache
+def t_quantile(p, df):
+    """The p-quantile (p > 0.5) of Student's t with df degrees of freedom, by bisection on its CDF: the density
+    Gamma((df+1)/2) / (sqrt(df pi) Gamma(df/2)) * (1 + x^2/df)^(-(df+1)/2), integrated from 0 by Simpson's rule."""
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    density = lambda x: math.exp(log_c - (df + 1) / 2 * math.log1p(x * x / df))
+    cdf = lambda x, n=2000: 0.5 + x / n / 3 * sum((1 if i in (0, n) else 4 - 2 * (i % 2 == 0)) * density(i * x / n)
+                                                  for i in range(n + 1))
+    lo, hi = 0.0, 1000.0
+    for _ in range(50):
+        lo, hi = ((lo + hi) / 2, hi) if cdf((lo + hi) / 2) < p else (lo, (lo + hi) / 2)
+    return lo
+
+
+def differences(accs, base):
+    """Paired by seed, i.e. by ticket: acc_i - acc_LTH_i for each seed i both {seed: accuracy} dicts have."""
+    return [accs[seed] - base[seed] for seed in sorted(set(accs) & set(base))]
+
+
+def paired(d):
+    """The mean d of the paired differences d_i and its 95% confidence interval d +- t(0.975, n - 1) * s_d / sqrt(n),
+    s_d the sample std of the n differences. Returns (d, low, high, n); low = high = None for n = 1, None for n = 0."""
+    if len(d) < 2:
+        return d and (d[0], None, None, 1)
+    mean, half = statistics.mean(d), t_quantile(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+    return mean, mean - half, mean + half, len(d)
+
+
+def in_words(name, diff):
+    d, low, high, n = diff
+    return f"{name} − LTH: {d:+.2f} pp" + (f" [{low:+.2f}, {high:+.2f}]" if low is not None else "") + \
+        f", {n} seed{'s' * (n > 1)}"
+
+
+def accuracies(runs, s, name):
+    return {r["seed"]: 100 * r["test_acc"] for r in runs.get((s, name), [])}
+
+
+def variants(runs):
+    return sorted({v for _, v in runs}, key=lambda v: (ORDER.index(v) if v in ORDER else len(ORDER), v))
+
+
+def cell(accs, diff):
     if not accs:
         return "missing"
-    mean = statistics.mean(accs)
-    text = f"{mean:.2f}" + (f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else "")
-    return text + (f" ({mean - statistics.mean(base):+.2f})" if base and accs is not base else "")
+    a = list(accs.values())
+    text = f"{statistics.mean(a):.2f}" + (f" ± {statistics.stdev(a):.2f}" if len(a) > 1 else "")
+    if diff:
+        text += f" ({diff[0]:+.2f}" + (f" [{diff[1]:+.2f}, {diff[2]:+.2f}]" if diff[1] is not None else "") + ")"
+    return text
 
 
 def table(runs):
-    """Markdown table: rows are sparsities (measured, mean over runs), columns are the variants present."""
-    names = sorted({v for _, v in runs}, key=lambda v: (ORDER.index(v) if v in ORDER else len(ORDER), v))
+    """Markdown table: rows are sparsities (measured, mean over runs), columns are the variants present; each cell
+    mean +- std over seeds and (the paired difference to LTH [95% interval]). Below it, that difference in words."""
+    names, words = variants(runs), []
     lines = ["| sparsity | " + " | ".join(names) + " | seeds |", "|---" * (len(names) + 2) + "|"]
     for s in sorted({s for s, _ in runs}):
-        accs = {v: [100 * r["test_acc"] for r in runs.get((s, v), [])] for v in names}
-        measured = statistics.mean(r["sparsity"] for v in names for r in runs.get((s, v), []))
-        seeds = max(len(a) for a in accs.values())
-        lines.append(f"| {100 * measured:.1f}% | " + " | ".join(cell(accs[v], accs.get("LTH")) for v in names)
-                     + f" | {seeds} |")
-    return "\n".join(lines)
+        accs = {v: accuracies(runs, s, v) for v in names}
+        measured = 100 * statistics.mean(r["sparsity"] for v in names for r in runs.get((s, v), []))
+        diffs = {v: paired(differences(accs[v], accs.get("LTH", {}))) for v in names if v != "LTH"}
+        lines.append(f"| {measured:.1f}% | " + " | ".join(cell(accs[v], diffs.get(v)) for v in names)
+                     + f" | {max(len(a) for a in accs.values())} |")
+        words += [f"- {measured:.1f}%: {in_words(v, d)}" for v, d in diffs.items() if d]
+    return "\n".join(lines + [""] + words)
 
 
 def plot(runs, title, path, reference):
+    """Left: accuracy vs sparsity, mean line, +-std band and each seed's point (the paper's published line dashed).
+    Right: each variant's paired difference to LTH, each seed's point and the mean with its 95% interval."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, name in enumerate(sorted({v for _, v in runs}, key=lambda v: ORDER.index(v) if v in ORDER else 99)):
-        pts = sorted((100 * statistics.mean(r["sparsity"] for r in rs), [100 * r["test_acc"] for r in rs])
-                     for (s, v), rs in runs.items() if v == name)
-        means = [statistics.mean(a) for _, a in pts]
-        spread = [statistics.stdev(a) if len(a) > 1 else 0 for _, a in pts]
-        line, = ax.plot([x for x, _ in pts], means, "o-", label=name, color=f"C{i}")
-        ax.fill_between([x for x, _ in pts], [m - d for m, d in zip(means, spread)],
-                        [m + d for m, d in zip(means, spread)], color=line.get_color(), alpha=0.15)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw=dict(width_ratios=[3, 2]))
+    names, levels = variants(runs), sorted({s for s, _ in runs})
+    for i, name in enumerate(names):
+        pts = [(100 * statistics.mean(r["sparsity"] for r in runs[s, name]), accuracies(runs, s, name))
+               for s in levels if (s, name) in runs]
+        x, means = [p for p, _ in pts], [statistics.mean(a.values()) for _, a in pts]
+        spread = [statistics.stdev(a.values()) if len(a) > 1 else 0 for _, a in pts]
+        ax.plot(x, means, "o-", label=name, color=f"C{i}")
+        ax.fill_between(x, [m - d for m, d in zip(means, spread)], [m + d for m, d in zip(means, spread)],
+                        color=f"C{i}", alpha=0.15)
+        ax.plot([p for p, a in pts for _ in a], [v for _, a in pts for v in a.values()], ".", color=f"C{i}", ms=3)
         if reference and name in PAPER:
             paper = [(x, float(a)) for x, a in zip(PAPER_SPARSITY, PAPER[name].split()) if a != "-"]
-            ax.plot(*zip(*paper), "--", color=line.get_color(), alpha=0.6, label=f"{name} (paper)")
+            ax.plot(*zip(*paper), "--", color=f"C{i}", alpha=0.6, label=f"{name} (paper)")
+        for j, s in enumerate(levels):
+            d = differences(accuracies(runs, s, name), accuracies(runs, s, "LTH")) if name != "LTH" else []
+            if d:
+                at, (mean, low, high, _) = i + (j - (len(levels) - 1) / 2) * 0.8 / len(levels), paired(d)
+                bx.plot([at] * len(d), d, ".", color=f"C{i}", ms=4)
+                bx.errorbar([at], [mean], None if low is None else [[mean - low], [high - mean]], fmt="_", color="k",
+                            ms=10, capsize=3)
     ax.set(xlabel="sparsity (%)", ylabel="test accuracy (%)", title=title)
     ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
+    bx.axhline(0, color="gray", lw=0.8)
+    bx.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+    bx.set(ylabel="test accuracy − LTH, same ticket (pp)", title="paired difference: seeds (dots), mean and 95% interval"
+           + (f"\n{len(levels)} sparsities, left to right" if len(levels) > 1 else ""))
+    for a in (ax, bx):
+        a.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     save(buf.getvalue(), path)
+    rows = [f"{s},{name},{r['seed']},{100 * r['sparsity']:.3f},{100 * r['test_acc']:.3f}"
+            for (s, name), rs in sorted(runs.items()) for r in rs]
+    save("\n".join(["target_sparsity,variant,seed,sparsity_pct,test_acc_pct", *rows]) + "\n", path[:-4] + ".csv")
 
 
 @command
@@ -111,7 +180,7 @@ def main(argv=None):
     if not groups:
         raise BadInput(f"no finished runs under {args.runs}")
     md = [f"# Results gathered from {args.runs}\n", "Test accuracy (%) of the best-validation checkpoint, "
-          "mean ± std over seeds, (difference to LTH).\n"]
+          "mean ± std over seeds, (paired difference to LTH on the same ticket, seed by seed [95% t-interval over seeds]).\n"]
     for (dataset, arch, method), runs in sorted(groups.items()):
         title = f"{arch} on {dataset}, {method} masks"
         png = f"acc_{dataset}_{arch}_{method}.png"

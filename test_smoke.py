@@ -485,9 +485,31 @@ def test_report_builds_tables_and_plots_and_shows_missing_runs(tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert "| sparsity | LTH | LTH+AT | LTH+AT+TRT | seeds |" in rows
-    assert "| 20.1% | 70.50 ± 0.71 | 72.50 ± 0.71 (+2.00) | missing | 2 |" in rows
-    assert "| 91.5% | 60.50 ± 0.71 | missing | 65.00 (+4.50) | 2 |" in rows
+    assert "| 20.1% | 70.50 ± 0.71 | 72.50 ± 0.71 (+2.00 [+2.00, +2.00]) | missing | 2 |" in rows
+    assert "| 91.5% | 60.50 ± 0.71 | missing | 65.00 (+5.00) | 2 |" in rows  # paired: seed 42's LTH, 60.00
+    assert "- 91.5%: LTH+AT+TRT − LTH: +5.00 pp, 1 seed" in md.splitlines()
     assert (tmp_path / "rep" / "acc_cifar100_resnet18_imp.png").stat().st_size > 10_000
+    csv_rows = (tmp_path / "rep" / "acc_cifar100_resnet18_imp.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + 7 and "0.914,LTH+AT+TRT,42,91.500,65.000" in csv_rows
+
+
+def test_paired_differences_and_their_t_interval_have_the_known_values(tmp_path):
+    """Student t quantiles from the printed tables, and a paired interval worked by hand: differences 1, 1.5, 0 over
+    3 seeds: mean 0.8333, s_d = 0.7638, half-width t(0.975, 2) * s_d / sqrt(3) = 4.3027 * 0.4410 = 1.8973."""
+    import report
+    for df, t in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)):
+        assert abs(report.t_quantile(0.975, df) - t) < 1e-4, df
+    assert report.differences({1: 75.0, 2: 76.0, 3: 74.0, 4: 70.0}, {1: 74.0, 2: 74.5, 3: 74.0, 5: 80.0}) == [1, 1.5, 0]
+    mean, low, high, n = report.paired([1, 1.5, 0])
+    assert n == 3 and abs(mean - 0.8333) < 1e-4 and abs(low + 1.0640) < 1e-4 and abs(high - 2.7306) < 1e-4
+    assert report.paired([2.0]) == (2.0, None, None, 1) and not report.paired([])
+    for seed, (lth, at) in enumerate(((74.0, 75.0), (74.5, 76.0), (74.0, 74.0)), start=1):  # the same, through the report
+        fake_run(tmp_path, seed, 0.914, lth / 100)
+        fake_run(tmp_path, seed, 0.914, at / 100, skip=True, swish=True)
+    report.main([str(tmp_path), "--out", str(tmp_path / "rep")])
+    md = (tmp_path / "rep" / "report.md").read_text().splitlines()
+    assert "| 91.5% | 74.17 ± 0.29 | 75.00 ± 1.00 (+0.83 [-1.06, +2.73]) | 3 |" in md
+    assert "- 91.5%: LTH+AT − LTH: +0.83 pp [-1.06, +2.73], 3 seeds" in md
 
 
 def test_run_all_lists_the_full_reproduction():
