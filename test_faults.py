@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SMALL = ["--dataset", "synthetic", "--arch", "resnet20", "--subset", "256", "--batch-size", "64", "--device", "cpu"]
@@ -110,3 +111,30 @@ def test_two_runners_on_one_folder_train_each_run_once_and_as_one_runner_would(t
     for i in range(len(variants)):
         a, b = (json.loads((tmp_path / root / f"v{i}" / "results.json").read_text()) for root in ("two", "one"))
         assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+
+
+def test_a_preempted_run_saves_at_the_next_step_exits_143_and_resumes_there_to_the_same_result(tmp_path):
+    """SIGTERM (a scheduler's preemption) during epoch 2 of 2: the run saves at the next step boundary, says so in
+    one line, exits 143; the same command resumes from that batch and ends exactly like a run never stopped."""
+    cmd = [sys.executable, os.path.join(HERE, "train.py"), *SMALL, "--subset", "640", "--epochs", "2", "--prune",
+           "random", "--sparsity", "0.5", "--at", "--deterministic", "--runs", str(tmp_path / "runs")]
+    p = subprocess.Popen(cmd + ["--out", str(tmp_path / "cut")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=HERE)
+    for line in p.stdout:
+        if "epoch   1/2" in line:  # epoch 2 starts now
+            p.terminate()
+    assert p.wait() == 143
+    stderr = p.stderr.read()
+    assert stderr.count("\n") == 1 and "stopped by a signal in epoch 2 after batch" in stderr, stderr
+    done = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["done"]
+    assert 1 <= done["batches"] < 10 and done["seen"] == 64 * done["batches"]  # mid-epoch, not at its end
+    r = subprocess.run(cmd + ["--out", str(tmp_path / "cut")], capture_output=True, text=True, cwd=HERE)
+    assert r.returncode == 0 and f"resuming after epoch 1, batch {done['batches']}" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run(cmd + ["--out", str(tmp_path / "whole")], capture_output=True, text=True, cwd=HERE)
+    assert r.returncode == 0, r.stderr
+    cut, whole = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("cut", "whole"))
+    assert {k: v for k, v in cut.items() if k != "seconds"} == {k: v for k, v in whole.items() if k != "seconds"}
+    assert (tmp_path / "cut" / "metrics.csv").read_text().split("\n")[2].split(",")[:6] == \
+        (tmp_path / "whole" / "metrics.csv").read_text().split("\n")[2].split(",")[:6]  # epoch 2's train loss too
+    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("cut", "whole"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -134,21 +135,28 @@ def lr_at(args, epoch):
     return args.lr * 0.1 ** sum(epoch > math.ceil(args.epochs * f) for f in (0.5, 0.75))
 
 
-def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=None):
+STOP = []  # the signals received: SIGTERM (a scheduler's preemption) or SIGINT stop training at the next step
+
+
+def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=None, done=None):
     """One epoch of SGD on the augmented training split, in bf16 autocast on a GPU (or with --amp). Pruned weights and
     their gradients are zeroed by two fused foreach multiplies per step (no hooks). Under torchrun every rank
     takes its shard of each global batch. Returns the summed loss, the number of correct predictions (both
     as device tensors: no sync per step), the number of images and the first step whose loss was not finite
-    (-1 if none), all over all ranks."""
+    (-1 if none), all over all ranks, and the number of batches taken if a signal (STOP) cut the epoch short, else
+    None. `done`, the totals of an epoch cut short, continues it: its batches are skipped (the order and the
+    augmentation of an epoch depend on (seed, epoch) alone), its sums are added."""
     model.train()
-    loss_sum = torch.zeros((), device=args.device)
-    correct = torch.zeros((), device=args.device, dtype=torch.long)
-    seen = steps = 0
-    first_bad = torch.tensor(-1, device=args.device)  # the first step with a non-finite loss, found without syncing
     cuda, rank, world = str(args.device).startswith("cuda"), runs.rank(), runs.world()
+    done, stopped = done or dict(loss_sum=0.0, correct=0, seen=0, batches=0), None
+    share = rank == 0  # a cut epoch's totals are over all ranks: rank 0 carries them, the all_reduce below adds them
+    loss_sum = torch.tensor(done["loss_sum"] * share, device=args.device)
+    correct = torch.tensor(done["correct"] * share, device=args.device)
+    seen, steps = done["seen"] * share, done["batches"]
+    first_bad = torch.tensor(-1, device=args.device)  # the first step with a non-finite loss, found without syncing
     amp = cuda if args.amp is None else args.amp
-    for x, y in data.batches(ds, "train", args.batch_size, seed=args.seed * 1000 + epoch, augmented=True):
-        if len(y) < world:  # a last batch too small to give every rank an image
+    for i, (x, y) in enumerate(data.batches(ds, "train", args.batch_size, seed=args.seed * 1000 + epoch, augmented=True)):
+        if i < done["batches"] or len(y) < world:  # done before a stop; a last batch too small to give each rank one
             continue
         n = len(y)
         x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
@@ -167,12 +175,20 @@ def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=No
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), steps, first_bad)
         if steps == max_steps:
             break
+        if world > 1 and steps % 10 == 0:  # ranks get a signal at different steps: every 10 steps they agree
+            stop = torch.tensor(len(STOP), device=args.device)
+            dist.all_reduce(stop, dist.ReduceOp.MAX)
+        else:
+            stop = STOP and world == 1
+        if stop:
+            stopped = i + 1
+            break
     if world > 1:
         totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=args.device).double()])
         dist.all_reduce(totals)
         dist.all_reduce(first_bad, dist.ReduceOp.MAX)
         loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
-    return loss_sum, correct, seen, int(first_bad)
+    return loss_sum, correct, seen, int(first_bad), stopped
 
 
 def fit(model, ds, args, mask, loss_fn, label, checkpoint):
@@ -202,13 +218,22 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
         opt.load_state_dict(saved.pop("optimizer"))
         runs.set_rng_states(saved.pop("rng"))
         state = saved
-        print(f"{label} resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
+        print(f"{label} resuming after epoch {state['epoch']}"
+              f"{', batch %d' % state['done']['batches'] if state.get('done') else ''} from {checkpoint}", flush=True)
     start, first = time.time(), state["epoch"] + 1
     for epoch in range(first, args.epochs + 1):
         t0, lr = time.time(), lr_at(args, epoch)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss_sum, correct, seen, bad_step = train_epoch(step_model, ds, args, opt, masked, keep, loss_fn, epoch)
+        loss_sum, correct, seen, bad_step, stopped = train_epoch(step_model, ds, args, opt, masked, keep, loss_fn, epoch,
+                                                                 done=state.pop("done", None))
+        if stopped:  # preempted: the step's state, the epoch's totals so far, and a distinct exit code
+            done = dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen, batches=stopped)
+            save(dict(state, done=done, model=model.state_dict(), optimizer=opt.state_dict(), rng=runs.rng_states()),
+                 checkpoint)
+            print(f"{label} stopped by a signal in epoch {epoch} after batch {stopped}: saved {checkpoint}; "
+                  f"the same command resumes from there", file=sys.stderr, flush=True)
+            sys.exit(143)
         train_loss = float(loss_sum) / seen
         if bad_step >= 0 or not math.isfinite(train_loss):  # the last good checkpoint (previous epoch) is left as it was
             print(f"error: {label}: the loss became {train_loss} in epoch {epoch}, step {bad_step}: the run "
@@ -471,4 +496,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: STOP.append(signum))
     main()
