@@ -2,14 +2,14 @@
 
     python bench.py --arch resnet18 --batch-size 128 [--compile] [--device cuda]
 
-Times, interleaved in one process on the same device and batch size: (1) a bare PyTorch training loop on the
-dense model fed by the conventional torchvision pipeline (PIL images, transforms, DataLoader with workers),
-(2) this project's loop (`train.train_epoch`) on the dense model, (3) our loop on a 90%-sparse ticket with
---at --trt. With --compile, (2) and (3) run torch.compile'd, as `train.py --compile` trains; (1) stays eager.
-Prints images/s, the epoch time that implies, peak memory, the ratio of (3) to (1), and the cost of one
-Hessian-vector product (hessian.py) and of building the graph it reuses, relative to one training step.
+Times, interleaved in one process on one device and batch size: (1) a bare PyTorch loop on the dense model fed by
+torchvision's usual pipeline (PIL images, transforms, DataLoader workers), (2) our loop (`train.train_epoch`) on the
+dense model, (3) our loop on a 90%-sparse ticket with --at --trt; (2) and (3) compiled with --compile. Prints
+images/s, epoch time, peak memory, the ratio of (3) to (1), and the cost of one Hessian-vector product (hessian.py)
+and of building the graph it reuses, in training steps.
 """
 import copy
+import itertools
 import resource
 import statistics
 import time
@@ -44,15 +44,13 @@ def bare_steps(model, loader, device, steps):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
     model.train()
     n = 0
-    for i, (x, y) in enumerate(loader):
+    for x, y in itertools.islice(loader, steps):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         n += len(y)
-        if i + 1 == steps:
-            break
     return n
 
 

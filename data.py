@@ -8,6 +8,7 @@ is split 9:1 into train/val by a seeded permutation (§4.1); the official test s
 (for Tiny-ImageNet, its labelled val folder). Normalization uses the per-channel mean/std of the full
 training set, computed from the data, so it is right for every dataset.
 """
+import glob
 import gzip
 import os
 import pickle
@@ -22,8 +23,8 @@ DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
 def _idx(path):
-    """Read an IDX file (the MNIST format), gzipped or not."""
-    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+    """Read an IDX file (the MNIST format): path.gz if there is one, else path."""
+    with (gzip.open(path + ".gz") if os.path.exists(path + ".gz") else open(path, "rb")) as f:
         raw = f.read()
     ndim = raw[3]
     shape = np.frombuffer(raw, ">u4", ndim, 4).astype(int)
@@ -40,13 +41,9 @@ def fashionmnist(root):
             raise BadInput(f"Fashion-MNIST not found ({e.__class__.__name__}): `apt-get install "
                            f"dataset-fashion-mnist`, or put the raw files in {root}/FashionMNIST/raw")
         folder = os.path.join(root, "FashionMNIST", "raw")
-    split = {}
-    for name, prefix in (("train", "train"), ("test", "t10k")):
-        images = [os.path.join(folder, f"{prefix}-images-idx3-ubyte{ext}") for ext in (".gz", "")]
-        labels = [os.path.join(folder, f"{prefix}-labels-idx1-ubyte{ext}") for ext in (".gz", "")]
-        x = _idx(next(p for p in images if os.path.exists(p)))
-        y = _idx(next(p for p in labels if os.path.exists(p)))
-        split[name] = (x[:, None], y.long())
+    read = lambda name: _idx(os.path.join(folder, name))
+    split = {k: (read(f"{p}-images-idx3-ubyte")[:, None], read(f"{p}-labels-idx1-ubyte").long())
+             for k, p in (("train", "train"), ("test", "t10k"))}
     return split, 10
 
 
@@ -96,13 +93,10 @@ def tinyimagenet(root):
                        f"{os.path.abspath(root)}/ (it cannot be downloaded by this tool)")
     wnids = open(os.path.join(folder, "wnids.txt")).read().split()
     label = {w: i for i, w in enumerate(wnids)}
-    files = {"train": [], "test": []}
-    for w in wnids:
-        d = os.path.join(folder, "train", w, "images")
-        files["train"] += [(os.path.join(d, f), label[w]) for f in sorted(os.listdir(d))]
-    for line in open(os.path.join(folder, "val", "val_annotations.txt")):
-        f, w = line.split("\t")[:2]
-        files["test"].append((os.path.join(folder, "val", "images", f), label[w]))
+    files = {"train": [(p, label[w]) for w in wnids
+                       for p in sorted(glob.glob(os.path.join(folder, "train", w, "images", "*")))],
+             "test": [(os.path.join(folder, "val", "images", f), label[w]) for f, w, *_ in  # file, wnid, box
+                      map(str.split, open(os.path.join(folder, "val", "val_annotations.txt")))]}
     read = lambda p: torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
     split = {k: (torch.stack([read(p) for p, _ in v]), torch.tensor([c for _, c in v])) for k, v in files.items()}
     torch.save({**{k + "_x": x for k, (x, _) in split.items()}, **{k + "_y": y for k, (_, y) in split.items()},
@@ -148,22 +142,17 @@ def load(name, root="data", subset=None, seed=42, device="cpu"):
         x, y = x[:subset], y[:subset]
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     n_val = len(x) // 10
-    ds = {"train": (x[perm[n_val:]], y[perm[n_val:]]), "val": (x[perm[:n_val]], y[perm[:n_val]]),
-          "test": split["test"], "classes": classes, "mean": mean, "std": std}
-    for k in ("train", "val", "test", "mean", "std"):
-        ds[k] = tuple(t.to(device) for t in ds[k]) if k in ("train", "val", "test") else ds[k].to(device)
-    return ds
+    to = lambda x, y: (x.to(device), y.to(device))
+    return {"train": to(x[perm[n_val:]], y[perm[n_val:]]), "val": to(x[perm[:n_val]], y[perm[:n_val]]),
+            "test": to(*split["test"]), "classes": classes, "mean": mean.to(device), "std": std.to(device)}
 
 
 def augment(x, gen):
     """Random crop with zero padding 4 and horizontal flip, per image, on the device (§4.1)."""
-    n, c, h, w = x.shape
-    padded = F.pad(x, (4, 4, 4, 4))
+    n, _, h, w = x.shape
     dy, dx = (torch.randint(0, 9, (n,), generator=gen, device=x.device) for _ in range(2))
-    rows = (dy[:, None] + torch.arange(h, device=x.device)).view(n, 1, h, 1)
-    cols = (dx[:, None] + torch.arange(w, device=x.device)).view(n, 1, 1, w)
-    out = padded[torch.arange(n, device=x.device).view(n, 1, 1, 1), torch.arange(c, device=x.device).view(1, c, 1, 1),
-                 rows, cols]
+    crops = F.pad(x, (4, 4, 4, 4)).unfold(2, h, 1).unfold(3, w, 1)  # (n, c, 9, 9, h, w): every shifted crop, a view
+    out = crops[torch.arange(n, device=x.device), :, dy, dx]
     flip = torch.rand(n, generator=gen, device=x.device) < 0.5
     return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
 
@@ -177,11 +166,9 @@ def batches(ds, split, batch_size, seed=None, augmented=False):
     """Yield normalized (x, y) batches of a split. With a seed: shuffled (and augmented if asked) by a
     generator seeded from it alone, so an epoch's order depends only on (seed, epoch), never on history."""
     x, y = ds[split]
-    gen = None
-    order = torch.arange(len(x), device=x.device)
-    if seed is not None:
-        gen = torch.Generator(device=x.device).manual_seed(seed)
-        order = torch.randperm(len(x), generator=gen, device=x.device)
+    gen = None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
+    order = torch.arange(len(x), device=x.device) if gen is None else torch.randperm(len(x), generator=gen,
+                                                                                      device=x.device)
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]
         xb = augment(x[idx], gen) if augmented else x[idx]

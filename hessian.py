@@ -4,13 +4,11 @@ power iteration on Hessian-vector products, as PyHessian (Yao et al. 2020), whic
     python hessian.py RUN_DIR --batches 10       # JSON: mean and std of each batch's top eigenvalue (Fig. 2, A13)
     value, vector = hessian.top_eigen(model, F.cross_entropy, hessian.fixed_batches(ds), masks=mask)
 
-The paper's figures average the top eigenvalue of each batch's own Hessian over batches (`per_batch`; Fig. 2, A13:
-"mean across 10 random batches", Fig. A11: 3); `top_eigen` over several batches, and `--pooled`, take the Hessian
-of the mean loss over all their examples instead. Either is on the unpruned weights (and unmasked parameters)
-only: the sparse network's own. BatchNorm is in eval mode by default: the curvature of the loss the
-trained network computes, with its running statistics (PyHessian calls model.eval() too); bn_train=True uses
-batch statistics. The model comes back as it was, buffers and .grad too. The command line measures plain
-cross-entropy (not a run's label-smoothed loss: spends with and without TRT share one loss).
+The paper's figures average each batch's own top eigenvalue (`per_batch`; Fig. 2, A13: "mean across 10 random
+batches", Fig. A11: 3); `top_eigen` over several batches is one Hessian of their mean loss (Fig. 10's eigenvector).
+Both are over the unpruned weights (and unmasked parameters) only, with BatchNorm in eval mode, as PyHessian: the
+curvature of the loss the trained network computes. The model comes back as it was, .grad too. The command line
+measures plain cross-entropy (not a run's label-smoothed loss: spends with and without TRT share one loss).
 """
 import itertools
 import json
@@ -65,7 +63,7 @@ def power_iteration(matvec, v, iters, tol, shift=0.0):
     return value + shift, v, iters
 
 
-def top_eigen(model, loss_fn, batches, iters=100, tol=1e-4, masks=None, bn_train=False, seed=0, return_iters=False):
+def top_eigen(model, loss_fn, batches, iters=100, tol=1e-4, masks=None, seed=0, return_iters=False):
     """The largest (algebraic) eigenvalue of the Hessian of the mean loss_fn(model(x), y) over all (x, y) in
     `batches`, and its unit eigenvector: a list of tensors in the order of model.parameters() (those requiring
     grad), exactly zero where masks {weight name: bool tensor} prune. The start vector is drawn from a generator
@@ -75,8 +73,8 @@ def top_eigen(model, loss_fn, batches, iters=100, tol=1e-4, masks=None, bn_train
     keep = [masks[n].to(p.device, p.dtype) if masks and n in masks else None for n, p in zip(names, params)]
     gen = torch.Generator().manual_seed(seed)
     start = lambda: project([torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params], keep)
-    was_training, buffers = model.training, {n: b.clone() for n, b in model.named_buffers()}
-    model.train(bn_train)
+    was_training = model.training
+    model.eval()  # running statistics: read, never updated
     try:
         with torch.enable_grad():
             matvec = hessian_operator(model, loss_fn, batches, params, keep)
@@ -84,20 +82,15 @@ def top_eigen(model, loss_fn, batches, iters=100, tol=1e-4, masks=None, bn_train
             if value < 0:  # the most negative eigenvalue dominates; in H - value*I (all >= ~0) the top one does
                 value, vector, more = power_iteration(matvec, start(), iters, tol, shift=value)
                 done += more
-    finally:  # train-mode forward passes move the running statistics: put them back
+    finally:
         model.train(was_training)
-        with torch.no_grad():
-            for n, b in model.named_buffers():
-                b.copy_(buffers[n])
     return (value, vector, done) if return_iters else (value, vector)
 
 
 def per_batch(model, loss_fn, batches, iters=100, tol=1e-4, masks=None):
     """The paper's way: the top eigenvalue of each batch's own Hessian. (mean, std, [values], power iterations)."""
-    found = [top_eigen(model, loss_fn, [b], iters, tol, masks, return_iters=True) for b in batches]
-    values = [value for value, _, _ in found]
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, values, sum(
-        done for _, _, done in found)
+    values, done = zip(*[top_eigen(model, loss_fn, [b], iters, tol, masks, return_iters=True)[::2] for b in batches])
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, list(values), sum(done)
 
 
 def fixed_batches(ds, n_batches=3, batch_size=128, seed=0):
@@ -111,7 +104,6 @@ def parse_args(argv=None):
     a = p.add_argument
     a("run", help="a finished spend folder written by train.py")
     a("--batches", type=int, default=10, help="how many fixed training batches (the paper's Fig. 2, A13: 10)")
-    a("--pooled", action="store_true", help="one Hessian of the loss over all the batches, not one per batch")
     a("--batch-size", type=int, default=128)
     a("--iters", type=int, default=100, help="most power iterations (per stage, see top_eigen)")
     a("--tol", type=float, default=1e-4, help="stop when the eigenvalue changes by at most this, relatively")
@@ -129,14 +121,9 @@ def main(argv=None):
     args = parse_args(argv)
     model, mask, ds, _ = runs.load_run(args.run, args.data_dir, args.device, args.weights)
     batches = fixed_batches(ds, args.batches, args.batch_size)
-    if args.pooled:
-        value, _, iterations = top_eigen(model, F.cross_entropy, batches, args.iters, args.tol, mask, return_iters=True)
-        found = dict(top_eigenvalue=value, mode="pooled")
-    else:
-        value, std, values, iterations = per_batch(model, F.cross_entropy, batches, args.iters, args.tol, mask)
-        found = dict(top_eigenvalue=value, std=std, per_batch=values, mode="per batch")
-    print(json.dumps(dict(found, iterations=iterations, batches=len(batches), images=sum(len(y) for _, y in batches),
-                          run=args.run, weights=args.weights), indent=1))
+    value, std, values, iterations = per_batch(model, F.cross_entropy, batches, args.iters, args.tol, mask)
+    print(json.dumps(dict(top_eigenvalue=value, std=std, per_batch=values, iterations=iterations, batches=len(batches),
+                          images=sum(len(y) for _, y in batches), run=args.run, weights=args.weights), indent=1))
 
 
 if __name__ == "__main__":

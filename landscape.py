@@ -1,15 +1,14 @@
-"""Looking at finished spends: loss landscapes (§3.3, §4.6; Fig. 4, 8, 10) and activation sparsity (Table A1).
+"""Looking at finished spends: loss landscapes (§3.3, §4.6; Fig. 4, 8, 10) and activation sparsity (Table A1, which
+train.py measures for every run into its results.json).
 
     python landscape.py contour RUN_LTH RUN_AT_TRT --out fig8.png   # 2-D loss contours, one plane, one colour scale
     python landscape.py eigen RUN_LTH RUN_AT_TRT --out fig10.png    # loss along each run's top Hessian eigenvector
-    python landscape.py sparsity RUN_DIR                            # zero fraction of activations per stage, JSON
 
 A loss is the mean cross-entropy in eval mode on fixed, seeded, unaugmented images, one batched forward pass per
 point through functional_call (the run's weights are never touched). Beside each plot: a .npz of the raw numbers
 and the cost (points x images), which is also printed.
 """
 import io
-import json
 import os
 import sys
 
@@ -90,9 +89,6 @@ def activation_sparsity(model, x, threshold=1e-2):
 
 def load_runs(args, split):
     """[(label, model, mask, ds, x, y)] per run, and their dataset; bad folders and mixed datasets stop early."""
-    for r in args.runs:
-        if not os.path.exists(os.path.join(r, "results.json")):
-            raise BadInput(f"{r}: not a finished run of train.py (no results.json)")
     configs = [runs.read_json(os.path.join(r, "config.json")) for r in args.runs]
     datasets = sorted({c["dataset"] for c in configs})
     if len(datasets) > 1:
@@ -159,21 +155,12 @@ def eigen(args):
          eigenvalues=values, hessian_cost=f"{products:,} image Hessian-vector products (power iterations x images)")
 
 
-def sparsity(args):
-    for run in args.runs:  # one JSON object per run
-        model, _, ds, _ = runs.load_run(run, args.data_dir, args.device, args.weights)
-        x, _ = fixed_images(ds, "test", args.images, args.seed)
-        print(json.dumps(dict(run=run, split="test", images=len(x), cost=f"{len(x)} images x 2 forward passes",
-                              activation_sparsity=activation_sparsity(model, x),  # |a| <= 1e-2, as the paper
-                              activation_zeros=activation_sparsity(model, x, threshold=0))), flush=True)
-
-
 def parse_args(argv=None):
     p = runs.Parser(description=__doc__.split("\n")[0])
     a = p.add_argument
-    a("command", choices=["contour", "eigen", "sparsity"], help="Fig. 4/8, Fig. 10, Table A1")
+    a("command", choices=["contour", "eigen"], help="Fig. 4/8, Fig. 10")
     a("runs", nargs="+", metavar="RUN", help="folders of finished train.py runs")
-    a("--out", help="the PNG (contour, eigen); the raw numbers go beside it as .npz")
+    a("--out", required=True, help="the PNG; the raw numbers go beside it as .npz")
     a("--images", type=int, default=500, help="fixed test images per loss (Fig. 8, 10)")
     a("--seed", type=int, default=0, help="picks the images and the random directions")
     a("--grid", type=int, default=21, help="contour: points per axis")
@@ -185,16 +172,15 @@ def parse_args(argv=None):
     a("--weights", default="model.pt", help="which weights of each run: model.pt (final), epoch5.pt (Fig. 4), ...")
     a("--data-dir", default="data")
     args = p.parse_args(argv)
-    if args.images < 1 or args.grid < 2 or args.points < 2 or args.span <= 0 or args.radius <= 0 or not (
-            args.out or args.command == "sparsity"):
-        p.error("contour and eigen need --out; --images must be >= 1, --grid, --points >= 2, --span, --radius > 0")
+    if args.images < 1 or args.grid < 2 or args.points < 2 or args.span <= 0 or args.radius <= 0:
+        p.error("--images must be >= 1, --grid, --points >= 2, --span, --radius > 0")
     return args
 
 
 @runs.command
 def main(argv=None):
     args = parse_args(argv)
-    {"contour": contour, "eigen": eigen, "sparsity": sparsity}[args.command](args)
+    {"contour": contour, "eigen": eigen}[args.command](args)
 
 
 if __name__ == "__main__":

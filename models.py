@@ -29,9 +29,8 @@ class BatchNorm(nn.BatchNorm2d):
 
     def forward(self, x):
         if not self.training and torch.is_grad_enabled():  # eval under autograd (Hessian-vector products): the
-            scale = torch.rsqrt(self.running_var + self.eps)  # same affine map, but its double backward is cheap
-            scale = scale * self.weight if self.affine else scale
-            shift = self.bias - self.running_mean * scale if self.affine else -self.running_mean * scale
+            scale = torch.rsqrt(self.running_var + self.eps) * (self.weight if self.affine else 1)  # same affine
+            shift = (self.bias if self.affine else 0) - self.running_mean * scale  # map, but a cheap double backward
             return x * scale.view(-1, 1, 1) + shift.view(-1, 1, 1)
         if not (self.training and self.global_stats):
             return super().forward(x)
@@ -53,10 +52,9 @@ class BatchNorm(nn.BatchNorm2d):
 
 
 class ConvBN(nn.Module):
-    """conv -> BatchNorm. With `skip` set (tweaks.skip, §3.1 Fig. 3) the unit's input, through `skip`, is added to
-    its output before the activation that follows: by default batch-normalized without learned parameters and
-    through a parameter-free shortcut (no weight escapes the mask); with --skip-proj through the authors' 1x1
-    conv + BatchNorm, which already has the output's shape."""
+    """conv -> BatchNorm. With `skip` set (tweaks.skip, §3.1 Fig. 3) the unit's input, through `skip`, is added to its
+    output before the next activation: batch-normalized without learned parameters, then a parameter-free shortcut
+    (no weight escapes the mask); or, with --skip-proj, the authors' 1x1 conv + BatchNorm."""
 
     def __init__(self, cin, cout, kernel, stride=1, groups=1, skippable=True):
         super().__init__()
@@ -75,9 +73,7 @@ class ConvBN(nn.Module):
 
 def parameter_free_shortcut(x, channels, stride):
     """He et al. 2016's option A: subsample by the stride, zero-pad the missing channels (drop extra ones)."""
-    if stride > 1:
-        x = x[:, :, ::stride, ::stride]
-    return F.pad(x, (0, 0, 0, 0, 0, channels - x.shape[1])) if x.shape[1] != channels else x
+    return F.pad(x[:, :, ::stride, ::stride], (0, 0, 0, 0, 0, channels - x.shape[1]))
 
 
 class BasicBlock(nn.Module):
@@ -117,39 +113,33 @@ def projection(cin, cout, stride):
     return nn.Identity() if stride == 1 and cin == cout else ConvBN(cin, cout, 1, stride)
 
 
-class ResNet(nn.Module):
-    def __init__(self, block, depths, widths, num_classes, in_channels):
-        super().__init__()
-        self.stem = ConvBN(in_channels, widths[0], 3, skippable=False)  # 3x3 stem, no max-pool (CIFAR)
-        self.act = nn.ReLU()
-        cin = widths[0]
-        for i, (depth, width) in enumerate(zip(depths, widths)):
-            blocks = []
-            for j in range(depth):
-                blocks.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
-                cin = width * block.expansion
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-        self.num_stages = len(depths)
-        self.fc = nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-        x = self.act(self.stem(x))
-        for i in range(self.num_stages):
-            x = getattr(self, f"layer{i + 1}")(x)
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+def resnet(block, depths, widths, num_classes, in_channels):
+    """3x3 stem (no max-pool: CIFAR), built first as before (same init for a seed), then one stage per depth."""
+    stem, stages, cin = ConvBN(in_channels, widths[0], 3, skippable=False), [], widths[0]
+    for i, (depth, width) in enumerate(zip(depths, widths)):
+        blocks = []
+        for j in range(depth):
+            blocks.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
+            cin = width * block.expansion
+        stages.append(nn.Sequential(*blocks))
+    return Stages(stages, cin, num_classes, stem)
 
 
 class Stages(nn.Module):
-    """A plain chain of stages layer1..layerN (VGG, MobileNet), then pooling and a linear classifier."""
+    """Stages layer1..layerN (after a ResNet's stem + ReLU), then pooling and a linear classifier."""
 
-    def __init__(self, stages, width, num_classes):
+    def __init__(self, stages, width, num_classes, stem=None):
         super().__init__()
+        if stem is not None:
+            self.stem, self.act = stem, nn.ReLU()
         for i, stage in enumerate(stages):
             setattr(self, f"layer{i + 1}", stage)
         self.num_stages = len(stages)
         self.fc = nn.Linear(width, num_classes)
 
     def forward(self, x):
+        if hasattr(self, "stem"):
+            x = self.act(self.stem(x))
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
@@ -189,12 +179,12 @@ def mobilenet(num_classes, in_channels):
 
 
 ARCHS = {
-    "resnet18": lambda k, c: ResNet(BasicBlock, [2, 2, 2, 2], [64, 128, 256, 512], k, c),
-    "resnet34": lambda k, c: ResNet(BasicBlock, [3, 4, 6, 3], [64, 128, 256, 512], k, c),
-    "resnet50": lambda k, c: ResNet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], k, c),
-    "resnet20": lambda k, c: ResNet(BasicBlock, [3, 3, 3], [16, 32, 64], k, c),
-    "resnet32": lambda k, c: ResNet(BasicBlock, [5, 5, 5], [16, 32, 64], k, c),
-    "resnet56": lambda k, c: ResNet(BasicBlock, [9, 9, 9], [16, 32, 64], k, c),
+    "resnet18": lambda k, c: resnet(BasicBlock, [2, 2, 2, 2], [64, 128, 256, 512], k, c),
+    "resnet34": lambda k, c: resnet(BasicBlock, [3, 4, 6, 3], [64, 128, 256, 512], k, c),
+    "resnet50": lambda k, c: resnet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], k, c),
+    "resnet20": lambda k, c: resnet(BasicBlock, [3, 3, 3], [16, 32, 64], k, c),
+    "resnet32": lambda k, c: resnet(BasicBlock, [5, 5, 5], [16, 32, 64], k, c),
+    "resnet56": lambda k, c: resnet(BasicBlock, [9, 9, 9], [16, 32, 64], k, c),
     "vgg16": vgg16,
     "mobilenet": mobilenet,
 }

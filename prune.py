@@ -53,41 +53,22 @@ def keep_count(weights, sparsity):
     return round(sum(w.numel() for w in weights.values()) * (1 - sparsity))
 
 
-def magnitude_prune(weights, mask, n_keep):
-    """Global magnitude pruning: keep the n_keep largest |w| among the weights the mask still keeps."""
-    return keep_top({n: torch.where(mask[n], w.detach().abs(), -1.0) for n, w in weights.items()}, n_keep)
-
-
 def imp_step(weights, mask):
     """One IMP level (Frankle & Carbin 2019; §3): prune 20% of the surviving weights by global magnitude."""
-    alive = sum(int(m.sum()) for m in mask.values())
-    return magnitude_prune(weights, mask, round(alive * (1 - IMP_RATE)))
+    alive = sum(int(m.sum()) for m in mask.values())  # global magnitude: the largest |w| the mask still keeps
+    return keep_top({n: torch.where(mask[n], w.detach().abs(), -1.0) for n, w in weights.items()},
+                    round(alive * (1 - IMP_RATE)))
 
 
 def omp(weights, sparsity):
     """One-shot magnitude pruning of the trained dense weights straight to `sparsity` (§A1.4)."""
-    return magnitude_prune(weights, {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()},
-                           keep_count(weights, sparsity))
+    return keep_top({n: w.detach().abs() for n, w in weights.items()}, keep_count(weights, sparsity))
 
 
 def random_prune(weights, sparsity, seed):
     """Random pruning: uniform global density, every weight equally likely to survive."""
     gen = torch.Generator().manual_seed(seed)
     return keep_top({n: torch.rand(w.shape, generator=gen) for n, w in weights.items()}, keep_count(weights, sparsity))
-
-
-def random_like(mask_ref, seed):
-    """Random pruning with the reference mask's layer-wise densities (e.g. an IMP mask's): each layer keeps as
-    many weights as the reference keeps there, chosen uniformly at random within the layer."""
-    gen, mask = torch.Generator().manual_seed(seed), {}
-    for name, ref in mask_ref.items():
-        k = int(ref.sum())
-        if k == 0:
-            print(f"warning: layer collapse, {name} is empty in the reference mask (§3.1)", file=sys.stderr)
-        keep = torch.zeros(ref.numel(), dtype=torch.bool)
-        keep[torch.randperm(ref.numel(), generator=gen)[:k]] = True
-        mask[name] = keep.view(ref.shape).to(ref.device)
-    return mask
 
 
 def loss_grad(net, weights, batches, temp=1.0):
@@ -132,7 +113,7 @@ def synflow(model, sparsity, rounds=100, input_shape=(3, 32, 32), linear=False):
     for t in net.state_dict().values():  # state_dict() shares the storage of the parameters and buffers
         t.abs_()
     weights = prunable(net, linear)
-    mask = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+    mask = ones_mask(net, linear)
     x = torch.ones(1, *input_shape, dtype=torch.float64, device=next(net.parameters()).device)
     for k in range(1, rounds + 1):
         with torch.no_grad():

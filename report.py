@@ -2,11 +2,10 @@
 
     python report.py runs --out report      # writes report/report.md and report/acc_<dataset>_<arch>_<prune>.png
 
-Tables are laid out like Tables A2/A3: one row per sparsity, one column per variant, each cell the mean
-test accuracy over seeds +- its standard deviation, with the paired difference to LTH in brackets: seed by
-seed, i.e. on the same ticket, with its 95% t-interval over seeds. A variant missing at a sparsity is shown
-as "missing", never as zero. Each plot's numbers are beside it as .csv. For ResNet-18 on CIFAR-100 the plots carry
-the paper's published numbers (Tables A2, A3) as dashed reference lines.
+Tables are laid out like Tables A2/A3: one row per sparsity, one column per variant, each cell the mean test
+accuracy over seeds +- its std and, in brackets, the paired difference to LTH (seed by seed: on the same ticket)
+with its 95% t-interval over seeds. A missing variant is "missing", never zero. Each plot's numbers are beside it
+as .csv; for ResNet-18 on CIFAR-100 the plots carry the paper's numbers (Tables A2, A3) as dashed lines.
 """
 import functools
 import glob
@@ -79,18 +78,16 @@ def differences(accs, base):
 
 
 def paired(d):
-    """The mean d of the paired differences d_i and its 95% confidence interval d +- t(0.975, n - 1) * s_d / sqrt(n),
-    s_d the sample std of the n differences. Returns (d, low, high, n); low = high = None for n = 1, None for n = 0."""
-    if len(d) < 2:
-        return d and (d[0], None, None, 1)
-    mean, half = statistics.mean(d), t_quantile(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
-    return mean, mean - half, mean + half, len(d)
+    """The mean d of the paired differences d_i and the half-width of its 95% confidence interval,
+    t(0.975, n - 1) * s_d / sqrt(n), s_d the sample std of the n differences: (d, half-width or None for n = 1, n)."""
+    if d:
+        half = t_quantile(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None
+        return statistics.mean(d), half, len(d)
 
 
-def in_words(name, diff):
-    d, low, high, n = diff
-    return f"{name} − LTH: {d:+.2f} pp" + (f" [{low:+.2f}, {high:+.2f}]" if low is not None else "") + \
-        f", {n} seed{'s' * (n > 1)}"
+def interval(diff):
+    d, half, _ = diff
+    return f"{d:+.2f}" + (f" [{d - half:+.2f}, {d + half:+.2f}]" if half is not None else "")
 
 
 def accuracies(runs, s, name):
@@ -102,13 +99,9 @@ def variants(runs):
 
 
 def cell(accs, diff):
-    if not accs:
-        return "missing"
     a = list(accs.values())
-    text = f"{statistics.mean(a):.2f}" + (f" ± {statistics.stdev(a):.2f}" if len(a) > 1 else "")
-    if diff:
-        text += f" ({diff[0]:+.2f}" + (f" [{diff[1]:+.2f}, {diff[2]:+.2f}]" if diff[1] is not None else "") + ")"
-    return text
+    return (f"{statistics.mean(a):.2f}" + (f" ± {statistics.stdev(a):.2f}" if len(a) > 1 else "")
+            + (f" ({interval(diff)})" if diff else "")) if a else "missing"
 
 
 def table(runs):
@@ -122,17 +115,17 @@ def table(runs):
         diffs = {v: paired(differences(accs[v], accs.get("LTH", {}))) for v in names if v != "LTH"}
         lines.append(f"| {measured:.1f}% | " + " | ".join(cell(accs[v], diffs.get(v)) for v in names)
                      + f" | {max(len(a) for a in accs.values())} |")
-        words += [f"- {measured:.1f}%: {in_words(v, d)}" for v, d in diffs.items() if d]
+        words += [f"- {measured:.1f}%: {v} − LTH: {interval(d)} pp, {d[2]} seed{'s' * (d[2] > 1)}"
+                  for v, d in diffs.items() if d]
     return "\n".join(lines + [""] + words)
 
 
 def plot(runs, title, path, reference):
     """Left: accuracy vs sparsity, mean line, +-std band and each seed's point (the paper's published line dashed).
     Right: each variant's paired difference to LTH, each seed's point and the mean with its 95% interval."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw=dict(width_ratios=[3, 2]))
+    from matplotlib.figure import Figure  # no pyplot: headless, no global state
+    fig = Figure(figsize=(13, 4.5))
+    ax, bx = fig.subplots(1, 2, gridspec_kw=dict(width_ratios=[3, 2]))
     names, levels = variants(runs), sorted({s for s, _ in runs})
     for i, name in enumerate(names):
         pts = [(100 * statistics.mean(r["sparsity"] for r in runs[s, name]), accuracies(runs, s, name))
@@ -149,10 +142,9 @@ def plot(runs, title, path, reference):
         for j, s in enumerate(levels):
             d = differences(accuracies(runs, s, name), accuracies(runs, s, "LTH")) if name != "LTH" else []
             if d:
-                at, (mean, low, high, _) = i + (j - (len(levels) - 1) / 2) * 0.8 / len(levels), paired(d)
+                at, (mean, half, _) = i + (j - (len(levels) - 1) / 2) * 0.8 / len(levels), paired(d)
                 bx.plot([at] * len(d), d, ".", color=f"C{i}", ms=4)
-                bx.errorbar([at], [mean], None if low is None else [[mean - low], [high - mean]], fmt="_", color="k",
-                            ms=10, capsize=3)
+                bx.errorbar([at], [mean], half, fmt="_", color="k", ms=10, capsize=3)
     ax.set(xlabel="sparsity (%)", ylabel="test accuracy (%)", title=title)
     ax.legend(fontsize=7, ncol=2)
     bx.axhline(0, color="gray", lw=0.8)
@@ -163,7 +155,6 @@ def plot(runs, title, path, reference):
         a.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
     save(buf.getvalue(), path)
     rows = [f"{s},{name},{r['seed']},{100 * r['sparsity']:.3f},{100 * r['test_acc']:.3f}"
             for (s, name), rs in sorted(runs.items()) for r in rs]

@@ -149,16 +149,15 @@ run_list() {
   wait
 }
 
-# Fig. 2/A13 (Hessian), Fig. 4/8 (contours), Fig. 10 (eigenvector), Table A1 (activation sparsity), one sparsity.
-analysis() {
-  local dir=$1 s=$2 seed=$3 grid=$4 images=$5 iters=$6 batches=$7 runs=() v  # batches: the paper's Fig. 2/A13 use 10
-  for v in lth at trt attrt; do runs+=("$dir/imp_s${s}_$v/seed$seed"); done
+# Fig. 2/A13 (Hessian), Fig. 4/8 (contours), Fig. 10 (eigenvector), one sparsity (Table A1: in each results.json).
+analysis() {  # analysis DIR TICKET SEED GRID IMAGES ITERS BATCHES; TICKET: imp_s0.914 or omp_s0.914
+  local dir=$1 ticket=$2 seed=$3 grid=$4 images=$5 iters=$6 batches=$7 runs=() v  # batches: the paper's Fig. 2/A13: 10
+  for v in lth at trt attrt; do runs+=("$dir/${ticket}_$v/seed$seed"); done
   for v in "${runs[@]}"; do
     $PY hessian.py "$v" --batches "$batches" --batch-size 128 --iters "$iters" > "$v/hessian.json" && echo "$v: $(cat "$v/hessian.json")"
-    $PY landscape.py sparsity "$v" > "$v/activation_sparsity.json"
   done
-  $PY landscape.py contour "${runs[@]}" --grid "$grid" --images "$images" --out "$dir/contours_s${s}_seed$seed.png"
-  $PY landscape.py eigen "${runs[@]}" --images "$images" --iters "$iters" --out "$dir/eigen_s${s}_seed$seed.png"
+  $PY landscape.py contour "${runs[@]}" --grid "$grid" --images "$images" --out "$dir/contours_${ticket}_seed$seed.png"
+  $PY landscape.py eigen "${runs[@]}" --images "$images" --iters "$iters" --out "$dir/eigen_${ticket}_seed$seed.png"
 }
 
 # --gpu-check: each part under its own time limit; a failed part is named and the next one runs. Prints plain
@@ -238,6 +237,6 @@ case $MODE in
     setup
     full_jobs | run_list
     case " $PARTS " in *" analysis "*)
-      for seed in $SEEDS; do analysis runs/full/cifar100_resnet18 0.914 "$seed" 21 1000 100 10; done ;; esac
+      for seed in $SEEDS; do analysis runs/full/cifar100_resnet18 imp_s0.914 "$seed" 21 1000 100 10; done ;; esac
     $PY report.py runs/full --out runs/full/report ;;
 esac

@@ -1,5 +1,5 @@
-"""A run folder on disk and the command-line plumbing around it: atomic writes, safe loads, JSON, the folder lock,
-rebuilding a finished spend, the scripts' Parser, and the helpers that keep torchrun's ranks in step.
+"""A run folder on disk and the plumbing around it: atomic writes, safe loads, JSON, the folder lock, rebuilding a
+finished spend, the scripts' Parser, and the helpers that keep torchrun's ranks in step.
 
     runs.save(state, "runs/x/model.pt"); state = runs.load("runs/x/model.pt")
     model, mask, ds, config = runs.load_run("runs/x")      # a finished spend of train.py, ready for analysis
@@ -28,17 +28,15 @@ from models import BadInput
 
 
 class Parser(argparse.ArgumentParser):
-    """The command-line parser of every script: a bad flag is one line on stderr and exit code 2."""
+    """The command-line parser of every script: a bad flag is a BadInput (`command`: one line, exit code 2)."""
 
     def error(self, message):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        raise BadInput(message)
 
 
 def command(main):
-    """Decorates a script's main: a user error (BadInput) or a file it cannot read or write (OSError: missing,
-    read-only, a full disk) is one line on stderr and exit code 2, no traceback. Files are written atomically
-    (`save`), so nothing on disk is left half-written."""
+    """Decorates a script's main: a user error (BadInput) or a file it cannot read or write (OSError: missing, read-only,
+    a full disk) is one line on stderr and exit code 2, no traceback; `save` leaves nothing half-written."""
     @functools.wraps(main)
     def guarded(*args, **kwargs):
         try:
@@ -127,13 +125,12 @@ def load(path, device="cpu"):
 
 def rng_states():
     """torch's global generators, for a checkpoint (data order and augmentation have their own, seeded by epoch)."""
-    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all())  # [] without a GPU
 
 
 def set_rng_states(s):
     torch.set_rng_state(s["torch"])
-    if s["cuda"]:
-        torch.cuda.set_rng_state_all(s["cuda"])
+    torch.cuda.set_rng_state_all(s["cuda"])
 
 
 def read_json(path):

@@ -1,4 +1,4 @@
-"""Tests of the pruning-at-init baselines and random_like: `python -m pytest -q test_prune.py`.
+"""Tests of the pruning-at-init baselines: `python -m pytest -q test_prune.py`.
 
 Each score has a known-answer test on a tiny float64 net, checked at every possible number of kept weights, so
 the whole ranking (and its direction) must match the hand-derived score."""
@@ -163,21 +163,3 @@ def test_grasp_sample_is_class_balanced_and_seeded():
     x, y = data.balanced_batch(ds, 10, seed=0)
     assert x.shape[0] == 100 and torch.bincount(y, minlength=10).tolist() == [10] * 10
     assert torch.equal(x, data.balanced_batch(ds, 10, seed=0)[0]) and not torch.equal(x, data.balanced_batch(ds, 10, 1)[0])
-
-
-# ---------------------------------------------------------------- random_like
-def test_random_like_matches_the_reference_layer_counts_and_is_seeded(resnet20):
-    ref = prune.omp(prune.prunable(resnet20), 0.9)  # layer densities differ from layer to layer
-    a, b, c = prune.random_like(ref, 1), prune.random_like(ref, 1), prune.random_like(ref, 2)
-    assert len({round(float(m.float().mean()), 3) for m in ref.values()}) > 3
-    for n in ref:
-        assert a[n].dtype == torch.bool and a[n].shape == ref[n].shape and int(a[n].sum()) == int(ref[n].sum())
-        assert torch.equal(a[n], b[n])
-    assert not torch.equal(flat_mask(a), flat_mask(c)) and not torch.equal(flat_mask(a), flat_mask(ref))
-
-
-def test_random_like_is_uniform_within_a_layer_and_warns_on_an_empty_layer(capsys):
-    ref = {"a": torch.tensor([True, True, True] + [False] * 7), "b": torch.zeros(4, dtype=torch.bool)}
-    freq = sum(prune.random_like(ref, seed)["a"].double() for seed in range(2000)) / 2000
-    assert (freq - 0.3).abs().max() < 0.05  # 5 standard deviations of a binomial(2000, 0.3) frequency
-    assert "b is empty" in capsys.readouterr().err

@@ -3,10 +3,9 @@
     python train.py --sparsity 0.91 --skip --swish --ls 0.1       # the signature use (ResNet-18, CIFAR-100)
     python train.py --dataset fashionmnist --arch resnet20 --epochs 2 --subset 5000 --sparsity 0.91 --at --trt
 
-Defaults are the §4.1 recipe. The draw is cached, keyed by everything that changes it, in
-runs/draws/<dataset>_<arch>_seed<seed>_<hash>/: draw.json (the key), init.pt (theta_0)
-and one folder per ticket -- imp_LL for IMP level L (density 0.8^L), omp_S / random_S -- holding mask.pt
-and, once the ticket has been trained the vanilla-LTH way, model.pt, best.pt, metrics.csv, results.json.
+Defaults are the §4.1 recipe. The draw is cached, keyed by everything that changes it, in runs/draws/<dataset>_
+<arch>_seed<seed>_<hash>/: draw.json (the key), init.pt (theta_0) and one folder per ticket -- imp_LL for IMP level
+L (density 0.8^L), omp_S, random_S -- with mask.pt and, once trained the vanilla-LTH way, that run's files.
 IMP level L's mask comes from level L-1's trained weights, so a vanilla spend of level L is the draw's own
 training of level L: it is reused, never trained twice. A spend writes --out: config.json, metrics.csv,
 mask.pt, model.pt (final weights), best.pt (best validation) and, last, results.json (the run is finished).
@@ -68,8 +67,8 @@ def parser():
     a("--subset", type=int, help="use only the first N training images (before the 9:1 split)")
     # the ticket
     a("--sparsity", type=float, help="target sparsity in [0, 1); IMP spends level round(log(1-s)/log 0.8)")
-    a("--prune", default="imp", choices=["imp", "omp", "random", "randomimp", "snip", "grasp", "synflow"],
-      help="randomimp: random with IMP's layer-wise densities; snip/grasp/synflow: pruning at init (Table A4)")
+    a("--prune", default="imp", choices=["imp", "omp", "random", "snip", "grasp", "synflow"],
+      help="omp: one shot from the dense net; random, snip, grasp, synflow: pruning at init (Table A4)")
     a("--prune-classifier", action="store_true", help="prune the linear classifier too (default: convs only)")
     a("--mask", help="spend this mask file ({weight name: bool tensor}) instead of drawing one")
     a("--rewind-epoch", type=int, help="reset to the dense weights after k epochs (LTH-Rewind), not theta_0")
@@ -124,8 +123,7 @@ def new_model(args, ds):
     return models.get_model(args.arch, ds["classes"], ds["train"][0].shape[1]).to(args.device)
 
 
-def forever(ds, batch_size, seed):
-    """Augmented training batches without end (for scale_init), a fresh shuffle each pass."""
+def forever(ds, batch_size, seed):  # augmented training batches without end (for scale_init), a new shuffle each pass
     for rnd in range(sys.maxsize):
         yield from data.batches(ds, "train", batch_size, seed=seed + rnd, augmented=True)
 
@@ -148,11 +146,10 @@ def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=No
     augmentation of an epoch depend on (seed, epoch) alone), its sums are added."""
     model.train()
     cuda, rank, world = str(args.device).startswith("cuda"), runs.rank(), runs.world()
-    done, stopped = done or dict(loss_sum=0.0, correct=0, seen=0, batches=0), None
+    done = done or dict(loss_sum=0.0, correct=0, seen=0, batches=0)
     share = rank == 0  # a cut epoch's totals are over all ranks: rank 0 carries them, the all_reduce below adds them
-    loss_sum = torch.tensor(done["loss_sum"] * share, device=args.device)
-    correct = torch.tensor(done["correct"] * share, device=args.device)
-    seen, steps = done["seen"] * share, done["batches"]
+    loss_sum, correct = (torch.tensor(done[k] * share, device=args.device) for k in ("loss_sum", "correct"))
+    seen, steps, stopped = done["seen"] * share, done["batches"], None
     first_bad = torch.tensor(-1, device=args.device)  # the first step with a non-finite loss, found without syncing
     amp = cuda if args.amp is None else args.amp
     for i, (x, y) in enumerate(data.batches(ds, "train", args.batch_size, seed=args.seed * 1000 + epoch, augmented=True)):
@@ -228,9 +225,8 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
         loss_sum, correct, seen, bad_step, stopped = train_epoch(step_model, ds, args, opt, masked, keep, loss_fn, epoch,
                                                                  done=state.pop("done", None))
         if stopped:  # preempted: the step's state, the epoch's totals so far, and a distinct exit code
-            done = dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen, batches=stopped)
-            save(dict(state, done=done, model=model.state_dict(), optimizer=opt.state_dict(), rng=runs.rng_states()),
-                 checkpoint)
+            state["done"] = dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen, batches=stopped)
+            save(dict(state, model=model.state_dict(), optimizer=opt.state_dict(), rng=runs.rng_states()), checkpoint)
             print(f"{label} stopped by a signal in epoch {epoch} after batch {stopped}: saved {checkpoint}; "
                   f"the same command resumes from there", file=sys.stderr, flush=True)
             sys.exit(143)
@@ -258,11 +254,10 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
                                                                                   f"epoch{epoch}.pt"))
         state["epoch"] = epoch
         save(dict(state, model=model.state_dict(), optimizer=opt.state_dict(), rng=runs.rng_states()), checkpoint)
-    final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     final_test, _ = data.evaluate(model, ds, "test")
-    model.load_state_dict(state["best_state"])
-    test_acc, _ = data.evaluate(model, ds, "test")
-    model.load_state_dict(final_state)
+    best = copy.deepcopy(model)
+    best.load_state_dict(state["best_state"])
+    test_acc, _ = data.evaluate(best, ds, "test")
     summary = dict(test_acc=test_acc, final_test_acc=final_test, best_val_acc=state["best_val"],
                    best_epoch=state["best_epoch"], final_val_acc=state["rows"][-1]["val_acc"])
     return summary, state["rows"], state["best_state"]
@@ -387,8 +382,6 @@ class Draw:
             mask = prune.omp({n: weights[n] for n in names}, float(value))
         elif method == "random":
             mask = prune.random_prune(prune.prunable(model, linear), float(value), self.args.seed)
-        elif method == "randomimp":  # random, with the IMP ticket's layer-wise densities
-            mask = prune.random_like(self.mask(f"imp_{prune.imp_level(float(value)):02d}"), self.args.seed)
         else:  # pruning at initialization (Table A4): scored on theta_0
             model.load_state_dict(self.init())
             if method == "synflow":
@@ -412,8 +405,7 @@ class Draw:
             if exists(os.path.join(out, "results.json")):  # another process trained it meanwhile
                 return out
             mask = self.mask(ticket)
-            density = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
-            print(f"=== draw {ticket}: {1 - density:.2%} sparse, vanilla LTH training -> {out}", flush=True)
+            print(f"=== draw {ticket}: {prune.sparsity(mask.values()):.2%} sparse, vanilla LTH training -> {out}", flush=True)
             dense, vanilla = ticket == "imp_00", copy.copy(self.vanilla)
             if dense and self.args.rewind_epoch:  # LTH-Rewind's theta_k: the dense training keeps epoch k
                 vanilla.keep_epochs = [*vanilla.keep_epochs, self.args.rewind_epoch]

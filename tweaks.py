@@ -3,6 +3,8 @@ sees them. Each is one function; `apply` turns command-line flags into calls.
 
     AT  (architecture tweaking, §3.1) = skip + swish       TRT (training recipe tweaking, §3.2) = scale_init + ls 0.1
 """
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,12 +44,8 @@ def replace_relu(model, activation):
     return model
 
 
-def swish(model):
-    return replace_relu(model, nn.SiLU)
-
-
-def mish(model):
-    return replace_relu(model, nn.Mish)
+swish = functools.partial(replace_relu, activation=nn.SiLU)  # Swish (SiLU), Mish: the two of §3.1
+mish = functools.partial(replace_relu, activation=nn.Mish)
 
 
 def scale_init(model, mask, batches, iters=180, lr=1e-2, eta=0.1, gamma=1.0, min_scale=0.01, clip=1.0):
