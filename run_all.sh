@@ -18,14 +18,15 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-MODE=full SEEDS="" FULL_ONLY="" PARTS="a2 a3 fig5 a4 analysis" EPOCHS=180 JOBS="" PER_GPU=1 CELL_ARCH="" CELL_DATASET=""
+MODE=run SET=full SEEDS="" FULL_ONLY="" PARTS="a2 a3 fig5 a4 analysis" EPOCHS=180 JOBS="" PER_GPU=1 CELL_ARCH="" CELL_DATASET=""
 MEASURED=runs/gpu_check/seconds_per_epoch  # written by --gpu-check: ResNet-18, 45,000 CIFAR-shaped images, AT+TRT
 if [ -n "${EPOCH_SECONDS:-}" ]; then SOURCE="set by EPOCH_SECONDS"  # GPU seconds per epoch, for --dry-run
 elif [ -s $MEASURED ]; then EPOCH_SECONDS=$(cat $MEASURED) SOURCE="measured by --gpu-check, read from $MEASURED"
 else EPOCH_SECONDS=10 SOURCE="assumed, not measured: run --gpu-check on your GPU or set EPOCH_SECONDS"; fi
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick|--study|--test|--dry-run|--list|--gpu-check) MODE=${1#--} ;;
+    --quick|--study) SET=${1#--} ;;  # which job list; --list and --dry-run print it
+    --test|--dry-run|--list|--gpu-check) MODE=${1#--} ;;
     --jobs) JOBS=$2; shift ;;
     --jobs-from) MODE=jobs-from JOBS_FROM=$2; shift ;;
     --per-gpu) PER_GPU=$2; shift ;;
@@ -38,10 +39,10 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-if [ $MODE = quick ] && [ -n "$FULL_ONLY" ]; then
-  echo "error:$FULL_ONLY: the full reproduction's options; --quick is a fixed demo (see quick_jobs)" >&2; exit 2
+if [ $SET != full ] && [ -n "$FULL_ONLY" ]; then
+  echo "error:$FULL_ONLY: the full reproduction's options; --$SET is a fixed job list (see ${SET}_jobs)" >&2; exit 2
 fi
-[ -n "$SEEDS" ] || SEEDS=$(case $MODE in quick) echo 42 ;; study) echo 1 2 3 4 5 ;; *) echo 42 1099 5469 ;; esac)
+[ -n "$SEEDS" ] || SEEDS=$(case $SET in quick) echo 42 ;; study) echo 1 2 3 4 5 ;; *) echo 42 1099 5469 ;; esac)
 [[ "$PER_GPU" =~ ^[1-9][0-9]*$ ]] || { echo "error: --per-gpu must be a whole number >= 1, got $PER_GPU" >&2; exit 2; }
 PY=${PYTHON:-.venv/bin/python}
 
@@ -130,7 +131,7 @@ study_jobs() {
 
 GPUS=$( (nvidia-smi -L 2>/dev/null || true) | grep -c GPU || true)
 SLOTS=${JOBS:-$(( (GPUS > 0 ? GPUS : 1) * PER_GPU ))}
-if [ $MODE = study ] && [ -z "$JOBS" ] && [ "$GPUS" = 0 ]; then SLOTS=$(nproc); fi  # CPU: one run per core
+if [ $SET = study ] && [ -z "$JOBS" ] && [ "$GPUS" = 0 ]; then SLOTS=$(nproc); fi  # CPU: one run per core
 
 # Run a job list (stdin) in $SLOTS concurrent slots, slot i on GPU i mod GPUs; finished runs are skipped.
 run_list() {
@@ -210,33 +211,37 @@ case $MODE in
     setup
     exec $PY -m pytest -q ;;
   list)
-    full_jobs ;;
+    ${SET}_jobs ;;
   dry-run)
-    full_jobs
-    full_jobs | awk -v es="$EPOCH_SECONDS" -v E="$EPOCHS" -v source="$SOURCE" '
-      { match($0, /--dataset [a-z0-9]+ --arch [a-z0-9]+/); draw = substr($0, RSTART, RLENGTH)
+    ${SET}_jobs
+    ${SET}_jobs | awk -v es="$EPOCH_SECONDS" -v source="$SOURCE" -v set=$SET '
+      { match($0, /--dataset [a-z0-9-]+ --arch [a-z0-9]+/); draw = substr($0, RSTART, RLENGTH)
         match($0, /--seed [0-9]+/); draw = draw substr($0, RSTART, RLENGTH) ($0 ~ /rewind/ ? " rewind" : "")
+        match($0, /--epochs [0-9]+/); epochs[draw] = E = substr($0, RSTART + 9, RLENGTH - 9)
         if ($0 !~ /--prune/) levels[draw] = 17; else if (!(draw in levels)) levels[draw] = 1
-        if ($0 ~ /--(skip|swish|mish|scale-init|ls|at|trt|kd|prune)/) spends++ }
-      END { for (d in levels) { draws++; trainings += levels[d] }
+        if ($0 ~ /--(skip|swish|mish|scale-init|ls|at|trt|kd|prune)/) { spends++; spent += E } }
+      END { for (d in levels) { draws++; trainings += levels[d]; spent += levels[d] * epochs[d] }
             printf "# %d jobs: %d trained spends + %d draws (%d trainings; vanilla LTH spends reuse them)\n", NR, spends, draws, trainings
-            printf "# estimate: %.0f GPU-hours at %s s/epoch (%s), one run per GPU at a time\n", (spends + trainings) * E * es / 3600, es, source }'
+            if (set == "full") printf "# estimate: %.0f GPU-hours at %s s/epoch (%s), one run per GPU at a time\n", spent * es / 3600, es, source
+            else printf "# %d epochs of training in all; measured times of this list are in the README\n", spent }'
     echo "# slots: $SLOTS concurrent runs ($GPUS GPUs x $PER_GPU per GPU${JOBS:+; --jobs $JOBS overrides})" ;;
-  study)
-    setup
-    export OMP_NUM_THREADS=$(( $(nproc) / SLOTS > 0 ? $(nproc) / SLOTS : 1 ))  # one thread per run beats shared ones
-    study_jobs | run_list ;;
-  quick)
+  run)
     setup
     start=$(date +%s)
-    quick_jobs | run_list
-    for seed in $SEEDS; do analysis runs/quick/fashionmnist_resnet20 0.914 "$seed" 11 256 20 3; done
-    $PY report.py runs/quick --out runs/quick/report
-    echo "quick reproduction: $(( $(date +%s) - start )) s; plots in runs/quick/report and runs/quick/fashionmnist_resnet20" ;;
-  full)
-    setup
-    full_jobs | run_list
-    case " $PARTS " in *" analysis "*)
-      for seed in $SEEDS; do analysis runs/full/cifar100_resnet18 imp_s0.914 "$seed" 21 1000 100 10; done ;; esac
-    $PY report.py runs/full --out runs/full/report ;;
+    case $SET in
+      study)
+        export OMP_NUM_THREADS=$(( $(nproc) / SLOTS > 0 ? $(nproc) / SLOTS : 1 ))  # one thread per run beats shared ones
+        study_jobs | run_list
+        $PY report.py runs/study --out runs/study/report ;;
+      quick)
+        quick_jobs | run_list
+        for seed in $SEEDS; do analysis runs/quick/fashionmnist_resnet20 imp_s0.914 "$seed" 11 256 20 3; done
+        $PY report.py runs/quick --out runs/quick/report ;;
+      full)
+        full_jobs | run_list
+        case " $PARTS " in *" analysis "*)
+          for seed in $SEEDS; do analysis runs/full/cifar100_resnet18 imp_s0.914 "$seed" 21 1000 100 10; done ;; esac
+        $PY report.py runs/full --out runs/full/report ;;
+    esac
+    echo "$SET: $(( $(date +%s) - start )) s; the report is in runs/$SET/report" ;;
 esac

@@ -533,6 +533,25 @@ def test_run_all_options_in_any_order_and_several_runs_per_gpu():
         assert bad.returncode == 2 and bad.stderr.startswith("error: ") and not bad.stdout  # refused, not ignored
 
 
+def test_run_all_study_spends_every_tweak_on_the_same_ticket_per_seed():
+    """The CPU study: per seed one OMP ticket, and on it LTH and every tweak (the pairs of the paired statistics)."""
+    run = lambda *a: subprocess.run(["bash", os.path.join(HERE, "run_all.sh"), *a], capture_output=True, text=True)
+    jobs = run("--study", "--list").stdout.splitlines()
+    variants = ["", "--skip", "--skip-proj", "--swish", "--scale-init", "--ls 0.1", "--at", "--trt", "--at --trt"]
+    assert len(jobs) == 5 * len(variants) and len({j.split("--out ")[1] for j in jobs}) == len(jobs)
+    by_seed = {}
+    for job in jobs:
+        args = train.parse_args(job.split())
+        assert (args.dataset, args.arch, args.prune, args.sparsity) == ("fashionmnist", "resnet20", "omp", 0.914)
+        tweak = re.search(r"--prune omp (.*?) ?--seed", job).group(1)
+        by_seed.setdefault(args.seed, []).append(tweak)
+    assert sorted(by_seed) == [1, 2, 3, 4, 5] and all(sorted(v) == sorted(variants) for v in by_seed.values())
+    piece = run("--study", "--dry-run", "--seeds", "4 5").stdout
+    assert "# 18 jobs: 18 trained spends + 2 draws" in piece and "--seed 1 " not in piece
+    bad = run("--study", "--epochs", "3")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --epochs") and not bad.stdout
+
+
 def test_gpu_check_without_a_gpu_says_so_and_runs_what_a_cpu_can(tmp_path):
     """`run_all.sh --gpu-check` on this CPU machine, in a copy of the project (it writes runs/gpu_check/)."""
     for f in os.listdir(HERE):
