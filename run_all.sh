@@ -5,12 +5,12 @@
 #   ./run_all.sh --study        the CPU study (2 cores, offline, hours): every tweak vs LTH on the same tickets, 5 seeds
 #   ./run_all.sh --test         the test suite
 #   ./run_all.sh                the full reproduction on GPUs (ResNet-18, CIFAR-100, §4.1 recipe, 3 seeds)
-#   ./run_all.sh --dry-run      print the full job list and an estimate of GPU-hours
+#   ./run_all.sh --dry-run      print the full job list and an estimate of GPU-hours (with --quick/--study: theirs)
 #   ./run_all.sh --list         the job list alone, one train.py command line per line (for a cluster)
 #   ./run_all.sh --gpu-check    a few minutes on one GPU: environment, speed, memory, an end-to-end signature run
 #   ./run_all.sh --jobs-from F  run the train.py argument lines of file F (your own grid) as the reproduction does
 # Options (in any order): --jobs N (concurrent runs in all; default: GPUs x --per-gpu), --per-gpu K (runs at once
-#          on each GPU, default 1), --seeds "42 1099 5469" (--quick: 42), --parts "a2 a3 fig5 a4 analysis" (which
+#          on each GPU, default 1), --seeds "42 1099 5469" (--quick: 42; --study: 1 to 5), --parts "a2 a3 fig5 a4 analysis" (which
 #          tables/figures), --arch A --dataset D (Fig. 5 cells to run), --epochs E (default 180). Re-running skips
 #          every finished run, so a killed reproduction resumes.
 # The first call sets up the environment: a .venv beside this file with requirements.txt (or PYTHON=python3 to
