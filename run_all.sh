@@ -109,12 +109,10 @@ full_jobs() {  # Fig. 5's ResNet-18/CIFAR-100 cell repeats Table A3's runs: list
   all_jobs | awk '!seen[$0]++'
 }
 
-quick_jobs() {
+quick_jobs() {  # the study's kind of ticket (one-shot, 91.4%), smaller: LTH vs AT+TRT in minutes
   for seed in $SEEDS; do
-    for s in 0.59 0.832 0.914; do
-      for v in "" "--at" "--trt" "--at --trt"; do
-        job runs/quick "$seed" "$s" "--dataset fashionmnist --arch resnet20 --epochs 3 --subset 3000 --scale-init-iters 30" $v
-      done
+    for v in "" "--at --trt"; do
+      job runs/quick "$seed" 0.914 "--dataset fashionmnist --arch resnet20 --epochs 4 --subset 3000 --prune omp --scale-init-iters 10" $v
     done
   done
 }
@@ -150,15 +148,14 @@ run_list() {
   wait
 }
 
-# Fig. 2/A13 (Hessian), Fig. 4/8 (contours), Fig. 10 (eigenvector), one sparsity (Table A1: in each results.json).
-analysis() {  # analysis DIR TICKET SEED GRID IMAGES ITERS BATCHES; TICKET: imp_s0.914 or omp_s0.914
+# Fig. 2/A13 (Hessian) and Fig. 4/8 (contours) at one sparsity (Table A1: in each results.json).
+analysis() {  # analysis DIR TICKET SEED GRID IMAGES ITERS BATCHES VARIANTS; TICKET: imp_s0.914 or omp_s0.914
   local dir=$1 ticket=$2 seed=$3 grid=$4 images=$5 iters=$6 batches=$7 runs=() v  # batches: the paper's Fig. 2/A13: 10
-  for v in lth at trt attrt; do runs+=("$dir/${ticket}_$v/seed$seed"); done
+  for v in $8; do runs+=("$dir/${ticket}_$v/seed$seed"); done
   for v in "${runs[@]}"; do
     $PY hessian.py "$v" --batches "$batches" --batch-size 128 --iters "$iters" > "$v/hessian.json" && echo "$v: $(cat "$v/hessian.json")"
   done
   $PY landscape.py contour "${runs[@]}" --grid "$grid" --images "$images" --out "$dir/contours_${ticket}_seed$seed.png"
-  $PY landscape.py eigen "${runs[@]}" --images "$images" --iters "$iters" --out "$dir/eigen_${ticket}_seed$seed.png"
 }
 
 # --gpu-check: each part under its own time limit; a failed part is named and the next one runs. Prints plain
@@ -235,12 +232,16 @@ case $MODE in
         $PY report.py runs/study --out runs/study/report ;;
       quick)
         quick_jobs | run_list
-        for seed in $SEEDS; do analysis runs/quick/fashionmnist_resnet20 imp_s0.914 "$seed" 11 256 20 3; done
+        for seed in $SEEDS; do analysis runs/quick/fashionmnist_resnet20 omp_s0.914 "$seed" 9 256 10 2 "lth attrt"; done
         $PY report.py runs/quick --out runs/quick/report ;;
       full)
         full_jobs | run_list
         case " $PARTS " in *" analysis "*)
-          for seed in $SEEDS; do analysis runs/full/cifar100_resnet18 imp_s0.914 "$seed" 21 1000 100 10; done ;; esac
+          for seed in $SEEDS; do  # and Fig. 10: the loss along the top Hessian eigenvector
+            analysis runs/full/cifar100_resnet18 imp_s0.914 "$seed" 21 1000 100 10 "lth at trt attrt"
+            $PY landscape.py eigen runs/full/cifar100_resnet18/imp_s0.914_{lth,attrt}/seed$seed --images 1000 \
+              --out runs/full/cifar100_resnet18/eigen_imp_s0.914_seed$seed.png
+          done ;; esac
         $PY report.py runs/full --out runs/full/report ;;
     esac
     echo "$SET: $(( $(date +%s) - start )) s; the report is in runs/$SET/report" ;;
