@@ -26,9 +26,8 @@ def _idx(path):
     """Read an IDX file (the MNIST format): path.gz if there is one, else path."""
     with (gzip.open(path + ".gz") if os.path.exists(path + ".gz") else open(path, "rb")) as f:
         raw = f.read()
-    ndim = raw[3]
-    shape = np.frombuffer(raw, ">u4", ndim, 4).astype(int)
-    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
+    shape = np.frombuffer(raw, ">u4", raw[3], 4).astype(int)  # byte 3: the number of dimensions
+    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(shape).copy())
 
 
 def fashionmnist(root):

@@ -127,6 +127,7 @@ def plot(runs, title, path, reference):
     fig = Figure(figsize=(13, 4.5))
     ax, bx = fig.subplots(1, 2, gridspec_kw=dict(width_ratios=[3, 2]))
     names, levels = variants(runs), sorted({s for s, _ in runs})
+    others = [n for n in names if n != "LTH"]  # the right panel's columns
     for i, name in enumerate(names):
         pts = [(100 * statistics.mean(r["sparsity"] for r in runs[s, name]), accuracies(runs, s, name))
                for s in levels if (s, name) in runs]
@@ -142,13 +143,13 @@ def plot(runs, title, path, reference):
         for j, s in enumerate(levels):
             d = differences(accuracies(runs, s, name), accuracies(runs, s, "LTH")) if name != "LTH" else []
             if d:
-                at, (mean, half, _) = i + (j - (len(levels) - 1) / 2) * 0.8 / len(levels), paired(d)
+                at, (mean, half, _) = others.index(name) + (j - (len(levels) - 1) / 2) * 0.8 / len(levels), paired(d)
                 bx.plot([at] * len(d), d, ".", color=f"C{i}", ms=4)
                 bx.errorbar([at], [mean], half, fmt="_", color="k", ms=10, capsize=3)
     ax.set(xlabel="sparsity (%)", ylabel="test accuracy (%)", title=title)
     ax.legend(fontsize=7, ncol=2)
     bx.axhline(0, color="gray", lw=0.8)
-    bx.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+    bx.set_xticks(range(len(others)), others, rotation=40, ha="right", fontsize=8)
     bx.set(ylabel="test accuracy − LTH, same ticket (pp)", title="paired difference: seeds (dots), mean and 95% interval"
            + (f"\n{len(levels)} sparsities, left to right" if len(levels) > 1 else ""))
     for a in (ax, bx):
