@@ -30,8 +30,8 @@ PAPER = {
     "LTH+AT+TRT": "- 76.12 76.32 76.08 75.71 75.57 75.12 74.84 74.93 74.9 74.83 74.23 73.26 73.69 72.75 73.04 72.82",
     "LTH Rewind": "- 75.38 74.97 74.79 75.04 75.48 75.19 75.5 75.38 75.04 75.25 75.68 75.34 74.86 74.63 74.52 73.11",
 }
-ORDER = ["LTH", "LTH+Skip", "LTH+Swish", "LTH+Mish", "LTH+Scaling", "LTH+LS", "LTH+KD", "LTH+AT", "LTH+TRT",
-         "LTH+AT+TRT", "LTH Rewind", "LTH+AT Rewind", "LTH+TRT Rewind", "LTH+AT+TRT Rewind"]
+ORDER = ["LTH", "LTH+Skip", "LTH+Skip-1x1", "LTH+Swish", "LTH+Mish", "LTH+Scaling", "LTH+LS", "LTH+KD", "LTH+AT",
+         "LTH+AT-1x1", "LTH+TRT", "LTH+AT+TRT", "LTH Rewind", "LTH+AT Rewind", "LTH+TRT Rewind", "LTH+AT+TRT Rewind"]
 
 
 def variant(c):
