@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's reproduction in one script, built from train.py, hessian.py, landscape.py and report.py.
 #
-#   ./run_all.sh --quick        CPU demo (2 cores, offline): Fashion-MNIST, ResNet-20, LTH vs AT/TRT
+#   ./run_all.sh --quick        CPU demo (2 cores, offline, minutes): Fashion-MNIST, ResNet-20, LTH vs AT+TRT
 #   ./run_all.sh --study        the CPU study (2 cores, offline, hours): every tweak vs LTH on the same tickets, 5 seeds
 #   ./run_all.sh --test         the test suite
 #   ./run_all.sh                the full reproduction on GPUs (ResNet-18, CIFAR-100, §4.1 recipe, 3 seeds)
@@ -117,7 +117,7 @@ quick_jobs() {  # the study's kind of ticket (one-shot, 91.4%), smaller: LTH vs 
   done
 }
 
-# The CPU study (README "Evidence"): every tweak on the same OMP ticket per seed, 91.4% sparse, Fashion-MNIST.
+# The CPU study (README "The CPU study"): every tweak on the same OMP ticket per seed, 91.4% sparse, Fashion-MNIST.
 STUDY="--dataset fashionmnist --arch resnet20 --epochs 5 --subset 10000 --prune omp"
 study_jobs() {
   for seed in $SEEDS; do

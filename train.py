@@ -215,8 +215,8 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
         opt.load_state_dict(saved.pop("optimizer"))
         runs.set_rng_states(saved.pop("rng"))
         state = saved
-        print(f"{label} resuming after epoch {state['epoch']}"
-              f"{', batch %d' % state['done']['batches'] if state.get('done') else ''} from {checkpoint}", flush=True)
+        print(f"{label} resuming after epoch {state['epoch']}" + (f", batch {state['done']['batches']}" if state.get(
+            "done") else "") + f" from {checkpoint}", flush=True)
     start, first = time.time(), state["epoch"] + 1
     for epoch in range(first, args.epochs + 1):
         t0, lr = time.time(), lr_at(args, epoch)
