@@ -99,7 +99,8 @@ def fixed_batches(ds, n_batches=3, batch_size=128, seed=0):
     return list(itertools.islice(data.batches(ds, "train", batch_size, seed=seed), n_batches))
 
 
-def parse_args(argv=None):
+@runs.command
+def main(argv=None):
     p = runs.Parser(description=__doc__.split("\n")[0])
     a = p.add_argument
     a("run", help="a finished spend folder written by train.py")
@@ -113,12 +114,6 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if min(args.batches, args.batch_size, args.iters) < 1 or not args.tol > 0:
         p.error("--batches, --batch-size and --iters must be >= 1, --tol > 0")
-    return args
-
-
-@runs.command
-def main(argv=None):
-    args = parse_args(argv)
     model, mask, ds, _ = runs.load_run(args.run, args.data_dir, args.device, args.weights)
     batches = fixed_batches(ds, args.batches, args.batch_size)
     value, std, values, iterations = per_batch(model, F.cross_entropy, batches, args.iters, args.tol, mask)

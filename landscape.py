@@ -95,11 +95,14 @@ def load_runs(args, split):
         raise BadInput(f"the runs are of different datasets ({', '.join(datasets)}): compare runs of one dataset")
     if len({(c["subset"], c["seed"]) for c in configs}) > 1:
         print("note: the runs split their data by different seeds or subsets: they see other images", file=sys.stderr)
-    loaded, common = [], os.path.commonpath([os.path.dirname(os.path.abspath(r)) for r in args.runs])
-    for r in args.runs:  # named by what tells them apart: lth, at_trt; or imp_s91_lth/seed42, imp_s91_at/seed42
+    names, loaded = [runs.variant(c).replace("+", " + ") for c in configs], []  # as the paper: "LTH + AT + TRT"
+    if len(set(names)) < len(names):  # one variant twice (seeds, sparsities): named by the folders that differ
+        common = os.path.commonpath([os.path.dirname(os.path.abspath(r)) for r in args.runs])
+        names = [os.path.relpath(os.path.abspath(r), common) for r in args.runs]
+    for name, r in zip(names, args.runs):
         model, mask, ds, _ = runs.load_run(r, args.data_dir, args.device, args.weights)
         x, y = fixed_images(ds, split, args.images, args.seed)
-        loaded.append((os.path.relpath(os.path.abspath(r), common), model, mask, ds, x, y))
+        loaded.append((name, model, mask, ds, x, y))
     return loaded, datasets[0]
 
 

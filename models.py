@@ -76,51 +76,39 @@ def parameter_free_shortcut(x, channels, stride):
     return F.pad(x[:, :, ::stride, ::stride], (0, 0, 0, 0, 0, channels - x.shape[1]))
 
 
-class BasicBlock(nn.Module):
-    expansion = 1
+class Block(nn.Module):
+    """A ResNet block: two 3x3 ConvBNs (basic), or 1x1, 3x3, 1x1 with 4x the planes out (bottleneck, ResNet-50).
+    The last unit's output plus the block's own residual goes through the last activation."""
 
-    def __init__(self, cin, planes, stride=1):
+    def __init__(self, cin, planes, stride=1, bottleneck=False):
         super().__init__()
-        self.unit1 = ConvBN(cin, planes, 3, stride)
-        self.unit2 = ConvBN(planes, planes, 3)
-        self.shortcut = projection(cin, planes, stride)
+        if bottleneck:  # the block's only 3x3 conv carries the stride
+            units = [ConvBN(cin, planes, 1), ConvBN(planes, planes, 3, stride), ConvBN(planes, planes * 4, 1)]
+        else:
+            units = [ConvBN(cin, planes, 3, stride), ConvBN(planes, planes, 3)]
+        for i, unit in enumerate(units):
+            setattr(self, f"unit{i + 1}", unit)
+        self.num_units = len(units)
+        cout = units[-1].conv.out_channels
+        # the block's own residual: identity where shapes match, else a 1x1 ConvBN (prunable like any conv)
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else ConvBN(cin, cout, 1, stride)
         self.act = nn.ReLU()
 
     def forward(self, x):
-        out = self.act(self.unit1(x))
-        return self.act(self.unit2(out) + self.shortcut(x))
+        out = x
+        for i in range(1, self.num_units):
+            out = self.act(getattr(self, f"unit{i}")(out))
+        return self.act(getattr(self, f"unit{self.num_units}")(out) + self.shortcut(x))
 
 
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, cin, planes, stride=1):
-        super().__init__()
-        self.unit1 = ConvBN(cin, planes, 1)
-        self.unit2 = ConvBN(planes, planes, 3, stride)  # the block's only 3x3 conv carries the stride
-        self.unit3 = ConvBN(planes, planes * 4, 1)
-        self.shortcut = projection(cin, planes * 4, stride)
-        self.act = nn.ReLU()
-
-    def forward(self, x):
-        out = self.act(self.unit1(x))
-        out = self.act(self.unit2(out))
-        return self.act(self.unit3(out) + self.shortcut(x))
-
-
-def projection(cin, cout, stride):
-    """The block's own residual: identity where shapes match, else a 1x1 ConvBN (prunable like any conv)."""
-    return nn.Identity() if stride == 1 and cin == cout else ConvBN(cin, cout, 1, stride)
-
-
-def resnet(block, depths, widths, num_classes, in_channels):
+def resnet(depths, widths, num_classes, in_channels, bottleneck=False):
     """3x3 stem (no max-pool: CIFAR), built first as before (same init for a seed), then one stage per depth."""
     stem, stages, cin = ConvBN(in_channels, widths[0], 3, skippable=False), [], widths[0]
     for i, (depth, width) in enumerate(zip(depths, widths)):
         blocks = []
         for j in range(depth):
-            blocks.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
-            cin = width * block.expansion
+            blocks.append(Block(cin, width, 2 if i > 0 and j == 0 else 1, bottleneck))
+            cin = width * 4 if bottleneck else width
         stages.append(nn.Sequential(*blocks))
     return Stages(stages, cin, num_classes, stem)
 
@@ -179,12 +167,12 @@ def mobilenet(num_classes, in_channels):
 
 
 ARCHS = {
-    "resnet18": lambda k, c: resnet(BasicBlock, [2, 2, 2, 2], [64, 128, 256, 512], k, c),
-    "resnet34": lambda k, c: resnet(BasicBlock, [3, 4, 6, 3], [64, 128, 256, 512], k, c),
-    "resnet50": lambda k, c: resnet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], k, c),
-    "resnet20": lambda k, c: resnet(BasicBlock, [3, 3, 3], [16, 32, 64], k, c),
-    "resnet32": lambda k, c: resnet(BasicBlock, [5, 5, 5], [16, 32, 64], k, c),
-    "resnet56": lambda k, c: resnet(BasicBlock, [9, 9, 9], [16, 32, 64], k, c),
+    "resnet18": lambda k, c: resnet([2, 2, 2, 2], [64, 128, 256, 512], k, c),
+    "resnet34": lambda k, c: resnet([3, 4, 6, 3], [64, 128, 256, 512], k, c),
+    "resnet50": lambda k, c: resnet([3, 4, 6, 3], [64, 128, 256, 512], k, c, bottleneck=True),
+    "resnet20": lambda k, c: resnet([3, 3, 3], [16, 32, 64], k, c),
+    "resnet32": lambda k, c: resnet([5, 5, 5], [16, 32, 64], k, c),
+    "resnet56": lambda k, c: resnet([9, 9, 9], [16, 32, 64], k, c),
     "vgg16": vgg16,
     "mobilenet": mobilenet,
 }

@@ -1,11 +1,10 @@
 """Drawing masks: global magnitude pruning (IMP, OMP), random pruning, the pruning-at-init baselines of
 Table A4 (SNIP, GraSP, SynFlow), and the mask bookkeeping.
 
-A mask is a dict {weight name: bool tensor} over the pruned weights (`prunable`: every conv weight, as the
-authors' code prunes; the linear classifier too with linear=True), with the names of `model.state_dict()`.
-BatchNorm parameters and biases are never pruned. All pruners here are global:
-one ranking across all layers, and each keeps an exact number of weights. The IMP loop itself (train,
-prune 20%, reset, repeat) lives in train.py's `Draw`, because it trains.
+A mask is a dict {weight name: bool tensor} over the weights `prunable` returns (every conv weight, as the
+authors' code prunes; the classifier too with linear=True), named as in `model.state_dict()`. BatchNorm parameters
+and biases are never pruned. All pruners here are global: one ranking across all layers, and each keeps an exact
+number of weights. The IMP loop itself (train, prune 20%, reset, repeat) lives in train.py's `Draw`, as it trains.
 """
 import copy
 import math
@@ -40,11 +39,10 @@ def keep_top(scores, n_keep):
     flat = torch.cat([s.flatten().float() for s in scores.values()])
     keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     keep[torch.topk(flat, n_keep, sorted=False).indices] = True
-    mask, start = {}, 0
-    for name, s in scores.items():
-        mask[name] = keep[start:start + s.numel()].view_as(s)
-        start += s.numel()
-        if n_keep and not mask[name].any():
+    sizes = [s.numel() for s in scores.values()]
+    mask = {n: k.view_as(s) for (n, s), k in zip(scores.items(), keep.split(sizes))}
+    for name, m in mask.items():
+        if n_keep and not m.any():
             print(f"warning: layer collapse, {name} is pruned entirely (§3.1)", file=sys.stderr)
     return mask
 
@@ -145,8 +143,7 @@ def check_mask(mask, model, source, linear=False):
 def apply_mask(model, mask):
     """Zero the pruned weights in place."""
     weights = dict(model.named_parameters())
-    names = list(mask)
-    torch._foreach_mul_([weights[n] for n in names], [mask[n].to(weights[n].dtype) for n in names])
+    torch._foreach_mul_([weights[n] for n in mask], [m.to(weights[n].dtype) for n, m in mask.items()])
 
 
 def sparsity(weights):

@@ -1,12 +1,15 @@
-"""Gather every finished spend under a runs folder into the paper's tables and accuracy-vs-sparsity plots.
+"""Gather every finished spend under a runs folder into the paper's tables and figures.
 
-    python report.py runs --out report      # writes report/report.md and report/acc_<dataset>_<arch>_<prune>.png
+    python report.py runs --out report      # report/report.md, and beside it every figure's PNG with its .csv
 
-Tables are laid out like Tables A2/A3: one row per sparsity, one column per variant, each cell the mean test
-accuracy over seeds +- its std and, in brackets, the paired difference to LTH (seed by seed: on the same ticket)
-with its 95% t-interval over seeds. A missing variant is "missing", never zero. Each plot's numbers are beside it
-as .csv; for ResNet-18 on CIFAR-100 the plots carry the paper's numbers (Tables A2, A3) as dashed lines.
+Per (dataset, arch, masks) group: the table of Tables A2/A3 (one row per sparsity, one column per variant, each
+cell the mean test accuracy over seeds +- its std and, in brackets, the paired difference to LTH, seed by seed on
+the same ticket, with its 95% t-interval over seeds; a missing variant is "missing", never zero) and its plot; then
+every part of run_all.sh whose runs are there: the figures of FIGURES, Table A1, the skip table and Fig. A11.
+Loss-landscape plots that landscape.py wrote into --out are linked. ResNet-18 on CIFAR-100 carries the paper's
+published accuracies (Tables A2, A3) as dotted lines.
 """
+import csv
 import functools
 import glob
 import io
@@ -14,8 +17,10 @@ import math
 import os
 import statistics
 
+from matplotlib.figure import Figure  # no pyplot: headless, no global state
+
 from models import BadInput
-from runs import Parser, command, read_json, save
+from runs import Parser, command, read_json, save, variant
 
 # Published test accuracies (%), ResNet-18 on CIFAR-100, mean of seeds 42, 1099, 5469: Tables A2 and A3 of the paper.
 PAPER_SPARSITY = [0, 20, 36, 49, 59, 67, 74, 79, 83, 87, 89, 91, 93, 94, 95, 96, 97]
@@ -31,31 +36,55 @@ PAPER = {
     "LTH Rewind": "- 75.38 74.97 74.79 75.04 75.48 75.19 75.5 75.38 75.04 75.25 75.68 75.34 74.86 74.63 74.52 73.11",
 }
 ORDER = ["LTH", "LTH+Skip", "LTH+Skip-1x1", "LTH+Swish", "LTH+Mish", "LTH+Scaling", "LTH+LS", "LTH+KD", "LTH+AT",
-         "LTH+AT-1x1", "LTH+TRT", "LTH+AT+TRT", "LTH Rewind", "LTH+AT Rewind", "LTH+TRT Rewind", "LTH+AT+TRT Rewind"]
-
-
-def variant(c):
-    """The paper's name for a spend's tweaks: LTH, LTH+Skip, ..., LTH+AT+TRT, with ' Rewind' if rewound."""
-    skip = ("Skip-1x1" if c.get("skip_proj") else "Skip") if c["skip"] or c.get("skip_proj") else None  # 1x1: ToST's
-    at, trt = skip and c["swish"], c["scale_init"] and c["ls"] == 0.1
-    parts = [skip.replace("Skip", "AT")] if at else [p for p in (skip, c["swish"] and "Swish", c["mish"] and "Mish") if p]
-    parts += ["TRT"] if trt else [n for n, on in (("Scaling", c["scale_init"]), ("LS", c["ls"])) if on]
-    parts += ["KD"] if c["kd"] else []
-    return "LTH" + "".join("+" + p for p in parts) + (" Rewind" if c["rewind_epoch"] is not None else "")
+         "LTH+AT-1x1", "LTH+TRT", "LTH+AT+TRT", "LTH+AT+Scaling+KD", "LTH Rewind", "LTH+AT Rewind", "LTH+TRT Rewind",
+         "LTH+AT+TRT Rewind"]
+# what a figure shows: (axis label, the number of one run's results; None where that run has not measured it)
+ACCURACY = ("test accuracy (%)", lambda r: 100 * r["test_acc"])
+EIGEN = ("top Hessian eigenvalue (mean over 10 batches)", lambda r: r.get("hessian", {}).get("top_eigenvalue"))
+# run_all.sh's figure parts: {part: (masks, or None for any; what; panels, each a list of variants; only at sparsity)}
+FIGURES = {
+    "fig1": ("imp", ACCURACY, [["LTH", v] for v in ("LTH+Skip", "LTH+Swish", "LTH+Scaling", "LTH+LS")], None),
+    "fig6": ("imp", ACCURACY, [["LTH", "LTH+AT", "LTH+TRT", "LTH+AT+TRT"],  # (a) the tweaks, (b) against rewinding
+                               ["LTH Rewind", "LTH+AT", "LTH+TRT", "LTH+AT+TRT"]], None),
+    "fig7": ("imp", ACCURACY, [["LTH Rewind", "LTH+AT Rewind", "LTH+TRT Rewind", "LTH+AT+TRT Rewind"]], None),
+    "fig9": ("imp", ACCURACY, [["LTH+AT+TRT", "LTH+AT+Scaling+KD"]], None),  # LS replaced by KD (§4.6)
+    "figA12": ("omp", ACCURACY, [["LTH", "LTH+AT", "LTH+TRT", "LTH+AT+TRT"]], None),
+    "fig2": (None, EIGEN, [["LTH", "LTH+Swish", "LTH+Mish"]], None),
+    "figA13": (None, EIGEN, [ORDER], 0.914),
+}
+# the skip table: how much of the authors' 1x1 skip (--skip-proj) their reported sparsity leaves uncounted
+SKIP_COLUMNS = [(f"{v} {what}", v, f) for v in ("LTH+AT", "LTH+AT-1x1") for what, f in (
+    ("acc. (%)", ACCURACY[1]), ("sparsity of all trained weights (%)", lambda r: 100 * r["sparsity_all"]),
+    ("weights outside the mask", lambda r: r["unmasked_weights"]))]
 
 
 def gather(root):
-    """{(dataset, arch, prune): {(target sparsity, variant): [results of each seed]}}"""
-    groups = {}
-    for path in glob.glob(os.path.join(root, "**", "results.json"), recursive=True):
+    """({(dataset, arch, masks): {(target sparsity, variant): [results of each seed]}}, the same for Fig. A11's runs).
+    Each result carries its seed, its folder and, where hessian.py wrote one there, hessian.json. A run that recorded
+    the Hessian every epoch (--hessian-every, Fig. A11) goes to the second dict: a re-training for that figure, not
+    one more seed of the tables."""
+    groups, curves = {}, {}
+    for path in sorted(glob.glob(os.path.join(root, "**", "results.json"), recursive=True)):
         folder = os.path.dirname(path)
         if not os.path.exists(os.path.join(folder, "config.json")):
             continue  # a draw's own ticket folder; its spend copy carries the config
         res, cfg = read_json(path), read_json(os.path.join(folder, "config.json"))
-        res["seed"] = cfg["seed"]  # pairs a variant with LTH on the same ticket
+        res.update(seed=cfg["seed"], folder=folder)  # the seed pairs a variant with LTH on the same ticket
+        if os.path.exists(os.path.join(folder, "hessian.json")):
+            res["hessian"] = read_json(os.path.join(folder, "hessian.json"))
         key = (cfg["dataset"], cfg["arch"], cfg["prune"] if cfg["sparsity"] else "imp")
-        groups.setdefault(key, {}).setdefault((cfg["sparsity"] or 0.0, variant(cfg)), []).append(res)
-    return groups
+        rows = metrics(folder)
+        target = curves if rows and "top_eigenvalue" in rows[0] else groups
+        target.setdefault(key, {}).setdefault((cfg["sparsity"] or 0.0, variant(cfg)), []).append(res)
+    return groups, curves
+
+
+def metrics(folder):
+    """A run's metrics.csv as a list of rows {column: text}; [] if it has none."""
+    if not os.path.exists(os.path.join(folder, "metrics.csv")):
+        return []
+    with open(os.path.join(folder, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
 
 
 @functools.cache
@@ -90,76 +119,157 @@ def interval(diff):
     return f"{d:+.2f}" + (f" [{d - half:+.2f}, {d + half:+.2f}]" if half is not None else "")
 
 
-def accuracies(runs, s, name):
-    return {r["seed"]: 100 * r["test_acc"] for r in runs.get((s, name), [])}
+def values(runs, s, name, value=ACCURACY[1]):
+    """{seed: value(result)} of one variant at one target sparsity, over the runs that have that number."""
+    found = {r["seed"]: value(r) for r in runs.get((s, name), [])}
+    return {seed: v for seed, v in found.items() if v is not None}
 
 
 def variants(runs):
     return sorted({v for _, v in runs}, key=lambda v: (ORDER.index(v) if v in ORDER else len(ORDER), v))
 
 
-def cell(accs, diff):
-    a = list(accs.values())
-    return (f"{statistics.mean(a):.2f}" + (f" ± {statistics.stdev(a):.2f}" if len(a) > 1 else "")
+def cell(found, diff):
+    a = list(found.values())
+    return (f"{statistics.mean(a):,.2f}" + (f" ± {statistics.stdev(a):,.2f}" if len(a) > 1 else "")
             + (f" ({interval(diff)})" if diff else "")) if a else "missing"
 
 
-def table(runs):
-    """Markdown table: rows are sparsities (measured, mean over runs), columns are the variants present; each cell
-    mean +- std over seeds and (the paired difference to LTH [95% interval]). Below it, that difference in words."""
-    names, words = variants(runs), []
-    lines = ["| sparsity | " + " | ".join(names) + " | seeds |", "|---" * (len(names) + 2) + "|"]
+def table(runs, columns=None):
+    """Markdown: one row per sparsity (measured, mean over runs). By default one column per variant, its accuracy:
+    mean +- std over seeds and (the paired difference to LTH [95% interval]), that difference in words below the
+    table. `columns` [(header, variant, value of a result)] shows other numbers as mean +- std (Table A1, skips)."""
+    accuracy, words = columns is None, []
+    columns = columns or [(v, v, ACCURACY[1]) for v in variants(runs)]
+    lines = ["| sparsity | " + " | ".join(h for h, _, _ in columns) + " | seeds |", "|---" * (len(columns) + 2) + "|"]
     for s in sorted({s for s, _ in runs}):
-        accs = {v: accuracies(runs, s, v) for v in names}
-        measured = 100 * statistics.mean(r["sparsity"] for v in names for r in runs.get((s, v), []))
-        diffs = {v: paired(differences(accs[v], accs.get("LTH", {}))) for v in names if v != "LTH"}
-        lines.append(f"| {measured:.1f}% | " + " | ".join(cell(accs[v], diffs.get(v)) for v in names)
-                     + f" | {max(len(a) for a in accs.values())} |")
+        found = [values(runs, s, v, f) for _, v, f in columns]
+        if not any(found):
+            continue
+        measured = 100 * statistics.mean(r["sparsity"] for _, v, _ in columns for r in runs.get((s, v), []))
+        diffs = [paired(differences(f, values(runs, s, "LTH"))) if accuracy and v != "LTH" else None
+                 for f, (_, v, _) in zip(found, columns)]
+        lines.append(f"| {measured:.1f}% | " + " | ".join(map(cell, found, diffs)) + f" | {max(map(len, found))} |")
         words += [f"- {measured:.1f}%: {v} − LTH: {interval(d)} pp, {d[2]} seed{'s' * (d[2] > 1)}"
-                  for v, d in diffs.items() if d]
+                  for (_, v, _), d in zip(columns, diffs) if d]
     return "\n".join(lines + [""] + words)
 
 
+def activation_columns(runs, key):
+    """Table A1's columns: per stage, LTH (ReLU) and LTH+Swish, the % of activations counted by `key` in results.json
+    (activation_sparsity: |a| <= 1e-2, the paper's count; activation_zeros: exactly 0)."""
+    stages = sorted({stage for found in runs.values() for r in found for stage in r.get(key, {})})
+    return [(f"{stage} {act}", v, lambda r, stage=stage: 100 * r[key][stage])
+            for stage in stages for act, v in (("ReLU", "LTH"), ("Swish", "LTH+Swish"))]
+
+
+def present(runs, names, value):
+    return [n for n in names if any(values(runs, s, n, value) for s, v in runs if v == n)]
+
+
+def panel(ax, runs, names, metric, reference=False):
+    """Draw `metric` of each variant against sparsity: the mean over seeds as a line, +-std shaded, each seed a dot;
+    the dense network (0%) as a dashed level line (Fig. 1, 5); with reference, the paper's line dotted. At a single
+    sparsity the variants stand side by side (Fig. A13). Returns the csv rows of what it drew."""
+    (label, value), reference = metric, reference and metric is ACCURACY
+    names, rows = present(runs, names, value), []
+    levels = sorted({s for s, v in runs if s > 0 and v in names})
+    for i, name in enumerate(names):
+        points = [(s, values(runs, s, name, value)) for s in levels]
+        points = [(100 * statistics.mean(r["sparsity"] for r in runs[s, name]), found) for s, found in points if found]
+        x = [p for p, _ in points] if len(levels) > 1 else [i] * len(points)
+        means = [statistics.mean(found.values()) for _, found in points]
+        spread = [statistics.stdev(found.values()) if len(found) > 1 else 0 for _, found in points]
+        shown = name.replace("+", " + ")
+        ax.plot(x, means, "o-", label=shown, color=f"C{i}")
+        ax.fill_between(x, [m - d for m, d in zip(means, spread)], [m + d for m, d in zip(means, spread)],
+                        color=f"C{i}", alpha=0.15)
+        ax.plot([a for a, (_, f) in zip(x, points) for _ in f], [v for _, f in points for v in f.values()], ".",
+                color=f"C{i}", ms=3)
+        dense = values(runs, 0.0, name, value)
+        if dense and levels:
+            ax.axhline(statistics.mean(dense.values()), ls="--", color=f"C{i}", lw=1)
+        if reference and name in PAPER and len(levels) > 1:
+            paper = [(x, float(a)) for x, a in zip(PAPER_SPARSITY[1:], PAPER[name].split()[1:])]
+            ax.plot(*zip(*paper), ":", color=f"C{i}", alpha=0.7)
+        rows += [f"{s},{name},{r['seed']},{100 * r['sparsity']:.3f},{value(r):.3f}" for s in [0.0, *levels]
+                 for r in runs.get((s, name), []) if value(r) is not None]
+    if len(levels) > 1:
+        ax.set(xlabel="sparsity (%); dashed: the dense network" + ("; dotted: the paper" if reference else ""))
+    else:
+        ax.set_xticks(range(len(names)), [n.replace("+", " + ") for n in names], rotation=30, ha="right")
+        ax.set(xlabel=f"at {100 * levels[0]:.1f}% sparsity" if levels else "")
+    ax.set(ylabel=label, yscale="log" if metric is EIGEN and len(levels) > 1 else "linear")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return rows
+
+
+def write(fig, header, rows, path):
+    """The PNG, and beside it its numbers as .csv."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    save(buf.getvalue(), path)
+    save("\n".join([header, *rows]) + "\n", path[:-4] + ".csv")
+
+
 def plot(runs, title, path, reference):
-    """Left: accuracy vs sparsity, mean line, +-std band and each seed's point (the paper's published line dashed).
-    Right: each variant's paired difference to LTH, each seed's point and the mean with its 95% interval."""
-    from matplotlib.figure import Figure  # no pyplot: headless, no global state
+    """Left: accuracy vs sparsity (`panel`). Right: each variant's paired difference to LTH, each seed's point and
+    the mean with its 95% interval."""
     fig = Figure(figsize=(13, 4.5))
     ax, bx = fig.subplots(1, 2, gridspec_kw=dict(width_ratios=[3, 2]))
     names, levels = variants(runs), sorted({s for s, _ in runs})
     others = [n for n in names if n != "LTH"]  # the right panel's columns
-    for i, name in enumerate(names):
-        pts = [(100 * statistics.mean(r["sparsity"] for r in runs[s, name]), accuracies(runs, s, name))
-               for s in levels if (s, name) in runs]
-        x, means = [p for p, _ in pts], [statistics.mean(a.values()) for _, a in pts]
-        spread = [statistics.stdev(a.values()) if len(a) > 1 else 0 for _, a in pts]
-        ax.plot(x, means, "o-", label=name, color=f"C{i}")
-        ax.fill_between(x, [m - d for m, d in zip(means, spread)], [m + d for m, d in zip(means, spread)],
-                        color=f"C{i}", alpha=0.15)
-        ax.plot([p for p, a in pts for _ in a], [v for _, a in pts for v in a.values()], ".", color=f"C{i}", ms=3)
-        if reference and name in PAPER:
-            paper = [(x, float(a)) for x, a in zip(PAPER_SPARSITY, PAPER[name].split()) if a != "-"]
-            ax.plot(*zip(*paper), "--", color=f"C{i}", alpha=0.6, label=f"{name} (paper)")
+    rows = panel(ax, runs, names, ACCURACY, reference)
+    for i, name in enumerate(others):
         for j, s in enumerate(levels):
-            d = differences(accuracies(runs, s, name), accuracies(runs, s, "LTH")) if name != "LTH" else []
+            d = differences(values(runs, s, name), values(runs, s, "LTH"))
             if d:
-                at, (mean, half, _) = others.index(name) + (j - (len(levels) - 1) / 2) * 0.8 / len(levels), paired(d)
-                bx.plot([at] * len(d), d, ".", color=f"C{i}", ms=4)
+                at, (mean, half, _) = i + (j - (len(levels) - 1) / 2) * 0.8 / len(levels), paired(d)
+                bx.plot([at] * len(d), d, ".", color=f"C{i + 1}", ms=4)
                 bx.errorbar([at], [mean], half, fmt="_", color="k", ms=10, capsize=3)
-    ax.set(xlabel="sparsity (%)", ylabel="test accuracy (%)", title=title)
-    ax.legend(fontsize=7, ncol=2)
+    ax.set(title=title)
     bx.axhline(0, color="gray", lw=0.8)
     bx.set_xticks(range(len(others)), others, rotation=40, ha="right", fontsize=8)
     bx.set(ylabel="test accuracy − LTH, same ticket (pp)", title="paired difference: seeds (dots), mean and 95% interval"
            + (f"\n{len(levels)} sparsities, left to right" if len(levels) > 1 else ""))
-    for a in (ax, bx):
-        a.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    save(buf.getvalue(), path)
-    rows = [f"{s},{name},{r['seed']},{100 * r['sparsity']:.3f},{100 * r['test_acc']:.3f}"
-            for (s, name), rs in sorted(runs.items()) for r in rs]
-    save("\n".join(["target_sparsity,variant,seed,sparsity_pct,test_acc_pct", *rows]) + "\n", path[:-4] + ".csv")
+    bx.grid(alpha=0.3)
+    write(fig, "target_sparsity,variant,seed,sparsity_pct,test_acc_pct", rows, path)
+
+
+def figure(runs, panels, metric, title, path, reference):
+    """One of FIGURES: its panels side by side."""
+    fig = Figure(figsize=(5 * len(panels), 4.2), layout="constrained")
+    rows = [row for ax, names in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels)
+            for row in panel(ax, runs, names, metric, reference)]
+    fig.suptitle(title)
+    write(fig, "target_sparsity,variant,seed,sparsity_pct," + metric[0], sorted(set(rows)), path)
+
+
+def curves(found, title, path):
+    """Fig. A11: for runs trained with --hessian-every, the top Hessian eigenvalue per epoch (right axis, log scale)
+    with train (solid) and validation (dashed) accuracy (left axis); dotted: the epochs after which the lr drops;
+    a cross: the best-validation epoch; a level line: the test accuracy of that epoch's weights."""
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    bx, rows = ax.twinx(), []
+    for i, (name, r) in enumerate(found):
+        m, shown = metrics(r["folder"]), name.replace("+", " + ")
+        epochs = [int(e["epoch"]) for e in m]
+        ax.plot(epochs, [100 * float(e["train_acc"]) for e in m], "-", color=f"C{i}", lw=1, label=f"{shown}: train")
+        ax.plot(epochs, [100 * float(e["val_acc"]) for e in m], "--", color=f"C{i}", lw=1, label=f"{shown}: validation")
+        ax.plot(r["best_epoch"], 100 * r["best_val_acc"], "x", color=f"C{i}", ms=10, mew=2)
+        ax.axhline(100 * r["test_acc"], color=f"C{i}", lw=0.8, alpha=0.6)
+        top = [(int(e["epoch"]), float(e["top_eigenvalue"])) for e in m if e["top_eigenvalue"]]
+        bx.plot(*zip(*top), ".-", color=f"C{i}", alpha=0.5, label=f"{shown}: top eigenvalue")
+        rows += [f"{name},{r['seed']},{e['epoch']},{e['train_acc']},{e['val_acc']},{e['top_eigenvalue']}" for e in m]
+    for a, b in zip(m, m[1:]):
+        if a["lr"] != b["lr"]:
+            ax.axvline(int(a["epoch"]), ls=":", color="gray")
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
+    bx.set(ylabel="top Hessian eigenvalue (mean over 3 batches)", yscale="log")
+    fig.legend(fontsize=7, loc="outside right")
+    write(fig, "variant,seed,epoch,train_acc,val_acc,top_eigenvalue", rows, path)
 
 
 @command
@@ -168,16 +278,38 @@ def main(argv=None):
     p.add_argument("runs", nargs="?", default="runs")
     p.add_argument("--out", default="report")
     args = p.parse_args(argv)
-    groups = gather(args.runs)
-    if not groups:
+    groups, curve_groups = gather(args.runs)
+    if not groups and not curve_groups:
         raise BadInput(f"no finished runs under {args.runs}")
     md = [f"# Results gathered from {args.runs}\n", "Test accuracy (%) of the best-validation checkpoint, "
           "mean ± std over seeds, (paired difference to LTH on the same ticket, seed by seed [95% t-interval over seeds]).\n"]
     for (dataset, arch, method), runs in sorted(groups.items()):
-        title = f"{arch} on {dataset}, {method} masks"
-        png = f"acc_{dataset}_{arch}_{method}.png"
-        plot(runs, title, os.path.join(args.out, png), reference=(dataset, arch) == ("cifar100", "resnet18"))
-        md += [f"## {title}\n", table(runs) + "\n", f"![{title}]({png})\n"]
+        title, group = f"{arch} on {dataset}, {method} masks", f"{dataset}_{arch}_{method}"
+        reference = (dataset, arch) == ("cifar100", "resnet18")
+        plot(runs, title, os.path.join(args.out, f"acc_{group}.png"), reference)
+        md += [f"## {title}\n", table(runs) + "\n", f"![{title}](acc_{group}.png)\n"]
+        for part, (masks, metric, panels, at) in FIGURES.items():
+            chosen = {k: found for k, found in runs.items() if at in (None, k[0])}
+            panels = [names for names in panels if len(present(chosen, names, metric[1])) > 1]
+            if masks in (None, method) and panels:
+                figure(chosen, panels, metric, f"{part}: {title}", os.path.join(args.out, f"{part}_{group}.png"), reference)
+                md += [f"### {part}\n", f"![{part}]({part}_{group}.png)\n"]
+        if present(runs, ["LTH+Swish"], ACCURACY[1]):
+            md += ["### tableA1: activation sparsity (%) per stage, |a| <= 1e-2 (the paper's count)\n",
+                   table(runs, activation_columns(runs, "activation_sparsity")) + "\n", "Exactly zero (%):\n",
+                   table(runs, activation_columns(runs, "activation_zeros")) + "\n"]
+        if present(runs, ["LTH+AT-1x1"], ACCURACY[1]):
+            md += ["### skipproj: our parameter-free skip vs the authors' 1x1 skip (sparsity: of the masked layers)\n",
+                   table(runs, SKIP_COLUMNS) + "\n"]
+    for (dataset, arch, method), runs in sorted(curve_groups.items()):
+        for seed in sorted({r["seed"] for found in runs.values() for r in found}):
+            png = f"figA11_{dataset}_{arch}_{method}_seed{seed}.png"
+            curves([(v, r) for (_, v), found in sorted(runs.items()) for r in found if r["seed"] == seed],
+                   f"figA11: {arch} on {dataset}, {method} masks, seed {seed}", os.path.join(args.out, png))
+            md += [f"### figA11, seed {seed}\n", f"![figA11]({png})\n"]
+    made = {line[line.index("(") + 1:-2] for line in md if line.startswith("![")}
+    md += [f"### {os.path.basename(png)[:-4]} (landscape.py)\n\n![]({os.path.basename(png)})\n" for png in
+           sorted(glob.glob(os.path.join(args.out, "fig*.png"))) if os.path.basename(png) not in made]
     save("\n".join(md), os.path.join(args.out, "report.md"))
     print("\n".join(md))
 

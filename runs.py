@@ -162,6 +162,16 @@ def locked(folder, wait):
         yield
 
 
+def variant(c):
+    """The paper's name for a spend's tweaks: LTH, LTH+Skip, ..., LTH+AT+TRT, with ' Rewind' if rewound."""
+    skip = ("Skip-1x1" if c.get("skip_proj") else "Skip") if c["skip"] or c.get("skip_proj") else None  # 1x1: ToST's
+    at, trt = skip and c["swish"], c["scale_init"] and c["ls"] == 0.1
+    parts = [skip.replace("Skip", "AT")] if at else [p for p in (skip, c["swish"] and "Swish", c["mish"] and "Mish") if p]
+    parts += ["TRT"] if trt else [n for n, on in (("Scaling", c["scale_init"]), ("LS", c["ls"])) if on]
+    parts += ["KD"] if c["kd"] else []
+    return "LTH" + "".join("+" + p for p in parts) + (" Rewind" if c["rewind_epoch"] is not None else "")
+
+
 def load_run(run_dir, data_dir="data", device="cpu", weights="model.pt"):
     """Rebuild a finished spend of train.py from its folder: (model with its tweaks and trained weights,
     in eval mode; mask; dataset; config). Used by hessian.py and landscape.py."""

@@ -492,6 +492,58 @@ def test_report_builds_tables_and_plots_and_shows_missing_runs(tmp_path):
     assert len(csv_rows) == 1 + 7 and "0.914,LTH+AT+TRT,42,91.500,65.000" in csv_rows
 
 
+def test_report_renders_every_part_from_known_numbers(tmp_path):
+    """Fabricated runs with known numbers in; each part's cells, PNG and .csv out (run_all.sh's --parts)."""
+    import report
+    tweaks = dict(lth={}, skip=dict(skip=True), swish=dict(swish=True), mish=dict(mish=True), ls=dict(ls=0.1),
+                  scale=dict(scale_init=True), at=dict(skip=True, swish=True), trt=dict(scale_init=True, ls=0.1),
+                  attrt=dict(skip=True, swish=True, scale_init=True, ls=0.1), kd=dict(skip=True, swish=True,
+                  scale_init=True, kd=True), proj=dict(skip_proj=True, swish=True),
+                  rewind=dict(rewind_epoch=33), atrewind=dict(skip=True, swish=True, rewind_epoch=33))
+    for seed in (42, 1099):
+        for s in (0.0, 0.2, 0.914):
+            for i, (name, tweak) in enumerate(tweaks.items()):
+                fake_run(tmp_path, seed, s, 0.5 + i / 100 + seed / 1e5, **tweak)
+                folder = tmp_path / f"run_{s}_{seed}_{'_'.join(sorted(tweak)) or 'lth'}"
+                res = json.loads((folder / "results.json").read_text())
+                res.update(sparsity_all=s * 0.8, unmasked_weights=1000 * (name == "proj"), activation_sparsity=dict(
+                    layer1=0.3 - 0.29 * (name == "swish"), layer2=0.5), activation_zeros=dict(layer1=0.1, layer2=0.2))
+                (folder / "results.json").write_text(json.dumps(res))
+                if name in ("lth", "swish", "mish", "attrt"):  # hessian.py's output: Fig. 2, A13
+                    (folder / "hessian.json").write_text(json.dumps(dict(top_eigenvalue=100 + i + s)))
+        fake_run(tmp_path / "omp", seed, 0.914, 0.6, prune="omp")
+        fake_run(tmp_path / "omp", seed, 0.914, 0.62, prune="omp", skip=True, swish=True)
+    a11 = tmp_path / "a11"  # Fig. A11: a run with --hessian-every 1, 4 epochs, lr drops after epochs 2 and 3
+    fake_run(a11, 42, 0.914, 0.61, skip=True, swish=True, scale_init=True, ls=0.1)
+    folder = next(a11.iterdir())
+    res = json.loads((folder / "results.json").read_text())
+    (folder / "results.json").write_text(json.dumps(dict(res, best_epoch=3, best_val_acc=0.6)))
+    (folder / "metrics.csv").write_text("epoch,train_acc,val_acc,lr,top_eigenvalue\n" + "\n".join(
+        f"{e},{0.1 * e},{0.1 * e + 0.2},{0.1 * 0.1 ** (e > 2) * 0.1 ** (e > 3)},{500 / e}" for e in range(1, 5)) + "\n")
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "fig8_imp_s0.914_seed42.png").write_bytes(b"a landscape.py plot")
+    report.main([str(tmp_path), "--out", str(out)])
+    md = (out / "report.md").read_text()
+    for part in ("fig1", "fig2", "fig6", "fig7", "fig9", "figA13"):
+        assert f"![{part}]({part}_cifar100_resnet18_imp.png)" in md, part
+        assert (out / f"{part}_cifar100_resnet18_imp.png").stat().st_size > 10_000
+    assert (out / "figA12_cifar100_resnet18_omp.png").exists() and not (out / "figA12_cifar100_resnet18_imp.png").exists()
+    assert "![](fig8_imp_s0.914_seed42.png)" in md  # landscape.py's plots are linked
+    fig2 = (out / "fig2_cifar100_resnet18_imp.csv").read_text().splitlines()  # LTH (i=0), Swish (2), Mish (3)
+    assert len(fig2) == 1 + 3 * 3 * 2 and "0.914,LTH+Mish,42,91.500,103.914" in fig2 and "0.2,LTH,1099,20.100,100.200" in fig2
+    a13 = (out / "figA13_cifar100_resnet18_imp.csv").read_text().splitlines()
+    assert len(a13) == 1 + 4 * 2 and "0.914,LTH+AT+TRT,42,91.500,108.914" in a13
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert "| 20.1% | 30.00 ± 0.00 | 1.00 ± 0.00 | 50.00 ± 0.00 | 50.00 ± 0.00 | 2 |" in rows  # Table A1: layer1
+    assert "| 91.5% | 10.00 ± 0.00 | 10.00 ± 0.00 | 20.00 ± 0.00 | 20.00 ± 0.00 | 2 |" in rows  # ReLU, Swish; layer2; zeros
+    assert ("| 91.5% | 56.57 ± 0.75 | 73.12 ± 0.00 | 0.00 ± 0.00 | 60.57 ± 0.75 | 73.12 ± 0.00 | 1,000.00 ± 0.00 | 2 |"
+            in rows)  # the skip table: accuracy, sparsity of all trained weights, weights outside the mask
+    curve = (out / "figA11_cifar100_resnet18_imp_seed42.csv").read_text().splitlines()
+    assert curve[1:] == [f"LTH+AT+TRT,42,{e},{0.1 * e},{0.1 * e + 0.2},{500 / e}" for e in range(1, 5)]
+    assert "| 91.5% | 50.57 ± 0.75 |" in md and "61.00" not in md  # A11's run is not a third seed of the tables
+
+
 def test_paired_differences_and_their_t_interval_have_the_known_values(tmp_path):
     """Student t quantiles from the printed tables, and a paired interval worked by hand: differences 1, 1.5, 0 over
     3 seeds: mean 0.8333, s_d = 0.7638, half-width t(0.975, 2) * s_d / sqrt(3) = 4.3027 * 0.4410 = 1.8973."""

@@ -458,13 +458,11 @@ def run(args):
 
 
 def spend(args, ds, draw, ticket, variant, user_mask, out):
-    """Spend the ticket into `out`: vanilla LTH is the draw's own training, copied; anything else trains."""
-    if not user_mask and not variant:  # vanilla LTH: the draw's own training of this ticket
-        source = draw.trained(ticket)
-        kept = [f"epoch{e}.pt" for e in args.keep_epochs]
-        if not all(os.path.exists(os.path.join(source, f)) for f in kept):
-            raise BadInput(f"{source} was trained without --keep-epochs {' '.join(map(str, args.keep_epochs))}: "
-                           f"the draw does not have those weights (train the draw with it from the start)")
+    """Spend the ticket into `out`: vanilla LTH is the draw's own training, copied, unless it asks for records that
+    training may not have (--hessian-every, weights of --keep-epochs: Fig. A11, 4); anything else trains."""
+    kept = [f"epoch{e}.pt" for e in args.keep_epochs]
+    source = None if user_mask or variant or args.hessian_every else draw.trained(ticket)
+    if source and all(os.path.exists(os.path.join(source, f)) for f in kept):
         for f in ("mask.pt", "model.pt", "best.pt", "metrics.csv", "results.json", *kept):
             with open(os.path.join(source, f), "rb") as src:
                 save(src.read(), os.path.join(out, f))
