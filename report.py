@@ -22,19 +22,11 @@ from matplotlib.figure import Figure  # no pyplot: headless, no global state
 from models import BadInput
 from runs import Parser, command, read_json, save, variant
 
-# Published test accuracies (%), ResNet-18 on CIFAR-100, mean of seeds 42, 1099, 5469: Tables A2 and A3 of the paper.
-PAPER_SPARSITY = [0, 20, 36, 49, 59, 67, 74, 79, 83, 87, 89, 91, 93, 94, 95, 96, 97]
-PAPER = {
-    "LTH": "74.87 74.28 74.54 74.45 74.07 74.43 73.31 73.21 72.94 71.91 71.58 71.12 70.51 70.44 69.43 69.57 67.89",
-    "LTH+Skip": "74.10 73.99 75.03 74.56 73.91 74.08 73.94 73.77 73.69 72.86 72.42 72.17 72.15 72.17 72.01 71.71 70.11",
-    "LTH+Swish": "75.08 74.95 75.35 74.34 74.94 74.62 73.37 73.45 73.22 73.27 72.67 72.43 71.98 71.33 70.61 69.87 69.01",
-    "LTH+Scaling": "74.82 74.62 74.74 74.50 74.60 74.63 74.20 73.93 73.12 72.10 72.09 71.83 71.35 70.65 70.10 69.62 68.45",
-    "LTH+LS": "75.42 75.90 75.91 75.54 75.61 75.46 74.69 74.58 74.12 72.65 72.26 71.13 71.24 70.47 69.61 69.51 68.58",
-    "LTH+AT": "- 74.61 74.58 74.61 74.77 74.34 73.91 73.45 74.04 74.26 73.72 72.86 72.93 72.77 72.53 72.11 71.97",
-    "LTH+TRT": "- 75.27 75.79 75.59 75.09 75.43 75.23 74.3 73.68 73.4 72.87 72.18 71.18 70.9 70.44 69.83 68.4",
-    "LTH+AT+TRT": "- 76.12 76.32 76.08 75.71 75.57 75.12 74.84 74.93 74.9 74.83 74.23 73.26 73.69 72.75 73.04 72.82",
-    "LTH Rewind": "- 75.38 74.97 74.79 75.04 75.48 75.19 75.5 75.38 75.04 75.25 75.68 75.34 74.86 74.63 74.52 73.11",
-}
+# The paper's published test accuracies (%), ResNet-18 on CIFAR-100, mean of seeds 42, 1099, 5469 (Tables A2, A3):
+# {variant: [(sparsity %, accuracy)]}, from paper.csv beside this file
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper.csv")) as f:
+    _header, *_rows = csv.reader(f)
+PAPER = {row[0]: [(float(s), float(a)) for s, a in zip(_header[1:], row[1:]) if a != "-"] for row in _rows}
 ORDER = ["LTH", "LTH+Skip", "LTH+Skip-1x1", "LTH+Swish", "LTH+Mish", "LTH+Scaling", "LTH+LS", "LTH+KD", "LTH+AT",
          "LTH+AT-1x1", "LTH+TRT", "LTH+AT+TRT", "LTH+AT+Scaling+KD", "LTH Rewind", "LTH+AT Rewind", "LTH+TRT Rewind",
          "LTH+AT+TRT Rewind"]
@@ -190,8 +182,7 @@ def panel(ax, runs, names, metric, reference=False):
         if dense and levels:
             ax.axhline(statistics.mean(dense.values()), ls="--", color=f"C{i}", lw=1)
         if reference and name in PAPER and len(levels) > 1:
-            paper = [(x, float(a)) for x, a in zip(PAPER_SPARSITY[1:], PAPER[name].split()[1:])]
-            ax.plot(*zip(*paper), ":", color=f"C{i}", alpha=0.7)
+            ax.plot(*zip(*[p for p in PAPER[name] if p[0] > 0]), ":", color=f"C{i}", alpha=0.7)
         rows += [f"{s},{name},{r['seed']},{100 * r['sparsity']:.3f},{value(r):.3f}" for s in [0.0, *levels]
                  for r in runs.get((s, name), []) if value(r) is not None]
     if len(levels) > 1:
@@ -205,45 +196,35 @@ def panel(ax, runs, names, metric, reference=False):
     return rows
 
 
+def figure(runs, panels, metric, title, path, reference, paired_view=False):
+    """Panels side by side, one per list of variants (`panel`), and with paired_view one more: each variant's paired
+    difference to LTH (same ticket), each seed's point and the mean with its 95% interval. Its numbers go beside."""
+    fig = Figure(figsize=(5.5 * (len(panels) + paired_view), 4.5), layout="constrained")
+    axes = fig.subplots(1, len(panels) + paired_view, squeeze=False)[0]
+    rows = sorted({row for ax, names in zip(axes, panels) for row in panel(ax, runs, names, metric, reference)})
+    names, levels = [n for n in variants(runs) if n != "LTH"], sorted({s for s, _ in runs})
+    for i, name in enumerate(names if paired_view else []):
+        for j, s in enumerate(levels):  # several sparsities side by side, left to right
+            d = differences(values(runs, s, name), values(runs, s, "LTH"))
+            if d:
+                at, (mean, half, _) = i + (j - (len(levels) - 1) / 2) * 0.8 / len(levels), paired(d)
+                axes[-1].plot([at] * len(d), d, ".", color=f"C{i + 1}", ms=4)
+                axes[-1].errorbar([at], [mean], half, fmt="_", color="k", ms=10, capsize=3)
+    if paired_view:
+        axes[-1].axhline(0, color="gray", lw=0.8)
+        axes[-1].set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+        axes[-1].set(ylabel="test accuracy − LTH, same ticket (pp)", title="paired: seeds, mean, 95% interval")
+        axes[-1].grid(alpha=0.3)
+    fig.suptitle(title)
+    write(fig, "target_sparsity,variant,seed,sparsity_pct," + metric[0], rows, path)
+
+
 def write(fig, header, rows, path):
     """The PNG, and beside it its numbers as .csv."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     save(buf.getvalue(), path)
     save("\n".join([header, *rows]) + "\n", path[:-4] + ".csv")
-
-
-def plot(runs, title, path, reference):
-    """Left: accuracy vs sparsity (`panel`). Right: each variant's paired difference to LTH, each seed's point and
-    the mean with its 95% interval."""
-    fig = Figure(figsize=(13, 4.5))
-    ax, bx = fig.subplots(1, 2, gridspec_kw=dict(width_ratios=[3, 2]))
-    names, levels = variants(runs), sorted({s for s, _ in runs})
-    others = [n for n in names if n != "LTH"]  # the right panel's columns
-    rows = panel(ax, runs, names, ACCURACY, reference)
-    for i, name in enumerate(others):
-        for j, s in enumerate(levels):
-            d = differences(values(runs, s, name), values(runs, s, "LTH"))
-            if d:
-                at, (mean, half, _) = i + (j - (len(levels) - 1) / 2) * 0.8 / len(levels), paired(d)
-                bx.plot([at] * len(d), d, ".", color=f"C{i + 1}", ms=4)
-                bx.errorbar([at], [mean], half, fmt="_", color="k", ms=10, capsize=3)
-    ax.set(title=title)
-    bx.axhline(0, color="gray", lw=0.8)
-    bx.set_xticks(range(len(others)), others, rotation=40, ha="right", fontsize=8)
-    bx.set(ylabel="test accuracy − LTH, same ticket (pp)", title="paired difference: seeds (dots), mean and 95% interval"
-           + (f"\n{len(levels)} sparsities, left to right" if len(levels) > 1 else ""))
-    bx.grid(alpha=0.3)
-    write(fig, "target_sparsity,variant,seed,sparsity_pct,test_acc_pct", rows, path)
-
-
-def figure(runs, panels, metric, title, path, reference):
-    """One of FIGURES: its panels side by side."""
-    fig = Figure(figsize=(5 * len(panels), 4.2), layout="constrained")
-    rows = [row for ax, names in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels)
-            for row in panel(ax, runs, names, metric, reference)]
-    fig.suptitle(title)
-    write(fig, "target_sparsity,variant,seed,sparsity_pct," + metric[0], sorted(set(rows)), path)
 
 
 def curves(found, title, path):
@@ -286,7 +267,7 @@ def main(argv=None):
     for (dataset, arch, method), runs in sorted(groups.items()):
         title, group = f"{arch} on {dataset}, {method} masks", f"{dataset}_{arch}_{method}"
         reference = (dataset, arch) == ("cifar100", "resnet18")
-        plot(runs, title, os.path.join(args.out, f"acc_{group}.png"), reference)
+        figure(runs, [variants(runs)], ACCURACY, title, os.path.join(args.out, f"acc_{group}.png"), reference, True)
         md += [f"## {title}\n", table(runs) + "\n", f"![{title}](acc_{group}.png)\n"]
         for part, (masks, metric, panels, at) in FIGURES.items():
             chosen = {k: found for k, found in runs.items() if at in (None, k[0])}

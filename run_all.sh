@@ -10,15 +10,17 @@
 #   ./run_all.sh --gpu-check    a few minutes on one GPU: environment, speed, memory, an end-to-end signature run
 #   ./run_all.sh --jobs-from F  run the train.py argument lines of file F (your own grid) as the reproduction does
 # Options (in any order): --jobs N (concurrent runs in all; default: GPUs x --per-gpu), --per-gpu K (runs at once
-#          on each GPU, default 1), --seeds "42 1099 5469" (--quick: 42; --study: 1 to 5), --parts "a2 a3 fig5 a4 analysis" (which
-#          tables/figures), --arch A --dataset D (Fig. 5 cells to run), --epochs E (default 180). Re-running skips
-#          every finished run, so a killed reproduction resumes.
+#          on each GPU, default 1), --seeds "42 1099 5469" (--quick: 42; --study: 1 to 5), --parts "fig2 a4" (which
+#          tables/figures, default all: see PARTS), --arch A --dataset D (Fig. 5 cells to run), --epochs E (default
+#          180). Re-running skips every finished run and analysis output, so a killed reproduction resumes.
 # The first call sets up the environment: a .venv beside this file with requirements.txt (or PYTHON=python3 to
 # use an interpreter that has torch already), and Debian's dataset-fashion-mnist package where apt-get can.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-MODE=run SET=full SEEDS="" FULL_ONLY="" PARTS="a2 a3 fig5 a4 analysis" EPOCHS=180 JOBS="" PER_GPU=1 CELL_ARCH="" CELL_DATASET=""
+# The paper's tables and figures, one part each (README, "Reproduction": figure -> part -> command -> output file)
+ALL_PARTS="a2 a3 a4 fig1 fig2 fig4 fig5 fig6 fig7 fig8 fig9 fig10 figA11 figA12 figA13 tableA1 skipproj"
+MODE=run SET=full SEEDS="" FULL_ONLY="" PARTS=$ALL_PARTS EPOCHS=180 JOBS="" PER_GPU=1 CELL_ARCH="" CELL_DATASET=""
 MEASURED=runs/gpu_check/seconds_per_epoch  # written by --gpu-check: ResNet-18, 45,000 CIFAR-shaped images, AT+TRT
 if [ -n "${EPOCH_SECONDS:-}" ]; then SOURCE="set by EPOCH_SECONDS"  # GPU seconds per epoch, for --dry-run
 elif [ -s $MEASURED ]; then EPOCH_SECONDS=$(cat $MEASURED) SOURCE="measured by --gpu-check, read from $MEASURED"
@@ -42,6 +44,9 @@ done
 if [ $SET != full ] && [ -n "$FULL_ONLY" ]; then
   echo "error:$FULL_ONLY: the full reproduction's options; --$SET is a fixed job list (see ${SET}_jobs)" >&2; exit 2
 fi
+for p in $PARTS; do
+  case " $ALL_PARTS " in *" $p "*) ;; *) echo "error: unknown part $p; the parts: $ALL_PARTS" >&2; exit 2 ;; esac
+done
 [ -n "$SEEDS" ] || SEEDS=$(case $SET in quick) echo 42 ;; study) echo 1 2 3 4 5 ;; *) echo 42 1099 5469 ;; esac)
 [[ "$PER_GPU" =~ ^[1-9][0-9]*$ ]] || { echo "error: --per-gpu must be a whole number >= 1, got $PER_GPU" >&2; exit 2; }
 PY=${PYTHON:-.venv/bin/python}
@@ -61,10 +66,11 @@ setup() {
 # The IMP levels of the paper: 0.8^L for L = 0..16 (0%, 20%, 36%, ... 97%).
 LEVELS="0 0.2 0.36 0.488 0.59 0.672 0.738 0.79 0.832 0.866 0.893 0.914 0.931 0.945 0.956 0.965 0.972"
 
-# job ROOT SEED SPARSITY "DATASET ARCH RECIPE FLAGS" [TWEAK FLAGS...]: one train.py command line whose --out
-# is ROOT/<dataset>_<arch>/<prune>_s<sparsity>_<tweaks, or lth>/seed<seed>.
+# job SEED SPARSITY "DATASET ARCH RECIPE FLAGS" [TWEAK FLAGS...]: one train.py command line whose --out
+# is runs/<set>/<dataset>_<arch>/<prune>_s<sparsity>_<tweaks, or lth>/seed<seed>.
 job() {
-  local root=$1 seed=$2 s=$3 base=$4; shift 4
+  local root=runs/$SET seed=$1 s=$2 base=$3; shift 3
+  if [ $SET = full ] && [ "$s" = $FIG ]; then base+=" --keep-epochs 5"; fi  # Fig. 4 reads the epoch-5 weights
   local flags="$*" name="$*" prune=imp
   if [[ "$base $name" =~ --prune\ ([a-z]+) ]]; then prune=${BASH_REMATCH[1]} name=${name/"${BASH_REMATCH[0]}"/}; fi
   if [[ $name =~ --rewind-epoch\ [0-9]+ ]]; then name=${name/"${BASH_REMATCH[0]}"/rewind}; fi
@@ -73,46 +79,55 @@ job() {
   echo "$base${flags:+ }$flags --seed $seed --sparsity $s --runs $root --out $root/$2_$4/${prune}_s${s}_${name:-lth}/seed$seed"
 }
 
-all_jobs() {
-  local rewind=$((EPOCHS * 33 / 180))  # §4.1: rewind to epoch 33 of 180
-  for seed in $SEEDS; do
-    local r="--dataset cifar100 --arch resnet18 --epochs $EPOCHS"
-    for s in $LEVELS; do
-      case " $PARTS " in *" a2 "*)
-        for v in "" "--skip" "--swish" "--scale-init" "--ls 0.1"; do job runs/full "$seed" "$s" "$r" $v; done ;; esac
-      case " $PARTS " in *" a3 "*)
-        for v in "--at" "--trt" "--at --trt"; do job runs/full "$seed" "$s" "$r" $v; done
-        for v in "" " --at" " --trt" " --at --trt"; do
-          job runs/full "$seed" "$s" "$r" --rewind-epoch $rewind $v; done ;; esac
-    done
-    case " $PARTS " in *" fig5 "*)
-      for d in ${CELL_DATASET:-cifar10 cifar100 tinyimagenet}; do
+FIG=0.914  # §3.3, §4.6, A1.2: the analysis at 91% sparsity (IMP level 11); every full run there keeps epoch 5 (Fig. 4)
+FIG2_LEVELS="0.2 0.59 0.832 0.914 0.965"  # Fig. 2's sparsities (not stated in the paper)
+A1_LEVELS="0.2 0.36 0.672 0.738 0.965 0.972"  # Table A1's rows
+
+# part_jobs PART SEED: the train.py lines of one part. Parts share runs (fig1 draws on a2's); full_jobs lists each once.
+part_jobs() {
+  local seed=$2 r="--dataset cifar100 --arch resnet18 --epochs $EPOCHS" rewind=$((EPOCHS * 33 / 180)) s v d a  # §4.1
+  case $1 in
+    a2|fig1) for s in $LEVELS; do for v in "" --skip --swish --scale-init "--ls 0.1"; do job "$seed" "$s" "$r" $v; done; done ;;
+    a3|fig6|fig7) for s in $LEVELS; do
+        for v in "" --at --trt "--at --trt"; do job "$seed" "$s" "$r" $v; done
+        for v in "" " --at" " --trt" " --at --trt"; do job "$seed" "$s" "$r" --rewind-epoch $rewind $v; done
+      done ;;
+    fig2) for s in $FIG2_LEVELS; do for v in "" --swish --mish; do job "$seed" "$s" "$r" $v; done; done ;;
+    fig4) for v in "" --skip "--ls 0.1" --scale-init; do job "$seed" $FIG "$r" $v; done ;;
+    fig8|fig10|figA13) for v in "" --skip --swish --mish --scale-init "--ls 0.1" --at --trt "--at --trt"; do
+        job "$seed" $FIG "$r" $v; done ;;
+    fig9) for s in $LEVELS; do for v in "--at --trt" "--at --scale-init --kd"; do job "$seed" "$s" "$r" $v; done; done ;;
+    figA11) for v in "" "--at --trt"; do job "$seed" $FIG "$r" $v --hessian-every 1; done ;;
+    figA12) for s in $LEVELS; do for v in "" --at --trt "--at --trt"; do job "$seed" "$s" "$r" --prune omp $v; done; done ;;
+    tableA1) for s in $A1_LEVELS; do for v in "" --swish; do job "$seed" "$s" "$r" $v; done; done ;;
+    skipproj) for s in $LEVELS; do for v in --at "--skip-proj --swish"; do job "$seed" "$s" "$r" $v; done; done ;;
+    fig5) for d in ${CELL_DATASET:-cifar10 cifar100 tinyimagenet}; do
         for a in ${CELL_ARCH:-vgg16 resnet18 resnet34 resnet50 mobilenet}; do
           for s in $LEVELS; do for v in "" "--at --trt"; do
-            job runs/full "$seed" "$s" "--dataset $d --arch $a --epochs $EPOCHS" $v; done; done
+            job "$seed" "$s" "--dataset $d --arch $a --epochs $EPOCHS" $v; done; done
         done
-      done ;; esac
-    case " $PARTS " in *" a4 "*)  # Table A4: ResNet-32, pruning at init vs LTH + AT + TRT
-      for d in cifar10 cifar100; do
+      done ;;
+    a4) for d in cifar10 cifar100; do  # Table A4: ResNet-32, pruning at init vs LTH + AT + TRT
         local r32="--dataset $d --arch resnet32 --epochs $EPOCHS"
-        job runs/full "$seed" 0 "$r32"
+        job "$seed" 0 "$r32"
         for s in 0.9 0.95 0.98; do
-          for p in random grasp synflow; do job runs/full "$seed" "$s" "$r32" --prune $p; done
+          for v in random grasp synflow; do job "$seed" "$s" "$r32" --prune $v; done
           # 0.95 and 0.98 are not IMP levels: the tweaked LTH row uses one-shot magnitude masks there
-          job runs/full "$seed" "$s" "$r32" --prune omp --at --trt
+          job "$seed" "$s" "$r32" --prune omp --at --trt
         done
-      done ;; esac
-  done
+      done ;;
+  esac
 }
 
-full_jobs() {  # Fig. 5's ResNet-18/CIFAR-100 cell repeats Table A3's runs: list each once
-  all_jobs | awk '!seen[$0]++'
+full_jobs() {
+  local seed p
+  for seed in $SEEDS; do for p in $PARTS; do part_jobs $p "$seed"; done; done | awk '!seen[$0]++'
 }
 
 quick_jobs() {  # the study's kind of ticket (one-shot, 91.4%), smaller: LTH vs AT+TRT in minutes
   for seed in $SEEDS; do
     for v in "" "--at --trt"; do
-      job runs/quick "$seed" 0.914 "--dataset fashionmnist --arch resnet20 --epochs 4 --subset 3000 --prune omp --scale-init-iters 10" $v
+      job "$seed" 0.914 "--dataset fashionmnist --arch resnet20 --epochs 4 --subset 3000 --prune omp --scale-init-iters 10" $v
     done
   done
 }
@@ -122,9 +137,25 @@ STUDY="--dataset fashionmnist --arch resnet20 --epochs 5 --subset 10000 --prune 
 study_jobs() {
   for seed in $SEEDS; do
     for v in "" "--skip" "--skip-proj" "--swish" "--scale-init" "--ls 0.1" "--at" "--trt" "--at --trt"; do
-      job runs/study "$seed" 0.914 "$STUDY" $v
+      job "$seed" 0.914 "$STUDY" $v
     done
   done
+}
+
+# count LABEL < a job list: its jobs, spends and draws (an IMP draw trains its levels up to the highest one listed),
+# epochs in all, and for the full list GPU-hours at EPOCH_SECONDS per epoch.
+count() {
+  awk -v es="$EPOCH_SECONDS" -v label="$1" -v set=$SET '
+    { match($0, /--dataset [a-z0-9-]+ --arch [a-z0-9]+/); draw = substr($0, RSTART, RLENGTH)
+      match($0, /--seed [0-9]+/); draw = draw substr($0, RSTART, RLENGTH) ($0 ~ /rewind/ ? " rewind" : "")
+      match($0, /--epochs [0-9]+/); epochs[draw] = E = substr($0, RSTART + 9, RLENGTH - 9)
+      match($0, /--sparsity [0-9.]+/); s = substr($0, RSTART + 11, RLENGTH - 11)
+      need = $0 ~ /--prune/ ? 1 : int(log(1 - s) / log(0.8) + 0.5) + 1  # IMP levels 0..L
+      if (need > levels[draw]) levels[draw] = need
+      if ($0 ~ /--(skip|swish|mish|scale-init|ls|at|trt|kd|prune|hessian-every)/) { spends++; spent += E } }
+    END { for (d in levels) { draws++; trainings += levels[d]; spent += levels[d] * epochs[d] }
+          printf "# %s%d jobs: %d trained spends + %d draws (%d trainings; vanilla LTH spends reuse them), %d epochs", label, NR, spends, draws, trainings, spent
+          printf set == "full" ? ", %.0f GPU-hours\n" : "\n", spent * es / 3600 }'
 }
 
 GPUS=$( (nvidia-smi -L 2>/dev/null || true) | grep -c GPU || true)
@@ -148,15 +179,20 @@ run_list() {
   wait
 }
 
-# Fig. 2/A13 (Hessian) and Fig. 4/8 (contours) at one sparsity (Table A1: in each results.json).
-analysis() {  # analysis DIR TICKET SEED GRID IMAGES ITERS BATCHES VARIANTS; TICKET: imp_s0.914 or omp_s0.914
-  local dir=$1 ticket=$2 seed=$3 grid=$4 images=$5 iters=$6 batches=$7 runs=() v  # batches: the paper's Fig. 2/A13: 10
-  for v in $8; do runs+=("$dir/${ticket}_$v/seed$seed"); done
-  for v in "${runs[@]}"; do
-    $PY hessian.py "$v" --batches "$batches" --batch-size 128 --iters "$iters" > "$v/hessian.json" && echo "$v: $(cat "$v/hessian.json")"
+# The analysis parts, after the trainings they read; an output that exists is skipped (a killed run resumes).
+eigenvalue() {  # eigenvalue BATCHES ITERS RUN...: Fig. 2, A13: each run's top Hessian eigenvalue into RUN/hessian.json
+  local run
+  for run in "${@:3}"; do
+    [ -s "$run/hessian.json" ] && continue
+    if $PY hessian.py "$run" --batches "$1" --iters "$2" > "$run/.hessian.json"; then
+      mv "$run/.hessian.json" "$run/hessian.json"; echo "$run: $(cat "$run/hessian.json" | tr -d '\n ')"
+    else echo "FAILED: hessian.py $run" >&2; fi
   done
-  $PY landscape.py contour "${runs[@]}" --grid "$grid" --images "$images" --out "$dir/contours_${ticket}_seed$seed.png"
 }
+landscape() {  # landscape PNG contour|eigen RUN... [OPTIONS]: Fig. 4, 8, 10 into PNG (and its .npz)
+  [ -e "$1" ] || $PY landscape.py "${@:2}" --out "$1" || echo "FAILED: landscape.py ${*:2}" >&2
+}
+has() { case " $PARTS " in *" $1 "*) ;; *) return 1 ;; esac; }
 
 # --gpu-check: each part under its own time limit; a failed part is named and the next one runs. Prints plain
 # lines for the README. Without a GPU it says so, runs the parts a CPU can (smaller), and exits 0.
@@ -211,16 +247,10 @@ case $MODE in
     ${SET}_jobs ;;
   dry-run)
     ${SET}_jobs
-    ${SET}_jobs | awk -v es="$EPOCH_SECONDS" -v source="$SOURCE" -v set=$SET '
-      { match($0, /--dataset [a-z0-9-]+ --arch [a-z0-9]+/); draw = substr($0, RSTART, RLENGTH)
-        match($0, /--seed [0-9]+/); draw = draw substr($0, RSTART, RLENGTH) ($0 ~ /rewind/ ? " rewind" : "")
-        match($0, /--epochs [0-9]+/); epochs[draw] = E = substr($0, RSTART + 9, RLENGTH - 9)
-        if ($0 !~ /--prune/) levels[draw] = 17; else if (!(draw in levels)) levels[draw] = 1
-        if ($0 ~ /--(skip|swish|mish|scale-init|ls|at|trt|kd|prune)/) { spends++; spent += E } }
-      END { for (d in levels) { draws++; trainings += levels[d]; spent += levels[d] * epochs[d] }
-            printf "# %d jobs: %d trained spends + %d draws (%d trainings; vanilla LTH spends reuse them)\n", NR, spends, draws, trainings
-            if (set == "full") printf "# estimate: %.0f GPU-hours at %s s/epoch (%s), one run per GPU at a time\n", spent * es / 3600, es, source
-            else printf "# %d epochs of training in all; measured times of this list are in the README\n", spent }'
+    if [ $SET = full ]; then for p in $PARTS; do PARTS=$p full_jobs | count "$p: "; done; fi
+    ${SET}_jobs | count ""
+    if [ $SET = full ]; then echo "# GPU-hours at $EPOCH_SECONDS s/epoch ($SOURCE), one run per GPU at a time; parts share runs: the total counts each once"
+    else echo "# measured times of this list are in the README"; fi
     echo "# slots: $SLOTS concurrent runs ($GPUS GPUs x $PER_GPU per GPU${JOBS:+; --jobs $JOBS overrides})" ;;
   run)
     setup
@@ -232,16 +262,24 @@ case $MODE in
         $PY report.py runs/study --out runs/study/report ;;
       quick)
         quick_jobs | run_list
-        for seed in $SEEDS; do analysis runs/quick/fashionmnist_resnet20 omp_s0.914 "$seed" 9 256 10 2 "lth attrt"; done
+        for seed in $SEEDS; do  # Fig. A13's eigenvalues and Fig. 8's contours of the two
+          eigenvalue 2 10 runs/quick/fashionmnist_resnet20/omp_s0.914_{lth,attrt}/seed$seed
+          landscape runs/quick/report/fig8_omp_s0.914_seed$seed.png contour \
+            runs/quick/fashionmnist_resnet20/omp_s0.914_{lth,attrt}/seed$seed --grid 9 --images 256
+        done
         $PY report.py runs/quick --out runs/quick/report ;;
       full)
         full_jobs | run_list
-        case " $PARTS " in *" analysis "*)
-          for seed in $SEEDS; do  # and Fig. 10: the loss along the top Hessian eigenvector
-            analysis runs/full/cifar100_resnet18 imp_s0.914 "$seed" 21 1000 100 10 "lth at trt attrt"
-            $PY landscape.py eigen runs/full/cifar100_resnet18/imp_s0.914_{lth,attrt}/seed$seed --images 1000 \
-              --out runs/full/cifar100_resnet18/eigen_imp_s0.914_seed$seed.png
-          done ;; esac
+        d=runs/full/cifar100_resnet18 o=runs/full/report
+        for seed in $SEEDS; do  # the paper's analysis: 10 batches, <= 100 power iterations, 1,000 test images
+          if has fig2; then for s in $FIG2_LEVELS; do eigenvalue 10 100 $d/imp_s${s}_{lth,swish,mish}/seed$seed; done; fi
+          if has figA13; then eigenvalue 10 100 $d/imp_s${FIG}_{lth,skip,swish,mish,scaleinit,ls0.1,at,trt,attrt}/seed$seed; fi
+          if has fig4; then landscape $o/fig4_imp_s${FIG}_seed$seed.png contour --weights epoch5.pt --images 1000 \
+            $d/imp_s${FIG}_{lth,skip,ls0.1,scaleinit}/seed$seed; fi
+          if has fig8; then landscape $o/fig8_imp_s${FIG}_seed$seed.png contour --images 1000 \
+            $d/imp_s${FIG}_{lth,at,trt,attrt}/seed$seed; fi
+          if has fig10; then landscape $o/fig10_imp_s${FIG}_seed$seed.png eigen --images 1000 $d/imp_s${FIG}_{lth,attrt}/seed$seed; fi
+        done
         $PY report.py runs/full --out runs/full/report ;;
     esac
     echo "$SET: $(( $(date +%s) - start )) s; the report is in runs/$SET/report" ;;

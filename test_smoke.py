@@ -569,10 +569,19 @@ def test_run_all_lists_the_full_reproduction():
     jobs = [line for line in r.stdout.splitlines() if not line.startswith("#")]
     assert len(jobs) == len(set(jobs)) and len({j.split("--out ")[1] for j in jobs}) == len(jobs)  # one folder each
     assert sum("--arch resnet18" in j and "--dataset cifar100" in j and "--at --trt" in j and "--seed 1099" in j
-               and "rewind" not in j for j in jobs) == 17  # AT+TRT at the dense net and all 16 IMP levels
+               and not re.search("rewind|prune|hessian", j) for j in jobs) == 17  # AT+TRT: dense, 16 IMP levels
     assert "GPU-hours" in r.stdout
     for job in jobs[:50]:
         train.parse_args(job.split())  # every job line is a valid train.py command line
+    parts = dict(re.findall(r"^# (\w+): (\d+) jobs: .*, \d+ GPU-hours$", r.stdout, re.M))
+    assert list(parts) == "a2 a3 a4 fig1 fig2 fig4 fig5 fig6 fig7 fig8 fig9 fig10 figA11 figA12 figA13 tableA1 skipproj".split()
+    assert parts["fig1"] == parts["a2"] == str(3 * 17 * 5) and parts["figA12"] == str(3 * 17 * 4)  # seeds x levels x variants
+    assert "# figA11: 6 jobs: 6 trained spends + 3 draws (36 trainings" in r.stdout  # IMP levels 0..11 of 3 draws
+    a11 = [j for j in jobs if "--hessian-every 1" in j]  # Fig. A11's re-trainings have folders of their own
+    assert len(a11) == 6 and all("--sparsity 0.914" in j and "hessianevery1/seed" in j for j in a11)
+    assert all("--keep-epochs 5" in j for j in jobs if "--sparsity 0.914" in j)  # Fig. 4 reads their epoch-5 weights
+    bad = subprocess.run(["bash", os.path.join(HERE, "run_all.sh"), "--parts", "fig3", "--list"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown part fig3") and not bad.stdout
 
 
 def test_run_all_options_in_any_order_and_several_runs_per_gpu():
