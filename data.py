@@ -3,10 +3,9 @@
     ds = data.load("fashionmnist", root="data", subset=5000, seed=42, device="cpu")
     for x, y in data.batches(ds, "train", 128, seed=1): ...
 
-Each split is one uint8 tensor (N, C, H, W) plus int64 labels, decoded once. The original training set
-is split 9:1 into train/val by a seeded permutation (§4.1); the official test set is the test split
-(for Tiny-ImageNet, its labelled val folder). Normalization uses the per-channel mean/std of the full
-training set, computed from the data, so it is right for every dataset.
+Each split is one uint8 tensor (N, C, H, W) plus int64 labels, decoded once. The original training set is split 9:1
+into train/val by a seeded permutation (§4.1); the official test set is the test split (for Tiny-ImageNet, its labelled
+val folder). Normalization uses the per-channel mean/std of the full training set, measured: right for every dataset.
 """
 import glob
 import gzip
@@ -76,8 +75,7 @@ def cifar(root, classes):
 
 
 def tinyimagenet(root):
-    """The standard tiny-imagenet-200 layout: train/<wnid>/images/*.JPEG, val/images/*.JPEG and
-    val/val_annotations.txt (file, wnid, box). Decoded once, then cached as one uint8 tensor file."""
+    """Tiny-ImageNet as extracted (train/<wnid>/images/, val/images/, val/val_annotations.txt), decoded once, cached."""
     from PIL import Image
     folder = os.path.join(root, "tiny-imagenet-200")
     cache = os.path.join(folder, "decoded.pt")
@@ -111,10 +109,8 @@ def synthetic(classes, shape, sizes, seed=0):
     split = {}
     for name, size in zip(("train", "test"), sizes):
         y = torch.randint(0, classes, (size,), generator=gen)
-        chunks = []
-        for c in y.split(5000):  # 5,000 at a time: 50,000 float images at once would take 2 GB
-            x = 128 + 40 * patterns[c] + 50 * torch.randn(len(c), *shape, generator=gen)
-            chunks.append(x.clamp(0, 255).to(torch.uint8))
+        chunks = [(128 + 40 * patterns[c] + 50 * torch.randn(len(c), *shape, generator=gen)).clamp(0, 255).byte()
+                  for c in y.split(5000)]  # 5,000 at a time: 50,000 float images at once would take 2 GB
         split[name] = (torch.cat(chunks), y)
     return split, classes
 

@@ -5,10 +5,9 @@ power iteration on Hessian-vector products, as PyHessian (Yao et al. 2020), whic
     value, vector = hessian.top_eigen(model, F.cross_entropy, hessian.fixed_batches(ds), masks=mask)
 
 The paper's figures average each batch's own top eigenvalue (`per_batch`; Fig. 2, A13: "mean across 10 random
-batches", Fig. A11: 3); `top_eigen` over several batches is one Hessian of their mean loss (Fig. 10's eigenvector).
-Both are over the unpruned weights (and unmasked parameters) only, with BatchNorm in eval mode, as PyHessian: the
-curvature of the loss the trained network computes. The model comes back as it was, .grad too. The command line
-measures plain cross-entropy (not a run's label-smoothed loss: spends with and without TRT share one loss).
+batches", Fig. A11: 3); `top_eigen` of several batches is one Hessian of their mean loss (Fig. 10's eigenvector). Both
+leave out pruned weights, put BatchNorm in eval mode as PyHessian (the trained network's loss) and restore the model,
+.grad too. The command line measures plain cross-entropy: spends with and without TRT's label smoothing share one loss.
 """
 import itertools
 import json
@@ -30,12 +29,11 @@ def dot(a, b):
 
 
 def hessian_operator(model, loss_fn, batches, params, keep):
-    """v -> H v, H the Hessian of the mean loss over all examples of `batches`. Each batch's gradient, weighted by
-    its share of the examples, is built once with its graph (create_graph), as PyHessian does for one batch: a
-    product is then one double-backward pass through those graphs, not a forward and two backward passes every
-    time. The graphs of all batches are held at once; .grad is never touched."""
-    total = sum(len(y) for _, y in batches)
-    grads = [torch.autograd.grad(loss_fn(model(x), y) * (len(y) / total), params, create_graph=True) for x, y in batches]
+    """v -> H v, H the Hessian of the mean loss over all examples of `batches`. Each batch's gradient, weighted by its
+    share, is built once with its graph, as PyHessian does for one batch: a product is then one double backward through
+    the graphs, not a forward and two backwards. All graphs are held at once; .grad is never touched."""
+    n = sum(len(y) for _, y in batches)
+    grads = [torch.autograd.grad(loss_fn(model(x), y) * (len(y) / n), params, create_graph=True) for x, y in batches]
 
     def matvec(v):
         v, out = project(v, keep), [torch.zeros_like(p) for p in params]
@@ -64,10 +62,9 @@ def power_iteration(matvec, v, iters, tol, shift=0.0):
 
 
 def top_eigen(model, loss_fn, batches, iters=100, tol=1e-4, masks=None, seed=0, return_iters=False):
-    """The largest (algebraic) eigenvalue of the Hessian of the mean loss_fn(model(x), y) over all (x, y) in
-    `batches`, and its unit eigenvector: a list of tensors in the order of model.parameters() (those requiring
-    grad), exactly zero where masks {weight name: bool tensor} prune. The start vector is drawn from a generator
-    seeded with `seed`. With return_iters, also the power iterations done, both stages together (each <= iters)."""
+    """The largest (algebraic) eigenvalue of the Hessian of the mean loss_fn(model(x), y) over `batches`, and its unit
+    eigenvector: tensors in model.parameters() order (those requiring grad), zero where masks {name: bool tensor} prune,
+    from a start vector seeded by `seed`. With return_iters, also the power iterations done (each stage <= iters)."""
     batches = list(batches)
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
     keep = [masks[n].to(p.device, p.dtype) if masks and n in masks else None for n, p in zip(names, params)]
@@ -94,8 +91,7 @@ def per_batch(model, loss_fn, batches, iters=100, tol=1e-4, masks=None):
 
 
 def fixed_batches(ds, n_batches=3, batch_size=128, seed=0):
-    """The first n_batches of a seeded shuffle of the training split, not augmented: the same images every time
-    (Fig. A11 uses 3 batches, Fig. 2 and A13 10)."""
+    """The first n_batches of a seeded shuffle of the training split, not augmented: the same images every time."""
     return list(itertools.islice(data.batches(ds, "train", batch_size, seed=seed), n_batches))
 
 

@@ -4,9 +4,8 @@ train.py measures for every run into its results.json).
     python landscape.py contour RUN_LTH RUN_AT_TRT --out fig8.png   # 2-D loss contours, one plane, one colour scale
     python landscape.py eigen RUN_LTH RUN_AT_TRT --out fig10.png    # loss along each run's top Hessian eigenvector
 
-A loss is the mean cross-entropy in eval mode on fixed, seeded, unaugmented images, one batched forward pass per
-point through functional_call (the run's weights are never touched). Beside each plot: a .npz of the raw numbers
-and the cost (points x images), which is also printed.
+A loss is the mean cross-entropy in eval mode on fixed, seeded, unaugmented images, one batched forward pass per point
+via functional_call (weights never touched). Beside each plot: a .npz of the raw numbers and the cost (points x images).
 """
 import io
 import os
@@ -134,7 +133,8 @@ def contour(args):
         ax.plot(0, 0, "r+", ms=10)  # the trained weights
         ax.set(title=name, xlabel="random direction 1 (filter-normalized)", ylabel="random direction 2", aspect=1)
     fig.colorbar(filled, ax=axes.tolist(), label="loss (cross-entropy)", format="%.2f")
-    save_figure(fig, args, loaded, dataset, "test", f"{args.grid ** 2} grid points", coords=coords, losses=np.stack(grids))
+    save_figure(fig, args, loaded, dataset, "test", f"{args.grid ** 2} grid points", coords=coords,
+                losses=np.stack(grids))
 
 
 def eigen(args):
@@ -154,8 +154,9 @@ def eigen(args):
         ax.plot(alphas, lines[-1], marker=".", label=f"{name}, top eigenvalue {value:.3g}")
     ax.set(xlabel="distance along the top Hessian eigenvector (unit norm)", ylabel="loss (cross-entropy)")
     ax.legend(fontsize=8)
-    save_figure(ax.figure, args, loaded, dataset, "test", f"{args.points} points", alphas=alphas, losses=np.stack(lines),
-         eigenvalues=values, hessian_cost=f"{products:,} image Hessian-vector products (power iterations x images)")
+    save_figure(ax.figure, args, loaded, dataset, "test", f"{args.points} points", alphas=alphas,
+                losses=np.stack(lines), eigenvalues=values,
+                hessian_cost=f"{products:,} image Hessian-vector products (power iterations x images)")
 
 
 def parse_args(argv=None):

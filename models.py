@@ -2,11 +2,10 @@
 
     model = models.get_model("resnet18", num_classes=100, in_channels=3)
 
-ResNet-18/34/50 (3x3 stem, no max-pool), ResNet-20/32/56 (6n+2), VGG-16 with BatchNorm, MobileNet v1.
-Every network ends in adaptive average pooling, so any input size works. Two seams serve the tweaks:
-every conv is followed by its BatchNorm inside one `ConvBN` unit (the skip tweak of Fig. 3 switches a flag
-on it), and every activation is its own `nn.ReLU` module (the Swish/Mish tweak swaps it). Stages are named
-layer1, layer2, ... in every architecture, so analysis tools can group by stage.
+ResNet-18/34/50 (3x3 stem, no max-pool), ResNet-20/32/56 (6n+2), VGG-16 with BatchNorm, MobileNet v1. Every network
+ends in adaptive average pooling, so any input size works. Two seams serve the tweaks: every conv and its BatchNorm form
+one `ConvBN` unit (the skip tweak of Fig. 3 sets its `skip`), and every activation is its own `nn.ReLU` module (the
+Swish/Mish tweak swaps it). Stages are named layer1, layer2, ... everywhere, so analysis tools can group by stage.
 """
 import torch
 import torch.nn as nn
@@ -21,10 +20,9 @@ class BadInput(Exception):
 
 
 class BatchNorm(nn.BatchNorm2d):
-    """nn.BatchNorm2d, except when `global_stats` is set (by train.fit under torchrun, where each rank holds a
-    shard of the batch): then it normalizes with the statistics of the global batch of all ranks, so N
-    processes train like one process. torch's SyncBatchNorm does this on GPUs only; this one also runs on
-    CPU with gloo, where it is tested. Elsewhere (scale_init, SNIP) every rank sees the whole batch."""
+    """nn.BatchNorm2d, but with `global_stats` set (by train.fit under torchrun: each rank holds a shard of the batch)
+    it normalizes with the global batch's statistics, so N processes train like one, as torch's GPU-only SyncBatchNorm
+    does, on CPU with gloo too (where it is tested). Elsewhere (scale_init, SNIP) each rank sees the whole batch."""
     global_stats = False
 
     def forward(self, x):
@@ -52,9 +50,8 @@ class BatchNorm(nn.BatchNorm2d):
 
 
 class ConvBN(nn.Module):
-    """conv -> BatchNorm. With `skip` set (tweaks.skip, §3.1 Fig. 3) the unit's input, through `skip`, is added to its
-    output before the next activation: batch-normalized without learned parameters, then a parameter-free shortcut
-    (no weight escapes the mask); or, with --skip-proj, the authors' 1x1 conv + BatchNorm."""
+    """conv -> BatchNorm, plus skip(input) if `skip` is set (tweaks.skip, §3.1 Fig. 3), before the next activation: a
+    parameter-free BatchNorm + shortcut (no weight escapes the mask), or the authors' 1x1 conv + BN (--skip-proj)."""
 
     def __init__(self, cin, cout, kernel, stride=1, groups=1, skippable=True):
         super().__init__()
@@ -77,8 +74,7 @@ def parameter_free_shortcut(x, channels, stride):
 
 
 class Block(nn.Module):
-    """A ResNet block: two 3x3 ConvBNs (basic), or 1x1, 3x3, 1x1 with 4x the planes out (bottleneck, ResNet-50).
-    The last unit's output plus the block's own residual goes through the last activation."""
+    """A ResNet block: two 3x3 ConvBNs (basic), or 1x1, 3x3, 1x1 with 4x the planes out (bottleneck, ResNet-50)."""
 
     def __init__(self, cin, planes, stride=1, bottleneck=False):
         super().__init__()

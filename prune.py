@@ -1,10 +1,9 @@
 """Drawing masks: global magnitude pruning (IMP, OMP), random pruning, the pruning-at-init baselines of
 Table A4 (SNIP, GraSP, SynFlow), and the mask bookkeeping.
 
-A mask is a dict {weight name: bool tensor} over the weights `prunable` returns (every conv weight, as the
-authors' code prunes; the classifier too with linear=True), named as in `model.state_dict()`. BatchNorm parameters
-and biases are never pruned. All pruners here are global: one ranking across all layers, and each keeps an exact
-number of weights. The IMP loop itself (train, prune 20%, reset, repeat) lives in train.py's `Draw`, as it trains.
+A mask is a dict {weight name: bool tensor} over the weights `prunable` returns, named as in `model.state_dict()`;
+BatchNorm parameters and biases are never pruned. All pruners here are global (one ranking across all layers) and keep
+an exact number of weights. The IMP loop (train, prune 20%, reset, repeat) trains, so train.py's `Draw` runs it.
 """
 import copy
 import math

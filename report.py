@@ -113,8 +113,7 @@ def interval(diff):
 
 def values(runs, s, name, value=ACCURACY[1]):
     """{seed: value(result)} of one variant at one target sparsity, over the runs that have that number."""
-    found = {r["seed"]: value(r) for r in runs.get((s, name), [])}
-    return {seed: v for seed, v in found.items() if v is not None}
+    return {r["seed"]: value(r) for r in runs.get((s, name), []) if value(r) is not None}
 
 
 def variants(runs):
@@ -150,7 +149,8 @@ def table(runs, columns=None):
 def activation_columns(runs, key):
     """Table A1's columns: per stage, LTH (ReLU) and LTH+Swish, the % of activations counted by `key` in results.json
     (activation_sparsity: |a| <= 1e-2, the paper's count; activation_zeros: exactly 0)."""
-    stages = sorted({stage for found in runs.values() for r in found for stage in r.get(key, {})})
+    stages = sorted({stage for found in runs.values() for r in found for stage in r.get(key, {})},
+                    key=lambda stage: (stage != "stem", stage))  # stem, layer1, layer2, ...
     return [(f"{stage} {act}", v, lambda r, stage=stage: 100 * r[key][stage])
             for stage in stages for act, v in (("ReLU", "LTH"), ("Swish", "LTH+Swish"))]
 
@@ -187,12 +187,12 @@ def panel(ax, runs, names, metric, reference=False):
                  for r in runs.get((s, name), []) if value(r) is not None]
     if len(levels) > 1:
         ax.set(xlabel="sparsity (%); dashed: the dense network" + ("; dotted: the paper" if reference else ""))
+        ax.legend(fontsize=7)
     else:
         ax.set_xticks(range(len(names)), [n.replace("+", " + ") for n in names], rotation=30, ha="right")
         ax.set(xlabel=f"at {100 * levels[0]:.1f}% sparsity" if levels else "")
     ax.set(ylabel=label, yscale="log" if metric is EIGEN and len(levels) > 1 else "linear")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
     return rows
 
 
@@ -212,7 +212,7 @@ def figure(runs, panels, metric, title, path, reference, paired_view=False):
                 axes[-1].errorbar([at], [mean], half, fmt="_", color="k", ms=10, capsize=3)
     if paired_view:
         axes[-1].axhline(0, color="gray", lw=0.8)
-        axes[-1].set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+        axes[-1].set_xticks(range(len(names)), [n.replace("+", " + ") for n in names], rotation=30, ha="right")
         axes[-1].set(ylabel="test accuracy − LTH, same ticket (pp)", title="paired: seeds, mean, 95% interval")
         axes[-1].grid(alpha=0.3)
     fig.suptitle(title)

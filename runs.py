@@ -35,8 +35,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def command(main):
-    """Decorates a script's main: a user error (BadInput) or a file it cannot read or write (OSError: missing, read-only,
-    a full disk) is one line on stderr and exit code 2, no traceback; `save` leaves nothing half-written."""
+    """Decorates a script's main: a user error (BadInput) or a file it cannot read or write (OSError: missing,
+    read-only, a full disk) is one line on stderr and exit code 2, no traceback; `save` leaves nothing half-written."""
     @functools.wraps(main)
     def guarded(*args, **kwargs):
         try:
@@ -78,9 +78,8 @@ def init_distributed(args):
 
 
 def save(obj, path):
-    """Write atomically: a temporary file in the same folder, renamed into place, so a kill never leaves
-    a half-written file that a later run would trust. Under torchrun only rank 0 writes, and every rank
-    waits until it has: the files on disk change only here and look the same to all ranks (see `exists`)."""
+    """Write atomically (a temporary file in the same folder, renamed): a kill never leaves a half-written file a later
+    run would trust. Under torchrun rank 0 alone writes while all ranks wait: files change only here (see `exists`)."""
     if rank() != 0:
         return barrier()
     if not isinstance(obj, (str, bytes)):  # to bytes first: torch.save reports a full disk as a RuntimeError
@@ -166,15 +165,15 @@ def variant(c):
     """The paper's name for a spend's tweaks: LTH, LTH+Skip, ..., LTH+AT+TRT, with ' Rewind' if rewound."""
     skip = ("Skip-1x1" if c.get("skip_proj") else "Skip") if c["skip"] or c.get("skip_proj") else None  # 1x1: ToST's
     at, trt = skip and c["swish"], c["scale_init"] and c["ls"] == 0.1
-    parts = [skip.replace("Skip", "AT")] if at else [p for p in (skip, c["swish"] and "Swish", c["mish"] and "Mish") if p]
+    acts = [p for p in (skip, c["swish"] and "Swish", c["mish"] and "Mish") if p]
+    parts = [skip.replace("Skip", "AT")] if at else acts
     parts += ["TRT"] if trt else [n for n, on in (("Scaling", c["scale_init"]), ("LS", c["ls"])) if on]
     parts += ["KD"] if c["kd"] else []
     return "LTH" + "".join("+" + p for p in parts) + (" Rewind" if c["rewind_epoch"] is not None else "")
 
 
 def load_run(run_dir, data_dir="data", device="cpu", weights="model.pt"):
-    """Rebuild a finished spend of train.py from its folder: (model with its tweaks and trained weights,
-    in eval mode; mask; dataset; config). Used by hessian.py and landscape.py."""
+    """(model with its tweaks and trained weights, in eval mode; mask; dataset; config) of a finished train.py spend."""
     if not os.path.exists(os.path.join(run_dir, "results.json")):
         raise BadInput(f"{run_dir}: not a finished run of train.py (no results.json)")
     config = read_json(os.path.join(run_dir, "config.json"))

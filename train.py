@@ -3,12 +3,10 @@
     python train.py --sparsity 0.91 --skip --swish --ls 0.1       # the signature use (ResNet-18, CIFAR-100)
     python train.py --dataset fashionmnist --arch resnet20 --epochs 2 --subset 5000 --sparsity 0.91 --at --trt
 
-Defaults are the §4.1 recipe. The draw is cached, keyed by everything that changes it, in runs/draws/<dataset>_
-<arch>_seed<seed>_<hash>/: draw.json (the key), init.pt (theta_0) and one folder per ticket -- imp_LL for IMP level
-L (density 0.8^L), omp_S, random_S -- with mask.pt and, once trained the vanilla-LTH way, that run's files.
-IMP level L's mask comes from level L-1's trained weights, so a vanilla spend of level L is the draw's own
-training of level L: it is reused, never trained twice. A spend writes --out: config.json, metrics.csv,
-mask.pt, model.pt (final weights), best.pt (best validation) and, last, results.json (the run is finished).
+Defaults: the §4.1 recipe. The draw is cached, keyed by its inputs, in runs/draws/<dataset>_<arch>_seed<seed>_<hash>/:
+draw.json (the key), init.pt (theta_0) and per ticket (imp_LL: IMP level L, density 0.8^L; omp_S; random_S) mask.pt and
+its vanilla-LTH training. IMP trains each level the vanilla way to prune the next, so a vanilla spend reuses that. A
+spend writes --out: config.json, metrics.csv, mask.pt, model.pt (final), best.pt (best val), last results.json (done).
 """
 import argparse
 import copy
@@ -137,13 +135,11 @@ STOP = []  # the signals received: SIGTERM (a scheduler's preemption) or SIGINT 
 
 
 def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=None, done=None):
-    """One epoch of SGD on the augmented training split, in bf16 autocast on a GPU (or with --amp). Pruned weights and
-    their gradients are zeroed by two fused foreach multiplies per step (no hooks). Under torchrun every rank
-    takes its shard of each global batch. Returns the summed loss, the number of correct predictions (both
-    as device tensors: no sync per step), the number of images and the first step whose loss was not finite
-    (-1 if none), all over all ranks, and the number of batches taken if a signal (STOP) cut the epoch short, else
-    None. `done`, the totals of an epoch cut short, continues it: its batches are skipped (the order and the
-    augmentation of an epoch depend on (seed, epoch) alone), its sums are added."""
+    """One epoch of SGD on the augmented training split, in bf16 autocast on a GPU (or --amp); pruned weights and their
+    gradients zeroed by fused foreach multiplies (no hooks); each torchrun rank takes its shard of the batch. Returns,
+    over all ranks: the summed loss and correct predictions (device tensors: no sync per step), the images, the first
+    step with a non-finite loss (-1 if none), and the batches taken if a signal (STOP) cut the epoch short, else None.
+    `done`, a cut epoch's totals, resumes it: its batches (set by (seed, epoch) alone) are skipped, its sums added."""
     model.train()
     cuda, rank, world = str(args.device).startswith("cuda"), runs.rank(), runs.world()
     done = done or dict(loss_sum=0.0, correct=0, seen=0, batches=0)
@@ -152,7 +148,7 @@ def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=No
     seen, steps, stopped = done["seen"] * share, done["batches"], None
     first_bad = torch.tensor(-1, device=args.device)  # the first step with a non-finite loss, found without syncing
     amp = cuda if args.amp is None else args.amp
-    for i, (x, y) in enumerate(data.batches(ds, "train", args.batch_size, seed=args.seed * 1000 + epoch, augmented=True)):
+    for i, (x, y) in enumerate(data.batches(ds, "train", args.batch_size, args.seed * 1000 + epoch, augmented=True)):
         if i < done["batches"] or len(y) < world:  # done before a stop; a last batch too small to give each rank one
             continue
         n = len(y)
@@ -189,11 +185,9 @@ def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=No
 
 
 def fit(model, ds, args, mask, loss_fn, label, checkpoint):
-    """The one training loop (§4.1), for the dense draw, every IMP level and every spend: SGD with momentum
-    and weight decay, the step lr schedule, the best-validation weights kept. Gradients are masked before
-    each step and weights after it, so pruned weights stay exactly zero. After every epoch the whole state
-    (weights, momentum, best weights, metrics, RNG) goes to `checkpoint`; if that file exists, training
-    continues from it. The data order of an epoch depends only on (seed, epoch), so needs no state."""
+    """The one training loop (§4.1), for the dense draw, every IMP level and every spend: SGD with momentum and weight
+    decay, the step lr schedule, masked steps (`train_epoch`), the best-validation weights kept. Every epoch the state
+    (weights, momentum, best weights, metrics, RNG; the data order needs none) goes to `checkpoint`: a rerun resumes."""
     if str(args.device).startswith("cuda"):
         torch.backends.cudnn.benchmark = not args.deterministic
     weights = dict(model.named_parameters())
@@ -210,11 +204,10 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
     step_model = torch.compile(step_model) if args.compile else step_model
     state = dict(epoch=0, best_val=-1.0, best_epoch=0, best_state=None, rows=[])
     if exists(checkpoint):
-        saved = load(checkpoint, args.device)
-        model.load_state_dict(saved.pop("model"))
-        opt.load_state_dict(saved.pop("optimizer"))
-        runs.set_rng_states(saved.pop("rng"))
-        state = saved
+        state = load(checkpoint, args.device)
+        model.load_state_dict(state.pop("model"))
+        opt.load_state_dict(state.pop("optimizer"))
+        runs.set_rng_states(state.pop("rng"))
         print(f"{label} resuming after epoch {state['epoch']}" + (f", batch {state['done']['batches']}" if state.get(
             "done") else "") + f" from {checkpoint}", flush=True)
     start, first = time.time(), state["epoch"] + 1
@@ -222,8 +215,8 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
         t0, lr = time.time(), lr_at(args, epoch)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss_sum, correct, seen, bad_step, stopped = train_epoch(step_model, ds, args, opt, masked, keep, loss_fn, epoch,
-                                                                 done=state.pop("done", None))
+        loss_sum, correct, seen, bad_step, stopped = train_epoch(step_model, ds, args, opt, masked, keep, loss_fn,
+                                                                 epoch, done=state.pop("done", None))
         if stopped:  # preempted: the step's state, the epoch's totals so far, and a distinct exit code
             state["done"] = dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen, batches=stopped)
             save(dict(state, model=model.state_dict(), optimizer=opt.state_dict(), rng=runs.rng_states()), checkpoint)
@@ -231,7 +224,7 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
                   f"the same command resumes from there", file=sys.stderr, flush=True)
             sys.exit(143)
         train_loss = float(loss_sum) / seen
-        if bad_step >= 0 or not math.isfinite(train_loss):  # the last good checkpoint (previous epoch) is left as it was
+        if bad_step >= 0 or not math.isfinite(train_loss):  # the last good checkpoint (previous epoch) is left as is
             print(f"error: {label}: the loss became {train_loss} in epoch {epoch}, step {bad_step}: the run "
                   f"diverged; the last good checkpoint is {checkpoint}", file=sys.stderr)
             sys.exit(3)
@@ -240,8 +233,9 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
             state.update(best_val=val_acc, best_epoch=epoch,
                          best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
         secs = time.time() - t0
-        state["rows"].append(dict(epoch=epoch, train_loss=round(train_loss, 5), train_acc=round(int(correct) / seen, 5),
-                                  val_loss=round(val_loss, 5), val_acc=round(val_acc, 5), lr=lr, seconds=round(secs, 2)))
+        state["rows"].append(dict(epoch=epoch, train_loss=round(train_loss, 5),
+                                  train_acc=round(int(correct) / seen, 5), val_loss=round(val_loss, 5),
+                                  val_acc=round(val_acc, 5), lr=lr, seconds=round(secs, 2)))
         if args.hessian_every:  # Fig. A11: the mean top eigenvalue of 3 fixed training batches, along training
             top = hessian.per_batch(model, F.cross_entropy, hessian.fixed_batches(ds, 3, 128, args.seed), masks=mask)[
                 :2] if epoch % args.hessian_every == 0 else ("", "")
@@ -286,7 +280,8 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None):
                    params_total=total, params_nonzero=sum(int(p.count_nonzero()) for p in model.parameters()),
                    activation_sparsity=landscape.activation_sparsity(model, images[0]),  # Table A1: |a| <= 1e-2
                    activation_zeros=landscape.activation_sparsity(model, images[0], threshold=0),
-                   weights_total=sum(w.numel() for w in pruned), weights_nonzero=sum(int(w.count_nonzero()) for w in pruned),
+                   weights_total=sum(w.numel() for w in pruned),
+                   weights_nonzero=sum(int(w.count_nonzero()) for w in pruned),
                    unmasked_weights=sum(w.numel() for n, w in every.items() if n not in mask),  # trained, never pruned
                    pruned_nonzero=sum(int(weights[n][~m].count_nonzero()) for n, m in mask.items()),
                    seconds=round(time.time() - start, 1), device=str(args.device),
@@ -319,13 +314,9 @@ class Draw:
         for k in TWEAKS:
             setattr(self.vanilla, k, 0.0 if k == "ls" else False)
 
-    def path(self, *parts):
-        return os.path.join(self.dir, *parts)
-
     def derived(self, path, derive):
-        """A draw file that can be derived again exactly (init.pt from the seed; a mask from what it is drawn from):
-        derived once, then read. A damaged one stops the run with the way to repair it; with --repair it is moved
-        aside as *.damaged (never deleted) and derived again."""
+        """A draw file derivable again exactly (init.pt from the seed, a mask from what it is drawn from): derived once,
+        then read. A damaged one stops the run, naming --repair, which keeps it as *.damaged and derives it again."""
         if exists(path):
             try:
                 return load(path)
@@ -352,7 +343,7 @@ class Draw:
         def derive():
             torch.manual_seed(self.args.seed)
             return new_model(self.args, self.ds).state_dict()
-        return self.derived(self.path("init.pt"), derive)
+        return self.derived(os.path.join(self.dir, "init.pt"), derive)
 
     def reset_state(self):
         """theta_0 (vanilla LTH), or the dense weights after --rewind-epoch epochs (LTH-Rewind)."""
@@ -362,7 +353,7 @@ class Draw:
 
     def mask(self, ticket):
         """The mask of a ticket named imp_LL, omp_S or random_S; drawn once, then read from disk."""
-        masks = self.derived(self.path(ticket, "mask.pt"), lambda: self.draw_mask(ticket))
+        masks = self.derived(os.path.join(self.dir, ticket, "mask.pt"), lambda: self.draw_mask(ticket))
         return {n: m.to(self.args.device) for n, m in masks.items()}
 
     def draw_mask(self, ticket):
@@ -398,14 +389,15 @@ class Draw:
 
     def trained(self, ticket):
         """The ticket trained the vanilla-LTH way (reset weights * mask, no tweaks); its folder."""
-        out = self.path(ticket)
+        out = os.path.join(self.dir, ticket)
         if exists(os.path.join(out, "results.json")):
             return out
         with runs.locked(out, wait=True):
             if exists(os.path.join(out, "results.json")):  # another process trained it meanwhile
                 return out
             mask = self.mask(ticket)
-            print(f"=== draw {ticket}: {prune.sparsity(mask.values()):.2%} sparse, vanilla LTH training -> {out}", flush=True)
+            print(f"=== draw {ticket}: {prune.sparsity(mask.values()):.2%} sparse, vanilla LTH training -> {out}",
+                  flush=True)
             dense, vanilla = ticket == "imp_00", copy.copy(self.vanilla)
             if dense and self.args.rewind_epoch:  # LTH-Rewind's theta_k: the dense training keeps epoch k
                 vanilla.keep_epochs = [*vanilla.keep_epochs, self.args.rewind_epoch]

@@ -14,14 +14,11 @@ from models import BatchNorm, ConvBN
 
 
 def skip(model, projection=False):
-    """§3.1, Fig. 3: a new skip connection around every 3x3 conv+BN (not the stem), added before the
-    activation. By default the skip carries no weight: identity, or subsample + zero-pad where stride or width
-    change, so the ticket gains nothing outside its mask and its sparsity is unchanged. The input is
-    batch-normalized first (affine=False: statistics only, no parameters), so the skip enters on the
-    conv branch's scale, as the authors' BN-ended skip does; raw identities would double the activations
-    at every block.
-    projection=True (--skip-proj) builds the authors' skip instead (ToST skip_connection/models/
-    resnet_modified.py): a dense 1x1 conv, weights all 1e-4, + BatchNorm, outside the mask."""
+    """§3.1, Fig. 3: a new skip connection around every 3x3 conv+BN (not the stem), added before the activation. By
+    default it has no weight (identity, or subsample + zero-pad where stride or width change): the ticket keeps its
+    sparsity. Its input is batch-normalized (affine=False: no parameters) to enter on the conv branch's scale, as the
+    authors' BN-ended skip does; raw identities would double the activations at every block. projection (--skip-proj):
+    the authors' skip (ToST skip_connection/models/resnet_modified.py), a dense 1x1 conv (all 1e-4) + BN, unmasked."""
     for m in model.modules():
         if isinstance(m, ConvBN) and m.skippable:
             c = m.conv
@@ -49,16 +46,12 @@ mish = functools.partial(replace_relu, activation=nn.Mish)
 
 
 def scale_init(model, mask, batches, iters=180, lr=1e-2, eta=0.1, gamma=1.0, min_scale=0.01, clip=1.0):
-    """§3.2 layer-wise scaled initialization, learned as GradInit (Zhu et al. 2021) computes it in its reference
-    code (zhuchen03/gradinit: gradinit_utils.py, gradinit_optimizers.py), with the settings of the authors' command
-    (ToST LRsI: lr 1e-2, 180 iterations, eta 0.1, gamma 1, min scale 0.01, clip 1).
-
-    One scale per parameter tensor, starting at 1 (w = scale * w0): conv, linear and BatchNorm weights stay
-    >= min_scale, biases >= 0; tensors that are all zero (BatchNorm biases at init) have nothing to scale. Each
-    iteration minimizes `gradinit_objective` with Adam as the reference's RescaleAdam: each scale's gradient clamped
-    to [-clip, clip], one first moment per branch (objective, constraint) and one shared second moment. The
-    objective's gradient is masked, and w = scale * w0 keeps pruned weights exactly zero. BatchNorm normalizes
-    with batch statistics; its running statistics are left as they were. Returns the scales {name: float}."""
+    """§3.2 layer-wise scaled initialization, learned as GradInit's own code (Zhu et al. 2021; zhuchen03/gradinit:
+    gradinit_utils.py, gradinit_optimizers.py) does, with the authors' settings (ToST LRsI: lr 1e-2, 180 iterations,
+    eta 0.1, gamma 1, min scale 0.01, clip 1). One scale per nonzero parameter tensor, from 1 (w = scale * w0: pruned
+    weights stay zero); weights stay >= min_scale, biases >= 0. Each iteration minimizes `gradinit_objective` with the
+    reference's RescaleAdam: gradients clamped to [-clip, clip], a first moment per branch (objective, constraint), one
+    shared second moment. BatchNorm uses batch statistics, its running ones restored. Returns {name: scale}."""
     params = {n: p.detach().requires_grad_() for n, p in model.named_parameters()}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     scales = {n: torch.ones((), device=p.device, dtype=p.dtype, requires_grad=True) for n, p in params.items()
@@ -80,9 +73,8 @@ def scale_init(model, mask, batches, iters=180, lr=1e-2, eta=0.1, gamma=1.0, min
                 update = m[branch] / (1 - 0.9 ** steps[branch]) / ((m[2] / (1 - 0.999 ** sum(steps))).sqrt() + 1e-8)
                 s.sub_(lr * update).clamp_(min=floor[n])
     with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n in scales:
-                p.mul_(scales[n])
+        for n, s in scales.items():
+            params[n].mul_(s)  # in place: params[n] shares the parameter's storage
         for n, b in model.named_buffers():
             b.copy_(buffers[n])
     model.train(was_training)
@@ -90,11 +82,10 @@ def scale_init(model, mask, batches, iters=180, lr=1e-2, eta=0.1, gamma=1.0, min
 
 
 def gradinit_objective(model, params, scales, mask, first, second, fresh, eta, gamma):
-    """One GradInit iteration's objective as a function of the scales: (objective, 1 if the constraint else 0).
-    g is the (masked) gradient of the loss on S = first + second batch at w = scale * w0. If |g| > gamma the
-    objective is |g| itself, differentiated through g. Else it is the loss on S~ = first + fresh() batch after one
-    step of eta along g/|g|, divided by eta, with the step held constant (first order, as the reference detaches
-    it): only the scales in w move the objective."""
+    """One GradInit iteration's objective as a function of the scales: (objective, 1 if the constraint else 0). g is
+    the (masked) gradient of the loss on S = first + second batch at w = scale * w0. If |g| > gamma the objective is
+    |g| itself, differentiated through g. Else it is the loss on S~ = first + fresh() batch after one step of eta along
+    g/|g|, over eta, the step held constant (first order, as the reference detaches it): only w's scales move it."""
     weights = {n: p * scales[n] if n in scales else p for n, p in params.items()}
     x, y = torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
     grads = torch.autograd.grad(F.cross_entropy(functional_call(model, weights, (x,)), y), list(weights.values()),
