@@ -59,7 +59,6 @@ def bench(args, steps=10, rounds=3):
     cuda = str(args.device).startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     torch.backends.cudnn.benchmark = cuda  # as train.fit trains
-    torch.manual_seed(args.seed)
     dense = train.new_model(args, ds)
     sparse = copy.deepcopy(dense)
     mask = {n: m.to(args.device) for n, m in prune.random_prune(prune.prunable(sparse), 0.9, args.seed).items()}

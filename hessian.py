@@ -1,23 +1,20 @@
 """The top eigenvalue of the loss Hessian and its eigenvector (§3.3 Fig. 2, §4.6 Fig. 10, §A1.2 Fig. A11), by
 power iteration on Hessian-vector products, as PyHessian (Yao et al. 2020), which the paper uses, computes it.
 
-    python hessian.py RUN_DIR --batches 10       # JSON: mean and std of each batch's top eigenvalue (Fig. 2, A13)
+    python landscape.py eigenvalue RUN --out RUN/hessian.json     # Fig. 2, A13 on a finished run (this module's CLI)
     value, vector = hessian.top_eigen(model, F.cross_entropy, hessian.fixed_batches(ds), masks=mask)
 
 The paper's figures average each batch's own top eigenvalue (`per_batch`; Fig. 2, A13: "mean across 10 random
 batches", Fig. A11: 3); `top_eigen` of several batches is one Hessian of their mean loss (Fig. 10's eigenvector). Both
 leave out pruned weights, put BatchNorm in eval mode as PyHessian (the trained network's loss) and restore the model,
-.grad too. The command line measures plain cross-entropy: spends with and without TRT's label smoothing share one loss.
+.grad too.
 """
 import itertools
-import json
 import statistics
 
 import torch
-import torch.nn.functional as F
 
 import data
-import runs
 
 
 def project(vector, keep):  # zero the pruned coordinates: the sparse network's Hessian has none
@@ -93,29 +90,3 @@ def per_batch(model, loss_fn, batches, iters=100, tol=1e-4, masks=None):
 def fixed_batches(ds, n_batches=3, batch_size=128, seed=0):
     """The first n_batches of a seeded shuffle of the training split, not augmented: the same images every time."""
     return list(itertools.islice(data.batches(ds, "train", batch_size, seed=seed), n_batches))
-
-
-@runs.command
-def main(argv=None):
-    p = runs.Parser(description=__doc__.split("\n")[0])
-    a = p.add_argument
-    a("run", help="a finished spend folder written by train.py")
-    a("--batches", type=int, default=10, help="how many fixed training batches (the paper's Fig. 2, A13: 10)")
-    a("--batch-size", type=int, default=128)
-    a("--iters", type=int, default=100, help="most power iterations (per stage, see top_eigen)")
-    a("--tol", type=float, default=1e-4, help="stop when the eigenvalue changes by at most this, relatively")
-    a("--weights", default="model.pt", help="which weights of the run: model.pt (final), best.pt, epochE.pt")
-    a("--data-dir", default="data")
-    a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
-    if min(args.batches, args.batch_size, args.iters) < 1 or not args.tol > 0:
-        p.error("--batches, --batch-size and --iters must be >= 1, --tol > 0")
-    model, mask, ds, _ = runs.load_run(args.run, args.data_dir, args.device, args.weights)
-    batches = fixed_batches(ds, args.batches, args.batch_size)
-    value, std, values, iterations = per_batch(model, F.cross_entropy, batches, args.iters, args.tol, mask)
-    print(json.dumps(dict(top_eigenvalue=value, std=std, per_batch=values, iterations=iterations, batches=len(batches),
-                          images=sum(len(y) for _, y in batches), run=args.run, weights=args.weights), indent=1))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,9 @@
-"""Looking at finished spends: loss landscapes (§3.3, §4.6; Fig. 4, 8, 10) and activation sparsity (Table A1, which
-train.py measures for every run into its results.json).
+"""Looking at finished spends: loss landscapes (§3.3, §4.6; Fig. 4, 8, 10), the Hessian's top eigenvalue (Fig. 2, A13)
+and activation sparsity (Table A1, which train.py measures for every run into its results.json).
 
     python landscape.py contour RUN_LTH RUN_AT_TRT --out fig8.png   # 2-D loss contours, one plane, one colour scale
     python landscape.py eigen RUN_LTH RUN_AT_TRT --out fig10.png    # loss along each run's top Hessian eigenvector
+    python landscape.py eigenvalue RUN --out RUN/hessian.json       # mean and std of 10 batches' top eigenvalues
 
 A loss is the mean cross-entropy in eval mode on fixed, seeded, unaugmented images, one batched forward pass per point
 via functional_call (weights never touched). Beside each plot: a .npz of the raw numbers and the cost (points x images).
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import data
+import hessian
 import runs
 from models import BadInput
 
@@ -86,8 +88,8 @@ def activation_sparsity(model, x, threshold=1e-2):
     return {stage: float(zeros) / max(outputs, 1) for stage, (zeros, outputs) in tally.items()}  # stem, layer1, ...
 
 
-def load_runs(args, split):
-    """[(label, model, mask, ds, x, y)] per run, and their dataset; bad folders and mixed datasets stop early."""
+def load_runs(args):
+    """[(label, model, mask, ds, test x, y)] per run, and their dataset; bad folders and mixed datasets stop early."""
     configs = [runs.read_json(os.path.join(r, "config.json")) for r in args.runs]
     datasets = sorted({c["dataset"] for c in configs})
     if len(datasets) > 1:
@@ -100,18 +102,17 @@ def load_runs(args, split):
         names = [os.path.relpath(os.path.abspath(r), common) for r in args.runs]
     for name, r in zip(names, args.runs):
         model, mask, ds, _ = runs.load_run(r, args.data_dir, args.device, args.weights)
-        x, y = fixed_images(ds, split, args.images, args.seed)
-        loaded.append((name, model, mask, ds, x, y))
+        loaded.append((name, model, mask, ds, *fixed_images(ds, "test", args.images, args.seed)))
     return loaded, datasets[0]
 
 
-def save_figure(fig, args, loaded, dataset, split, cost, **arrays):
+def save_figure(fig, args, loaded, dataset, cost, **arrays):
     """The PNG, and beside it the raw numbers as .npz with what they were measured on; written atomically."""
     n, png, npz = len(loaded[0][4]), io.BytesIO(), io.BytesIO()
     cost = f"{len(loaded)} runs x {cost} x {n} images"
-    fig.suptitle(f"{dataset}: loss on {n} fixed {split} images")
+    fig.suptitle(f"{dataset}: loss on {n} fixed test images")
     fig.savefig(png, format="png", dpi=120)
-    np.savez(npz, cost=cost, runs=args.runs, labels=[r[0] for r in loaded], dataset=dataset, split=split, images=n,
+    np.savez(npz, cost=cost, runs=args.runs, labels=[r[0] for r in loaded], dataset=dataset, split="test", images=n,
              seed=args.seed, **arrays)
     for path, buf in ((args.out, png), (os.path.splitext(args.out)[0] + ".npz", npz)):
         runs.save(buf.getvalue(), path)
@@ -119,7 +120,7 @@ def save_figure(fig, args, loaded, dataset, split, cost, **arrays):
 
 
 def contour(args):
-    loaded, dataset = load_runs(args, "test")  # Fig. 8: "randomly chosen from CIFAR-100 test dataset"
+    loaded, dataset = load_runs(args)  # test images: Fig. 8's are "randomly chosen from CIFAR-100 test dataset"
     planes = [loss_plane(model, mask, x, y, args.grid, args.span, args.seed) for _, model, mask, _, x, y in loaded]
     coords, grids = planes[0][0], [losses for _, losses in planes]
     lo, hi = min(g.min() for g in grids), min(max(g.max() for g in grids), 8.0)  # clamped at 8 as in Fig. 8
@@ -133,13 +134,11 @@ def contour(args):
         ax.plot(0, 0, "r+", ms=10)  # the trained weights
         ax.set(title=name, xlabel="random direction 1 (filter-normalized)", ylabel="random direction 2", aspect=1)
     fig.colorbar(filled, ax=axes.tolist(), label="loss (cross-entropy)", format="%.2f")
-    save_figure(fig, args, loaded, dataset, "test", f"{args.grid ** 2} grid points", coords=coords,
-                losses=np.stack(grids))
+    save_figure(fig, args, loaded, dataset, f"{args.grid ** 2} grid points", coords=coords, losses=np.stack(grids))
 
 
 def eigen(args):
-    import hessian  # the sibling module computing top_eigen; only this plot needs it
-    loaded, dataset = load_runs(args, "test")  # Fig. 10 plots the testing loss
+    loaded, dataset = load_runs(args)  # test images: Fig. 10 plots the testing loss
     alphas, lines, values, products = np.linspace(-args.radius, args.radius, args.points), [], [], 0
     from matplotlib.figure import Figure  # no pyplot: headless, no global state
     ax = Figure(figsize=(6.5, 4.3), layout="constrained").subplots()
@@ -154,37 +153,55 @@ def eigen(args):
         ax.plot(alphas, lines[-1], marker=".", label=f"{name}, top eigenvalue {value:.3g}")
     ax.set(xlabel="distance along the top Hessian eigenvector (unit norm)", ylabel="loss (cross-entropy)")
     ax.legend(fontsize=8)
-    save_figure(ax.figure, args, loaded, dataset, "test", f"{args.points} points", alphas=alphas,
+    save_figure(ax.figure, args, loaded, dataset, f"{args.points} points", alphas=alphas,
                 losses=np.stack(lines), eigenvalues=values,
                 hessian_cost=f"{products:,} image Hessian-vector products (power iterations x images)")
+
+
+def eigenvalue(args):
+    """Fig. 2, A13: the top eigenvalue of each of --batches fixed training batches' Hessians (`hessian.per_batch`),
+    their mean and std, as JSON into --out. Plain cross-entropy: spends with and without TRT's LS share one loss."""
+    if len(args.runs) > 1:
+        raise BadInput("eigenvalue: one run at a time (its JSON goes to --out)")
+    model, mask, ds, _ = runs.load_run(args.runs[0], args.data_dir, args.device, args.weights)
+    batches = hessian.fixed_batches(ds, args.batches, args.batch_size)
+    value, std, values, iters = hessian.per_batch(model, F.cross_entropy, batches, args.iters, args.tol, mask)
+    runs.write_json(dict(top_eigenvalue=value, std=std, per_batch=values, iterations=iters, batches=len(batches),
+                         images=sum(len(y) for _, y in batches), run=args.runs[0], weights=args.weights), args.out)
+    print(f"{args.runs[0]}: top eigenvalue {value:.4g} +- {std:.2g} over {len(batches)} batches -> {args.out}")
 
 
 def parse_args(argv=None):
     p = runs.Parser(description=__doc__.split("\n")[0])
     a = p.add_argument
-    a("command", choices=["contour", "eigen"], help="Fig. 4/8, Fig. 10")
+    a("command", choices=["contour", "eigen", "eigenvalue"], help="Fig. 4/8, Fig. 10, Fig. 2/A13")
     a("runs", nargs="+", metavar="RUN", help="folders of finished train.py runs")
-    a("--out", required=True, help="the PNG; the raw numbers go beside it as .npz")
+    a("--out", required=True, help="the PNG, its raw numbers beside it as .npz (eigenvalue: the JSON)")
     a("--images", type=int, default=500, help="fixed test images per loss (Fig. 8, 10)")
     a("--seed", type=int, default=0, help="picks the images and the random directions")
     a("--grid", type=int, default=21, help="contour: points per axis")
     a("--span", type=float, default=1.0, help="contour: the plane is [-span, span]^2")
     a("--radius", type=float, default=1.0, help="eigen: distances in [-radius, radius]")
     a("--points", type=int, default=21, help="eigen: points on the line")
-    a("--iters", type=int, default=100, help="eigen: most power iterations for the eigenvector")
+    a("--iters", type=int, default=100, help="eigen, eigenvalue: most power iterations (per stage, see top_eigen)")
+    a("--batches", type=int, default=10, help="eigenvalue: fixed training batches (the paper's Fig. 2, A13: 10)")
+    a("--batch-size", type=int, default=128, help="eigenvalue")
+    a("--tol", type=float, default=1e-4, help="eigenvalue: stop when it changes by at most this, relatively")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a("--weights", default="model.pt", help="which weights of each run: model.pt (final), epoch5.pt (Fig. 4), ...")
     a("--data-dir", default="data")
     args = p.parse_args(argv)
-    if args.images < 1 or args.grid < 2 or args.points < 2 or args.span <= 0 or args.radius <= 0:
-        p.error("--images must be >= 1, --grid, --points >= 2, --span, --radius > 0")
+    if min(args.images, args.iters, args.batches, args.batch_size) < 1 or min(args.grid, args.points) < 2 or min(
+            args.span, args.radius, args.tol) <= 0:
+        p.error("--images, --iters, --batches, --batch-size must be >= 1, --grid, --points >= 2, and "
+                "--span, --radius, --tol > 0")
     return args
 
 
 @runs.command
 def main(argv=None):
     args = parse_args(argv)
-    {"contour": contour, "eigen": eigen}[args.command](args)
+    {"contour": contour, "eigen": eigen, "eigenvalue": eigenvalue}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -129,9 +129,8 @@ class Stages(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-class ConvAct(nn.Sequential):
-    def __init__(self, cin, cout, kernel, stride=1, groups=1, skippable=True):
-        super().__init__(ConvBN(cin, cout, kernel, stride, groups, skippable), nn.ReLU())
+def conv_act(cin, cout, kernel, stride=1, groups=1, skippable=True):
+    return nn.Sequential(ConvBN(cin, cout, kernel, stride, groups, skippable), nn.ReLU())
 
 
 def vgg16(num_classes, in_channels):
@@ -140,7 +139,7 @@ def vgg16(num_classes, in_channels):
     for widths in ([64, 64], [128, 128], [256] * 3, [512] * 3, [512] * 3):
         layers = []
         for w in widths:
-            layers.append(ConvAct(cin, w, 3, skippable=cin != in_channels))
+            layers.append(conv_act(cin, w, 3, skippable=cin != in_channels))
             cin = w
         layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: small inputs (28x28) survive five pools
         stages.append(nn.Sequential(*layers))
@@ -150,13 +149,13 @@ def vgg16(num_classes, in_channels):
 def mobilenet(num_classes, in_channels):
     """MobileNet v1 (Howard et al. 2017), CIFAR-style: depthwise 3x3 + pointwise 1x1 pairs."""
     plan = [64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024]
-    stages, layers, cin = [], [ConvAct(in_channels, 32, 3, skippable=False)], 32
+    stages, layers, cin = [], [conv_act(in_channels, 32, 3, skippable=False)], 32
     for item in plan:
         cout, stride = item if isinstance(item, tuple) else (item, 1)
         if stride > 1:  # a new stage starts at each downsampling
             stages.append(nn.Sequential(*layers))
             layers = []
-        layers += [ConvAct(cin, cin, 3, stride, groups=cin), ConvAct(cin, cout, 1)]
+        layers += [conv_act(cin, cin, 3, stride, groups=cin), conv_act(cin, cout, 1)]
         cin = cout
     stages.append(nn.Sequential(*layers))
     return Stages(stages, 1024, num_classes)

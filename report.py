@@ -2,12 +2,10 @@
 
     python report.py runs --out report      # report/report.md, and beside it every figure's PNG with its .csv
 
-Per (dataset, arch, masks) group: the table of Tables A2/A3 (one row per sparsity, one column per variant, each
-cell the mean test accuracy over seeds +- its std and, in brackets, the paired difference to LTH, seed by seed on
-the same ticket, with its 95% t-interval over seeds; a missing variant is "missing", never zero) and its plot; then
-every part of run_all.sh whose runs are there: the figures of FIGURES, Table A1, the skip table and Fig. A11.
-Loss-landscape plots that landscape.py wrote into --out are linked. ResNet-18 on CIFAR-100 carries the paper's
-published accuracies (Tables A2, A3) as dotted lines.
+Per (dataset, arch, masks) group: Tables A2/A3 (each cell the mean test accuracy over seeds +- std and, in brackets,
+the paired difference to LTH on the same ticket with its 95% t-interval over seeds; "missing", never zero) and their
+plot, then every part of run_all.sh whose runs are there (FIGURES, Table A1, the skip table, Fig. A11) and the
+landscape.py plots in --out. ResNet-18 on CIFAR-100 carries the paper's accuracies (paper.csv) as dotted lines.
 """
 import csv
 import functools
@@ -15,6 +13,7 @@ import glob
 import io
 import math
 import os
+import pathlib
 import statistics
 
 from matplotlib.figure import Figure  # no pyplot: headless, no global state
@@ -22,10 +21,8 @@ from matplotlib.figure import Figure  # no pyplot: headless, no global state
 from models import BadInput
 from runs import Parser, command, read_json, save, variant
 
-# The paper's published test accuracies (%), ResNet-18 on CIFAR-100, mean of seeds 42, 1099, 5469 (Tables A2, A3):
-# {variant: [(sparsity %, accuracy)]}, from paper.csv beside this file
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper.csv")) as f:
-    _header, *_rows = csv.reader(f)
+# Tables A2, A3: {variant: [(sparsity %, test acc. %)]}, ResNet-18 on CIFAR-100, mean of seeds 42, 1099, 5469
+_header, *_rows = csv.reader(pathlib.Path(__file__).with_name("paper.csv").read_text().splitlines())
 PAPER = {row[0]: [(float(s), float(a)) for s, a in zip(_header[1:], row[1:]) if a != "-"] for row in _rows}
 ORDER = ["LTH", "LTH+Skip", "LTH+Skip-1x1", "LTH+Swish", "LTH+Mish", "LTH+Scaling", "LTH+LS", "LTH+KD", "LTH+AT",
          "LTH+AT-1x1", "LTH+TRT", "LTH+AT+TRT", "LTH+AT+Scaling+KD", "LTH Rewind", "LTH+AT Rewind", "LTH+TRT Rewind",
@@ -51,32 +48,24 @@ SKIP_COLUMNS = [(f"{v} {what}", v, f) for v in ("LTH+AT", "LTH+AT-1x1") for what
 
 
 def gather(root):
-    """({(dataset, arch, masks): {(target sparsity, variant): [results of each seed]}}, the same for Fig. A11's runs).
-    Each result carries its seed, its folder and, where hessian.py wrote one there, hessian.json. A run that recorded
-    the Hessian every epoch (--hessian-every, Fig. A11) goes to the second dict: a re-training for that figure, not
-    one more seed of the tables."""
+    """({(dataset, arch, masks): {(target sparsity, variant): [each seed's results]}}, the same for Fig. A11's runs),
+    each result with its seed, its metrics.csv rows and the hessian.json of `landscape.py eigenvalue`, if any. A run
+    that recorded the Hessian every epoch (--hessian-every) is a re-training for Fig. A11, not one more seed."""
     groups, curves = {}, {}
     for path in sorted(glob.glob(os.path.join(root, "**", "results.json"), recursive=True)):
         folder = os.path.dirname(path)
         if not os.path.exists(os.path.join(folder, "config.json")):
             continue  # a draw's own ticket folder; its spend copy carries the config
         res, cfg = read_json(path), read_json(os.path.join(folder, "config.json"))
-        res.update(seed=cfg["seed"], folder=folder)  # the seed pairs a variant with LTH on the same ticket
+        res["seed"] = cfg["seed"]  # the seed pairs a variant with LTH on the same ticket
         if os.path.exists(os.path.join(folder, "hessian.json")):
             res["hessian"] = read_json(os.path.join(folder, "hessian.json"))
+        metrics = pathlib.Path(folder, "metrics.csv")
+        res["epochs"] = list(csv.DictReader(metrics.read_text().splitlines())) if metrics.exists() else []
         key = (cfg["dataset"], cfg["arch"], cfg["prune"] if cfg["sparsity"] else "imp")
-        rows = metrics(folder)
-        target = curves if rows and "top_eigenvalue" in rows[0] else groups
+        target = curves if res["epochs"] and "top_eigenvalue" in res["epochs"][0] else groups
         target.setdefault(key, {}).setdefault((cfg["sparsity"] or 0.0, variant(cfg)), []).append(res)
     return groups, curves
-
-
-def metrics(folder):
-    """A run's metrics.csv as a list of rows {column: text}; [] if it has none."""
-    if not os.path.exists(os.path.join(folder, "metrics.csv")):
-        return []
-    with open(os.path.join(folder, "metrics.csv")) as f:
-        return list(csv.DictReader(f))
 
 
 @functools.cache
@@ -172,8 +161,7 @@ def panel(ax, runs, names, metric, reference=False):
         x = [p for p, _ in points] if len(levels) > 1 else [i] * len(points)
         means = [statistics.mean(found.values()) for _, found in points]
         spread = [statistics.stdev(found.values()) if len(found) > 1 else 0 for _, found in points]
-        shown = name.replace("+", " + ")
-        ax.plot(x, means, "o-", label=shown, color=f"C{i}")
+        ax.plot(x, means, "o-", label=name.replace("+", " + "), color=f"C{i}")
         ax.fill_between(x, [m - d for m, d in zip(means, spread)], [m + d for m, d in zip(means, spread)],
                         color=f"C{i}", alpha=0.15)
         ax.plot([a for a, (_, f) in zip(x, points) for _ in f], [v for _, f in points for v in f.values()], ".",
@@ -231,11 +219,10 @@ def curves(found, title, path):
     """Fig. A11: for runs trained with --hessian-every, the top Hessian eigenvalue per epoch (right axis, log scale)
     with train (solid) and validation (dashed) accuracy (left axis); dotted: the epochs after which the lr drops;
     a cross: the best-validation epoch; a level line: the test accuracy of that epoch's weights."""
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
-    ax = fig.subplots()
+    ax = Figure(figsize=(8, 4.5), layout="constrained").subplots()
     bx, rows = ax.twinx(), []
     for i, (name, r) in enumerate(found):
-        m, shown = metrics(r["folder"]), name.replace("+", " + ")
+        m, shown = r["epochs"], name.replace("+", " + ")
         epochs = [int(e["epoch"]) for e in m]
         ax.plot(epochs, [100 * float(e["train_acc"]) for e in m], "-", color=f"C{i}", lw=1, label=f"{shown}: train")
         ax.plot(epochs, [100 * float(e["val_acc"]) for e in m], "--", color=f"C{i}", lw=1, label=f"{shown}: validation")
@@ -249,8 +236,8 @@ def curves(found, title, path):
             ax.axvline(int(a["epoch"]), ls=":", color="gray")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
     bx.set(ylabel="top Hessian eigenvalue (mean over 3 batches)", yscale="log")
-    fig.legend(fontsize=7, loc="outside right")
-    write(fig, "variant,seed,epoch,train_acc,val_acc,top_eigenvalue", rows, path)
+    ax.figure.legend(fontsize=7, loc="outside right")
+    write(ax.figure, "variant,seed,epoch,train_acc,val_acc,top_eigenvalue", rows, path)
 
 
 @command
@@ -262,8 +249,8 @@ def main(argv=None):
     groups, curve_groups = gather(args.runs)
     if not groups and not curve_groups:
         raise BadInput(f"no finished runs under {args.runs}")
-    md = [f"# Results gathered from {args.runs}\n", "Test accuracy (%) of the best-validation checkpoint, "
-          "mean ± std over seeds, (paired difference to LTH on the same ticket, seed by seed [95% t-interval over seeds]).\n"]
+    md = [f"# Results gathered from {args.runs}\n", "Test accuracy (%) of the best-validation checkpoint, mean ± std "
+          "over seeds, (paired difference to LTH on the same ticket, seed by seed [95% t-interval over seeds]).\n"]
     for (dataset, arch, method), runs in sorted(groups.items()):
         title, group = f"{arch} on {dataset}, {method} masks", f"{dataset}_{arch}_{method}"
         reference = (dataset, arch) == ("cifar100", "resnet18")
@@ -273,7 +260,8 @@ def main(argv=None):
             chosen = {k: found for k, found in runs.items() if at in (None, k[0])}
             panels = [names for names in panels if len(present(chosen, names, metric[1])) > 1]
             if masks in (None, method) and panels:
-                figure(chosen, panels, metric, f"{part}: {title}", os.path.join(args.out, f"{part}_{group}.png"), reference)
+                path = os.path.join(args.out, f"{part}_{group}.png")
+                figure(chosen, panels, metric, f"{part}: {title}", path, reference)
                 md += [f"### {part}\n", f"![{part}]({part}_{group}.png)\n"]
         if present(runs, ["LTH+Swish"], ACCURACY[1]):
             md += ["### tableA1: activation sparsity (%) per stage, |a| <= 1e-2 (the paper's count)\n",

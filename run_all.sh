@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's reproduction in one script, built from train.py, hessian.py, landscape.py and report.py.
+# The paper's reproduction in one script, built from train.py, landscape.py and report.py.
 #
 #   ./run_all.sh --quick        CPU demo (2 cores, offline, minutes): Fashion-MNIST, ResNet-20, LTH vs AT+TRT
 #   ./run_all.sh --study        the CPU study (2 cores, offline, hours): every tweak vs LTH on the same tickets, 5 seeds
@@ -182,14 +182,9 @@ run_list() {
 # The analysis parts, after the trainings they read; an output that exists is skipped (a killed run resumes).
 eigenvalue() {  # eigenvalue BATCHES ITERS RUN...: Fig. 2, A13: each run's top Hessian eigenvalue into RUN/hessian.json
   local run
-  for run in "${@:3}"; do
-    [ -s "$run/hessian.json" ] && continue
-    if $PY hessian.py "$run" --batches "$1" --iters "$2" > "$run/.hessian.json"; then
-      mv "$run/.hessian.json" "$run/hessian.json"; echo "$run: $(cat "$run/hessian.json" | tr -d '\n ')"
-    else echo "FAILED: hessian.py $run" >&2; fi
-  done
+  for run in "${@:3}"; do landscape "$run/hessian.json" eigenvalue "$run" --batches "$1" --iters "$2"; done
 }
-landscape() {  # landscape PNG contour|eigen RUN... [OPTIONS]: Fig. 4, 8, 10 into PNG (and its .npz)
+landscape() {  # landscape OUT contour|eigen|eigenvalue RUN... [OPTIONS]: Fig. 4, 8, 10 (a PNG and its .npz), 2, A13
   [ -e "$1" ] || $PY landscape.py "${@:2}" --out "$1" || echo "FAILED: landscape.py ${*:2}" >&2
 }
 has() { case " $PARTS " in *" $1 "*) ;; *) return 1 ;; esac; }

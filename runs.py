@@ -122,16 +122,6 @@ def load(path, device="cpu"):
                        f"{str(e).splitlines()[0][:120] if str(e) else ''})")
 
 
-def rng_states():
-    """torch's global generators, for a checkpoint (data order and augmentation have their own, seeded by epoch)."""
-    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all())  # [] without a GPU
-
-
-def set_rng_states(s):
-    torch.set_rng_state(s["torch"])
-    torch.cuda.set_rng_state_all(s["cuda"])
-
-
 def read_json(path):
     """A run's JSON file (config.json, results.json); an unreadable one is a BadInput."""
     try:

@@ -140,16 +140,18 @@ def test_cli_on_a_real_run_and_on_bad_input(tmp_path):
                             "--device", "cpu", "--runs", str(tmp_path), "--out", str(tmp_path / "run")],
                            cwd=HERE, capture_output=True, text=True)
     assert train.returncode == 0, train.stderr
-    cmd = [sys.executable, "hessian.py", str(tmp_path / "run"), "--batches", "1", "--batch-size", "32", "--iters", "20",
-           "--device", "cpu"]
+    cmd = [sys.executable, "landscape.py", "eigenvalue", str(tmp_path / "run"), "--batches", "1", "--batch-size", "32",
+           "--iters", "20", "--device", "cpu", "--out", str(tmp_path / "run" / "hessian.json")]
     out = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+    result = json.loads((tmp_path / "run" / "hessian.json").read_text())
     assert 0 < result["top_eigenvalue"] < float("inf") and 1 <= result["iterations"] <= 40
     assert result["batches"] == 1 and result["images"] == 32 and result["run"] == str(tmp_path / "run")
     assert result["per_batch"] == [result["top_eigenvalue"]] and result["std"] == 0
     shutil.copytree(tmp_path / "run", tmp_path / "corrupt")
     (tmp_path / "corrupt" / "model.pt").write_bytes(b"not a checkpoint")
-    for args in (["/nonexistent"], [str(tmp_path / "corrupt")], [str(tmp_path / "run"), "--iters", "0"]):
-        bad = subprocess.run([sys.executable, "hessian.py", *args], cwd=HERE, capture_output=True, text=True)
+    for args in (["/nonexistent"], [str(tmp_path / "corrupt")], [str(tmp_path / "run"), "--iters", "0"],
+                 [str(tmp_path / "run"), str(tmp_path / "corrupt")]):
+        bad = subprocess.run([sys.executable, "landscape.py", "eigenvalue", *args, "--out", str(tmp_path / "h.json")],
+                             cwd=HERE, capture_output=True, text=True)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ")

@@ -10,9 +10,7 @@ spend writes --out: config.json, metrics.csv, mask.pt, model.pt (final), best.pt
 """
 import argparse
 import copy
-import csv
 import hashlib
-import io
 import json
 import math
 import os
@@ -95,10 +93,6 @@ def parse_args(argv=None, p=None):
         args.skip = args.swish = True
     if args.trt:
         args.scale_init, args.ls = True, args.ls or 0.1
-    return args
-
-
-def check_args(args):
     if args.sparsity is not None and not 0 <= args.sparsity < 1:
         raise BadInput(f"--sparsity must be in [0, 1), got {args.sparsity}")
     if args.mask and args.sparsity is not None:
@@ -111,6 +105,7 @@ def check_args(args):
         raise BadInput(f"--rewind-epoch must be in [0, --epochs={args.epochs}], got {args.rewind_epoch}")
     if not 0 <= args.ls < 1 or not 0 <= args.kd_alpha <= 1 or args.kd_temp <= 0:
         raise BadInput("--ls must be in [0, 1), --kd-alpha in [0, 1], --kd-temp > 0")
+    return args
 
 
 def short_hash(obj):
@@ -118,6 +113,7 @@ def short_hash(obj):
 
 
 def new_model(args, ds):
+    torch.manual_seed(args.seed)  # theta_0: the same weights for the same seed, every time
     return models.get_model(args.arch, ds["classes"], ds["train"][0].shape[1]).to(args.device)
 
 
@@ -203,11 +199,15 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
                          forward_sync_buffers=False)
     step_model = torch.compile(step_model) if args.compile else step_model
     state = dict(epoch=0, best_val=-1.0, best_epoch=0, best_state=None, rows=[])
+    full_state = lambda: dict(state, model=model.state_dict(), optimizer=opt.state_dict(),
+                              rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all()))
     if exists(checkpoint):
         state = load(checkpoint, args.device)
         model.load_state_dict(state.pop("model"))
         opt.load_state_dict(state.pop("optimizer"))
-        runs.set_rng_states(state.pop("rng"))
+        rng = state.pop("rng")  # torch's generators (data order and augmentation have their own, seeded by epoch)
+        torch.set_rng_state(rng["torch"])
+        torch.cuda.set_rng_state_all(rng["cuda"])
         print(f"{label} resuming after epoch {state['epoch']}" + (f", batch {state['done']['batches']}" if state.get(
             "done") else "") + f" from {checkpoint}", flush=True)
     start, first = time.time(), state["epoch"] + 1
@@ -219,7 +219,7 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
                                                                  epoch, done=state.pop("done", None))
         if stopped:  # preempted: the step's state, the epoch's totals so far, and a distinct exit code
             state["done"] = dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen, batches=stopped)
-            save(dict(state, model=model.state_dict(), optimizer=opt.state_dict(), rng=runs.rng_states()), checkpoint)
+            save(full_state(), checkpoint)
             print(f"{label} stopped by a signal in epoch {epoch} after batch {stopped}: saved {checkpoint}; "
                   f"the same command resumes from there", file=sys.stderr, flush=True)
             sys.exit(143)
@@ -247,7 +247,7 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
             save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(os.path.dirname(checkpoint),
                                                                                   f"epoch{epoch}.pt"))
         state["epoch"] = epoch
-        save(dict(state, model=model.state_dict(), optimizer=opt.state_dict(), rng=runs.rng_states()), checkpoint)
+        save(full_state(), checkpoint)
     final_test, _ = data.evaluate(model, ds, "test")
     best = copy.deepcopy(model)
     best.load_state_dict(state["best_state"])
@@ -259,7 +259,6 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
 
 def train_ticket(args, ds, mask, reset_state, out, label, teacher=None):
     """Build the ticket (reset weights * mask), apply the spend's tweaks, train it with `fit`, write `out`."""
-    torch.manual_seed(args.seed)
     model = new_model(args, ds)
     model.load_state_dict(reset_state)
     prune.apply_mask(model, mask)
@@ -290,11 +289,8 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None):
         save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
     save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
     save({k: v.cpu() for k, v in best_state.items()}, os.path.join(out, "best.pt"))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    save(buf.getvalue(), os.path.join(out, "metrics.csv"))
+    save("".join(",".join(map(str, row)) + "\n" for row in [rows[0], *(r.values() for r in rows)]),
+         os.path.join(out, "metrics.csv"))
     write_json(results, os.path.join(out, "results.json"))  # written last: its presence means finished
     if runs.rank() == 0:
         os.remove(checkpoint)
@@ -311,8 +307,7 @@ class Draw:
         if not exists(os.path.join(self.dir, "draw.json")):
             write_json(key, os.path.join(self.dir, "draw.json"))
         self.vanilla = copy.copy(args)  # the draw never sees the tweaks (§3)
-        for k in TWEAKS:
-            setattr(self.vanilla, k, 0.0 if k == "ls" else False)
+        vars(self.vanilla).update(dict.fromkeys(TWEAKS, False), ls=0.0)
 
     def derived(self, path, derive):
         """A draw file derivable again exactly (init.pt from the seed, a mask from what it is drawn from): derived once,
@@ -340,10 +335,7 @@ class Draw:
                            f"aside and run again (it retrains; redo also every IMP level drawn after it)")
 
     def init(self):
-        def derive():
-            torch.manual_seed(self.args.seed)
-            return new_model(self.args, self.ds).state_dict()
-        return self.derived(os.path.join(self.dir, "init.pt"), derive)
+        return self.derived(os.path.join(self.dir, "init.pt"), lambda: new_model(self.args, self.ds).state_dict())
 
     def reset_state(self):
         """theta_0 (vanilla LTH), or the dense weights after --rewind-epoch epochs (LTH-Rewind)."""
@@ -427,7 +419,6 @@ def summarize(results, out):
 
 
 def run(args):
-    check_args(args)
     config = {k: v for k, v in vars(args).items() if k not in HOW}
     ticket = "mask" if args.mask else ticket_name(args)
     variant = "+".join([k for k in TWEAKS if k != "ls" and getattr(args, k)] + ([f"ls{args.ls}"] if args.ls else []))
