@@ -10,7 +10,6 @@ via functional_call (weights never touched). Beside each plot: a .npz of the raw
 """
 import io
 import os
-import sys
 
 import numpy as np
 import torch
@@ -94,8 +93,6 @@ def load_runs(args):
     datasets = sorted({c["dataset"] for c in configs})
     if len(datasets) > 1:
         raise BadInput(f"the runs are of different datasets ({', '.join(datasets)}): compare runs of one dataset")
-    if len({(c["subset"], c["seed"]) for c in configs}) > 1:
-        print("note: the runs split their data by different seeds or subsets: they see other images", file=sys.stderr)
     names, loaded = [runs.variant(c).replace("+", " + ") for c in configs], []  # as the paper: "LTH + AT + TRT"
     if len(set(names)) < len(names):  # one variant twice (seeds, sparsities): named by the folders that differ
         common = os.path.commonpath([os.path.dirname(os.path.abspath(r)) for r in args.runs])

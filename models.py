@@ -7,6 +7,8 @@ ends in adaptive average pooling, so any input size works. Two seams serve the t
 one `ConvBN` unit (the skip tweak of Fig. 3 sets its `skip`), and every activation is its own `nn.ReLU` module (the
 Swish/Mish tweak swaps it). Stages are named layer1, layer2, ... everywhere, so analysis tools can group by stage.
 """
+from collections import OrderedDict
+
 import torch
 import torch.nn as nn
 import torch.distributed as dist
@@ -106,27 +108,15 @@ def resnet(depths, widths, num_classes, in_channels, bottleneck=False):
             blocks.append(Block(cin, width, 2 if i > 0 and j == 0 else 1, bottleneck))
             cin = width * 4 if bottleneck else width
         stages.append(nn.Sequential(*blocks))
-    return Stages(stages, cin, num_classes, stem)
+    return network(stages, cin, num_classes, stem)
 
 
-class Stages(nn.Module):
-    """Stages layer1..layerN (after a ResNet's stem + ReLU), then pooling and a linear classifier."""
-
-    def __init__(self, stages, width, num_classes, stem=None):
-        super().__init__()
-        if stem is not None:
-            self.stem, self.act = stem, nn.ReLU()
-        for i, stage in enumerate(stages):
-            setattr(self, f"layer{i + 1}", stage)
-        self.num_stages = len(stages)
-        self.fc = nn.Linear(width, num_classes)
-
-    def forward(self, x):
-        if hasattr(self, "stem"):
-            x = self.act(self.stem(x))
-        for i in range(self.num_stages):
-            x = getattr(self, f"layer{i + 1}")(x)
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+def network(layers, width, num_classes, stem=None):
+    """The network: stages layer1..layerN (after a ResNet's stem + ReLU), average pooling, a linear classifier."""
+    head = [("stem", stem), ("act", nn.ReLU())] if stem is not None else []
+    named = head + [(f"layer{i + 1}", stage) for i, stage in enumerate(layers)]
+    return nn.Sequential(OrderedDict(named + [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+                                              ("fc", nn.Linear(width, num_classes))]))
 
 
 def conv_act(cin, cout, kernel, stride=1, groups=1, skippable=True):
@@ -143,7 +133,7 @@ def vgg16(num_classes, in_channels):
             cin = w
         layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: small inputs (28x28) survive five pools
         stages.append(nn.Sequential(*layers))
-    return Stages(stages, 512, num_classes)
+    return network(stages, 512, num_classes)
 
 
 def mobilenet(num_classes, in_channels):
@@ -158,7 +148,7 @@ def mobilenet(num_classes, in_channels):
         layers += [conv_act(cin, cin, 3, stride, groups=cin), conv_act(cin, cout, 1)]
         cin = cout
     stages.append(nn.Sequential(*layers))
-    return Stages(stages, 1024, num_classes)
+    return network(stages, 1024, num_classes)
 
 
 ARCHS = {

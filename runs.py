@@ -41,10 +41,8 @@ def command(main):
     def guarded(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except BadInput as e:
-            message = str(e)
-        except OSError as e:
-            message = f"cannot read or write: {e}"
+        except (BadInput, OSError) as e:
+            message = str(e) if isinstance(e, BadInput) else f"cannot read or write: {e}"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     return guarded

@@ -318,7 +318,7 @@ def test_rewind_omp_random_kd_and_user_masks_spend(tmp_path, capsys):
     draw_dir = next((tmp_path / "runs" / "draws").iterdir())
     assert (draw_dir / "imp_00" / "epoch1.pt").exists() and (draw_dir / "omp_0.8000" / "mask.pt").exists()
     res = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert abs(res["sparsity"] - 0.8) < 1e-4 and "kd" in res["tweaks"]
+    assert abs(res["sparsity"] - 0.8) < 1e-4 and json.loads((tmp_path / "a" / "config.json").read_text())["kd"]
     cli_in_process(tmp_path, "--sparsity", "0.7", "--prune", "random", "--out", str(tmp_path / "b"), capsys=capsys)
     assert abs(json.loads((tmp_path / "b" / "results.json").read_text())["sparsity"] - 0.7) < 1e-4
     cli_in_process(tmp_path, "--mask", str(tmp_path / "b" / "mask.pt"), "--swish", "--out", str(tmp_path / "c"),

@@ -206,8 +206,8 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
         model.load_state_dict(state.pop("model"))
         opt.load_state_dict(state.pop("optimizer"))
         rng = state.pop("rng")  # torch's generators (data order and augmentation have their own, seeded by epoch)
-        torch.set_rng_state(rng["torch"])
-        torch.cuda.set_rng_state_all(rng["cuda"])
+        torch.set_rng_state(rng["torch"].cpu())  # loaded onto --device with the rest; the generators take CPU bytes
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         print(f"{label} resuming after epoch {state['epoch']}" + (f", batch {state['done']['batches']}" if state.get(
             "done") else "") + f" from {checkpoint}", flush=True)
     start, first = time.time(), state["epoch"] + 1
@@ -262,7 +262,7 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None):
     model = new_model(args, ds)
     model.load_state_dict(reset_state)
     prune.apply_mask(model, mask)
-    applied = tweaks.apply(model, args) + (["scale_init"] if args.scale_init else [])
+    tweaks.apply(model, args)
     checkpoint = os.path.join(out, "checkpoint.pt")
     if args.scale_init and not exists(checkpoint):  # on resume the checkpoint has the scaled weights
         scales = tweaks.scale_init(model, mask, forever(ds, args.batch_size, args.seed), args.scale_init_iters,
@@ -283,8 +283,7 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None):
                    weights_nonzero=sum(int(w.count_nonzero()) for w in pruned),
                    unmasked_weights=sum(w.numel() for n, w in every.items() if n not in mask),  # trained, never pruned
                    pruned_nonzero=sum(int(weights[n][~m].count_nonzero()) for n, m in mask.items()),
-                   seconds=round(time.time() - start, 1), device=str(args.device),
-                   tweaks=applied + ([f"ls={args.ls}"] if args.ls else []) + (["kd"] if teacher else []))
+                   seconds=round(time.time() - start, 1), device=str(args.device))
     if not exists(os.path.join(out, "mask.pt")):  # a draw's ticket folder has it already
         save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
     save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
@@ -356,13 +355,10 @@ class Draw:
         names = list(prune.prunable(model, linear))
         if ticket == "imp_00":
             mask = prune.ones_mask(model, linear)
-        elif method == "imp":
-            prev = f"imp_{int(value) - 1:02d}"
-            weights = self.trained_weights(prev)
-            mask = prune.imp_step({n: weights[n] for n in names}, self.mask(prev))
-        elif method == "omp":
-            weights = self.trained_weights("imp_00")
-            mask = prune.omp({n: weights[n] for n in names}, float(value))
+        elif method in ("imp", "omp"):  # by magnitude: the previous level's trained weights (IMP), the dense ones (OMP)
+            prev = f"imp_{int(value) - 1:02d}" if method == "imp" else "imp_00"
+            weights = {n: w for n, w in self.trained_weights(prev).items() if n in names}
+            mask = prune.imp_step(weights, self.mask(prev)) if method == "imp" else prune.omp(weights, float(value))
         elif method == "random":
             mask = prune.random_prune(prune.prunable(model, linear), float(value), self.args.seed)
         else:  # pruning at initialization (Table A4): scored on theta_0
@@ -403,13 +399,6 @@ class Draw:
         return model.eval().requires_grad_(False)
 
 
-def ticket_name(args):
-    s = args.sparsity or 0.0
-    if args.prune == "imp" or s == 0:
-        return f"imp_{prune.imp_level(s):02d}"
-    return f"{args.prune}_{s:.4f}"
-
-
 def summarize(results, out):
     return (f"test acc {results['test_acc']:.2%} (best val {results['best_val_acc']:.2%} at epoch "
             f"{results['best_epoch']}; final epoch {results['final_test_acc']:.2%})  sparsity "
@@ -420,7 +409,9 @@ def summarize(results, out):
 
 def run(args):
     config = {k: v for k, v in vars(args).items() if k not in HOW}
-    ticket = "mask" if args.mask else ticket_name(args)
+    s = args.sparsity or 0.0  # the draw's ticket: IMP level L (imp_LL); other pruners one per sparsity; or --mask
+    ticket = f"imp_{prune.imp_level(s):02d}" if args.prune == "imp" or s == 0 else f"{args.prune}_{s:.4f}"
+    ticket = "mask" if args.mask else ticket
     variant = "+".join([k for k in TWEAKS if k != "ls" and getattr(args, k)] + ([f"ls{args.ls}"] if args.ls else []))
     out = args.out or os.path.join(args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}",
                                    f"{ticket}_{variant or 'lth'}_{short_hash(config)}")

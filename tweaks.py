@@ -120,14 +120,12 @@ def make_loss(ls=0.0, teacher=None, kd_temp=4.0, kd_alpha=0.9):
 
 
 def apply(model, args):
-    """The architecture tweaks named by the flags, in place; returns the names of those applied."""
-    done = []
+    """The architecture tweaks named by the flags, in place (the loss's are `make_loss`; GradInit runs in train.py)."""
     proj = getattr(args, "skip_proj", False)  # runs older than --skip-proj have no such key
     if args.skip or proj:
         skip(model, projection=proj)
-        done.append("skip_proj" if proj else "skip")
-    for flag, tweak in (("swish", swish), ("mish", mish)):
-        if getattr(args, flag):
-            tweak(model)
-            done.append(flag)
-    return done
+    if args.swish:
+        swish(model)
+    if args.mish:
+        mish(model)
+    return model
