@@ -29,7 +29,7 @@ ORDER = ["LTH", "LTH+Skip", "LTH+Skip-1x1", "LTH+Swish", "LTH+Mish", "LTH+Scalin
          "LTH+AT+TRT Rewind"]
 # what a figure shows: (axis label, the number of one run's results; None where that run has not measured it)
 ACCURACY = ("test accuracy (%)", lambda r: 100 * r["test_acc"])
-EIGEN = ("top Hessian eigenvalue (mean over 10 batches)", lambda r: r.get("hessian", {}).get("top_eigenvalue"))
+EIGEN = ("top Hessian eigenvalue (mean over its batches)", lambda r: r.get("hessian", {}).get("top_eigenvalue"))
 # run_all.sh's figure parts: {part: (masks, or None for any; what; panels, each a list of variants; only at sparsity)}
 FIGURES = {
     "fig1": ("imp", ACCURACY, [["LTH", v] for v in ("LTH+Skip", "LTH+Swish", "LTH+Scaling", "LTH+LS")], None),
