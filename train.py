@@ -220,8 +220,9 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
         if stopped:  # preempted: the step's state, the epoch's totals so far, and a distinct exit code
             state["done"] = dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen, batches=stopped)
             save(full_state(), checkpoint)
-            print(f"{label} stopped by a signal in epoch {epoch} after batch {stopped}: saved {checkpoint}; "
-                  f"the same command resumes from there", file=sys.stderr, flush=True)
+            if runs.rank() == 0:  # one line, not one per torchrun rank
+                print(f"{label} stopped by a signal in epoch {epoch} after batch {stopped}: saved {checkpoint}; "
+                      f"the same command resumes from there", file=sys.stderr, flush=True)
             sys.exit(143)
         train_loss = float(loss_sum) / seen
         if bad_step >= 0 or not math.isfinite(train_loss):  # the last good checkpoint (previous epoch) is left as is
