@@ -2,10 +2,10 @@
 
     python report.py runs --out report      # report/report.md, and beside it every figure's PNG with its .csv
 
-Per (dataset, arch, masks) group: Tables A2/A3 (each cell the mean test accuracy over seeds +- std and, in brackets,
-the paired difference to LTH on the same ticket with its 95% t-interval over seeds; "missing", never zero) and their
-plot, then every part of run_all.sh whose runs are there (FIGURES, Table A1, the skip table, Fig. A11) and the
-landscape.py plots in --out. ResNet-18 on CIFAR-100 carries the paper's accuracies (paper.csv) as dotted lines.
+Per (dataset, arch, masks: imp, one-shot (OMP, Table A4's) or user) group: Tables A2/A3 (each cell the mean accuracy
+over seeds +- std and, in brackets, the paired difference to LTH on the same ticket with its 95% t-interval; "missing",
+never zero) and their plot, then every part of run_all.sh whose runs are there (FIGURES, Table A1, the skip table,
+Fig. A11) and the landscape.py plots in --out. ResNet-18 on CIFAR-100 carries the paper's accuracies (paper.csv) dotted.
 """
 import csv
 import functools
@@ -37,7 +37,7 @@ FIGURES = {
                                ["LTH Rewind", "LTH+AT", "LTH+TRT", "LTH+AT+TRT"]], None),
     "fig7": ("imp", ACCURACY, [["LTH Rewind", "LTH+AT Rewind", "LTH+TRT Rewind", "LTH+AT+TRT Rewind"]], None),
     "fig9": ("imp", ACCURACY, [["LTH+AT+TRT", "LTH+AT+Scaling+KD"]], None),  # LS replaced by KD (§4.6)
-    "figA12": ("omp", ACCURACY, [["LTH", "LTH+AT", "LTH+TRT", "LTH+AT+TRT"]], None),
+    "figA12": ("one-shot", ACCURACY, [["LTH", "LTH+AT", "LTH+TRT", "LTH+AT+TRT"]], None),
     "fig2": (None, EIGEN, [["LTH", "LTH+Swish", "LTH+Mish"]], None),
     "figA13": (None, EIGEN, [ORDER], 0.914),
 }
@@ -57,14 +57,13 @@ def gather(root):
         if not os.path.exists(os.path.join(folder, "config.json")):
             continue  # a draw's own ticket folder; its spend copy carries the config
         res, cfg = read_json(path), read_json(os.path.join(folder, "config.json"))
-        res["seed"] = cfg["seed"]  # the seed pairs a variant with LTH on the same ticket
-        if os.path.exists(os.path.join(folder, "hessian.json")):
-            res["hessian"] = read_json(os.path.join(folder, "hessian.json"))
-        metrics = pathlib.Path(folder, "metrics.csv")
-        res["epochs"] = list(csv.DictReader(metrics.read_text().splitlines())) if metrics.exists() else []
-        key = (cfg["dataset"], cfg["arch"], cfg["prune"] if cfg["sparsity"] else "imp")
-        target = curves if res["epochs"] and "top_eigenvalue" in res["epochs"][0] else groups
-        target.setdefault(key, {}).setdefault((cfg["sparsity"] or 0.0, variant(cfg)), []).append(res)
+        hessian, metrics = pathlib.Path(folder, "hessian.json"), pathlib.Path(folder, "metrics.csv")
+        res.update(seed=cfg["seed"], hessian=read_json(hessian) if hessian.exists() else {},  # seed: pairs with LTH
+                   epochs=list(csv.DictReader(metrics.read_text().splitlines())) if metrics.exists() else [])
+        masks = "user" if cfg.get("mask") else "one-shot" if cfg["sparsity"] and cfg["prune"] != "imp" else "imp"
+        target = curves if res["epochs"] and "top_eigenvalue" in res["epochs"][0] else groups  # a --mask run: measured
+        target.setdefault((cfg["dataset"], cfg["arch"], masks), {}).setdefault(
+            (cfg["sparsity"] or round(res["sparsity"], 3), variant(cfg)), []).append(res)
     return groups, curves
 
 

@@ -94,7 +94,9 @@ part_jobs() {
       done ;;
     fig2) for s in $FIG2_LEVELS; do for v in "" --swish --mish; do job "$seed" "$s" "$r" $v; done; done ;;
     fig4) for v in "" --skip "--ls 0.1" --scale-init; do job "$seed" $FIG "$r" $v; done ;;
-    fig8|fig10|figA13) for v in "" --skip --swish --mish --scale-init "--ls 0.1" --at --trt "--at --trt"; do
+    fig8) for v in "" --at --trt "--at --trt"; do job "$seed" $FIG "$r" $v; done ;;
+    fig10) for v in "" "--at --trt"; do job "$seed" $FIG "$r" $v; done ;;
+    figA13) for v in "" --skip --swish --mish --scale-init "--ls 0.1" --at --trt "--at --trt"; do
         job "$seed" $FIG "$r" $v; done ;;
     fig9) for s in $LEVELS; do for v in "--at --trt" "--at --scale-init --kd"; do job "$seed" "$s" "$r" $v; done; done ;;
     figA11) for v in "" "--at --trt"; do job "$seed" $FIG "$r" $v --hessian-every 1; done ;;

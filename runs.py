@@ -150,14 +150,15 @@ def locked(folder, wait):
 
 
 def variant(c):
-    """The paper's name for a spend's tweaks: LTH, LTH+Skip, ..., LTH+AT+TRT, with ' Rewind' if rewound."""
+    """The paper's name of a spend: LTH (or Table A4's pruner at init) + tweaks (LTH+AT+TRT), ' Rewind' if rewound."""
     skip = ("Skip-1x1" if c.get("skip_proj") else "Skip") if c["skip"] or c.get("skip_proj") else None  # 1x1: ToST's
     at, trt = skip and c["swish"], c["scale_init"] and c["ls"] == 0.1
     acts = [p for p in (skip, c["swish"] and "Swish", c["mish"] and "Mish") if p]
     parts = [skip.replace("Skip", "AT")] if at else acts
     parts += ["TRT"] if trt else [n for n, on in (("Scaling", c["scale_init"]), ("LS", c["ls"])) if on]
     parts += ["KD"] if c["kd"] else []
-    return "LTH" + "".join("+" + p for p in parts) + (" Rewind" if c["rewind_epoch"] is not None else "")
+    pruner = c.get("sparsity") and dict(random="Random", grasp="GraSP", synflow="SynFlow", snip="SNIP").get(c["prune"])
+    return (pruner or "LTH") + "".join("+" + p for p in parts) + (" Rewind" if c["rewind_epoch"] is not None else "")
 
 
 def load_run(run_dir, data_dir="data", device="cpu", weights="model.pt"):

@@ -317,6 +317,9 @@ def test_rewind_omp_random_kd_and_user_masks_spend(tmp_path, capsys):
                    "--out", str(tmp_path / "a"), capsys=capsys)
     draw_dir = next((tmp_path / "runs" / "draws").iterdir())
     assert (draw_dir / "imp_00" / "epoch1.pt").exists() and (draw_dir / "omp_0.8000" / "mask.pt").exists()
+    args = train.parse_args(TINY + ["--runs", str(tmp_path / "runs"), "--at", "--ls", "0.1", "--hessian-every", "1"])
+    vanilla = train.Draw(args, None).vanilla  # what the draw trains with: no tweak, no Fig. A11 Hessian records
+    assert not (vanilla.skip or vanilla.swish or vanilla.ls or vanilla.hessian_every) and args.hessian_every == 1
     res = json.loads((tmp_path / "a" / "results.json").read_text())
     assert abs(res["sparsity"] - 0.8) < 1e-4 and json.loads((tmp_path / "a" / "config.json").read_text())["kd"]
     cli_in_process(tmp_path, "--sparsity", "0.7", "--prune", "random", "--out", str(tmp_path / "b"), capsys=capsys)
@@ -514,6 +517,7 @@ def test_report_renders_every_part_from_known_numbers(tmp_path):
                     (folder / "hessian.json").write_text(json.dumps(dict(top_eigenvalue=100 + i + s)))
         fake_run(tmp_path / "omp", seed, 0.914, 0.6, prune="omp")
         fake_run(tmp_path / "omp", seed, 0.914, 0.62, prune="omp", skip=True, swish=True)
+        fake_run(tmp_path / "grasp", seed, 0.914, 0.4, prune="grasp")  # Table A4: a pruner at init beside OMP
     a11 = tmp_path / "a11"  # Fig. A11: a run with --hessian-every 1, 4 epochs, lr drops after epochs 2 and 3
     fake_run(a11, 42, 0.914, 0.61, skip=True, swish=True, scale_init=True, ls=0.1)
     folder = next(a11.iterdir())
@@ -529,7 +533,8 @@ def test_report_renders_every_part_from_known_numbers(tmp_path):
     for part in ("fig1", "fig2", "fig6", "fig7", "fig9", "figA13"):
         assert f"![{part}]({part}_cifar100_resnet18_imp.png)" in md, part
         assert (out / f"{part}_cifar100_resnet18_imp.png").stat().st_size > 10_000
-    assert (out / "figA12_cifar100_resnet18_omp.png").exists() and not (out / "figA12_cifar100_resnet18_imp.png").exists()
+    assert (out / "figA12_cifar100_resnet18_one-shot.png").exists() and not (out / "figA12_cifar100_resnet18_imp.png").exists()
+    assert "| sparsity | LTH | LTH+AT | GraSP | seeds |" in md and "grasp masks" not in md
     assert "![](fig8_imp_s0.914_seed42.png)" in md  # landscape.py's plots are linked
     fig2 = (out / "fig2_cifar100_resnet18_imp.csv").read_text().splitlines()  # LTH (i=0), Swish (2), Mish (3)
     assert len(fig2) == 1 + 3 * 3 * 2 and "0.914,LTH+Mish,42,91.500,103.914" in fig2 and "0.2,LTH,1099,20.100,100.200" in fig2
@@ -577,6 +582,7 @@ def test_run_all_lists_the_full_reproduction():
     parts = dict(re.findall(r"^# (\w+): (\d+) jobs: .*, \d+ GPU-hours$", r.stdout, re.M))
     assert list(parts) == "a2 a3 a4 fig1 fig2 fig4 fig5 fig6 fig7 fig8 fig9 fig10 figA11 figA12 figA13 tableA1 skipproj".split()
     assert parts["fig1"] == parts["a2"] == str(3 * 17 * 5) and parts["figA12"] == str(3 * 17 * 4)  # seeds x levels x variants
+    assert (parts["fig8"], parts["fig10"], parts["figA13"]) == (str(3 * 4), str(3 * 2), str(3 * 9))  # seeds x variants
     assert "# figA11: 6 jobs: 6 trained spends + 3 draws (36 trainings" in r.stdout  # IMP levels 0..11 of 3 draws
     a11 = [j for j in jobs if "--hessian-every 1" in j]  # Fig. A11's re-trainings have folders of their own
     assert len(a11) == 6 and all("--sparsity 0.914" in j and "hessianevery1/seed" in j for j in a11)

@@ -47,10 +47,10 @@ def parser():
     a("--arch", default="resnet18", choices=list(models.ARCHS))
     a("--data-dir", default="data", help="where datasets are found or downloaded")
     a("--runs", default="runs", help="root of the draw cache and of default run folders")
-    a("--out", help="this spend's folder (default: runs/<dataset>_<arch>_seed<seed>/<variant>_<hash>)")
+    a("--out", help="this spend's folder (default: <runs>/<dataset>_<arch>_seed<seed>/<ticket>_<tweaks>_<hash>)")
     a("--seed", type=int, default=42)
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a("--deterministic", action="store_true", help="deterministic kernels: a resumed run repeats exactly")
+    a("--deterministic", action="store_true", help="deterministic kernels: a resumed run repeats exactly (on a CPU)")
     a("--repair", action="store_true", help="move a damaged draw file aside (*.damaged) and derive it again")
     a("--compile", action="store_true", help="torch.compile the model for training")
     a("--amp", action=argparse.BooleanOptionalAction, help="train in bf16 autocast (default: on with CUDA, off on CPU)")
@@ -64,7 +64,7 @@ def parser():
     # the ticket
     a("--sparsity", type=float, help="target sparsity in [0, 1); IMP spends level round(log(1-s)/log 0.8)")
     a("--prune", default="imp", choices=["imp", "omp", "random", "snip", "grasp", "synflow"],
-      help="omp: one shot from the dense net; random, snip, grasp, synflow: pruning at init (Table A4)")
+      help="omp: one shot from the dense net; random, snip, grasp, synflow: at init (Table A4: all but snip)")
     a("--prune-classifier", action="store_true", help="prune the linear classifier too (default: convs only)")
     a("--mask", help="spend this mask file ({weight name: bool tensor}) instead of drawing one")
     a("--rewind-epoch", type=int, help="reset to the dense weights after k epochs (LTH-Rewind), not theta_0")
@@ -307,7 +307,7 @@ class Draw:
         if not exists(os.path.join(self.dir, "draw.json")):
             write_json(key, os.path.join(self.dir, "draw.json"))
         self.vanilla = copy.copy(args)  # the draw never sees the tweaks (§3)
-        vars(self.vanilla).update(dict.fromkeys(TWEAKS, False), ls=0.0)
+        vars(self.vanilla).update(dict.fromkeys(TWEAKS, False), ls=0.0, hessian_every=0)  # nor Fig. A11's Hessians
 
     def derived(self, path, derive):
         """A draw file derivable again exactly (init.pt from the seed, a mask from what it is drawn from): derived once,
