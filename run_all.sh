@@ -138,7 +138,7 @@ quick_jobs() {  # the study's kind of ticket (one-shot, 91.4%), smaller: LTH vs 
 STUDY="--dataset fashionmnist --arch resnet20 --epochs 5 --subset 10000 --prune omp"
 study_jobs() {
   for seed in $SEEDS; do
-    for v in "" "--skip" "--skip-proj" "--swish" "--scale-init" "--ls 0.1" "--at" "--trt" "--at --trt"; do
+    for v in "--at --trt" "--trt" "--scale-init" "" "--skip-proj" "--at" "--skip" "--swish" "--ls 0.1"; do  # longest first
       job "$seed" 0.914 "$STUDY" $v
     done
   done
@@ -164,12 +164,13 @@ GPUS=$( (nvidia-smi -L 2>/dev/null || true) | grep -c GPU || true)
 SLOTS=${JOBS:-$(( (GPUS > 0 ? GPUS : 1) * PER_GPU ))}
 if [ $SET = study ] && [ -z "$JOBS" ] && [ "$GPUS" = 0 ]; then SLOTS=$(nproc); fi  # CPU: one run per core
 
-# Run a job list (stdin) in $SLOTS concurrent slots, slot i on GPU i mod GPUs; finished runs are skipped.
+# Run a job list (stdin) in $SLOTS concurrent slots, slot i on GPU i mod GPUs; finished runs are skipped. A queue:
+# a free slot takes the next job of the list (a counter under flock), so a long run never holds up the jobs behind it.
 run_list() {
   local jobs=(); mapfile -t jobs
-  local n=$SLOTS
-  for ((slot = 0; slot < n; slot++)); do
-    (for ((i = slot; i < ${#jobs[@]}; i += n)); do
+  local next i; next=$(mktemp); echo 0 > "$next"
+  for ((slot = 0; slot < SLOTS; slot++)); do
+    (while { flock 9; read -r i < "$next"; echo $((i + 1)) > "$next"; } 9< "$next"; ((i < ${#jobs[@]})); do
        out=${jobs[i]##*--out }
        [ -e "$out/results.json" ] && continue
        if [ "$GPUS" -gt 1 ]; then export CUDA_VISIBLE_DEVICES=$((slot % GPUS)); fi
@@ -178,7 +179,7 @@ run_list() {
        rc=$?; [ $rc = 75 ] || echo "FAILED ($rc): train.py ${jobs[i]}" >&2
      done) &
   done
-  wait
+  wait; rm -f "$next"
 }
 
 # The analysis parts, after the trainings they read; an output that exists is skipped (a killed run resumes).

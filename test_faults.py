@@ -113,6 +113,20 @@ def test_two_runners_on_one_folder_train_each_run_once_and_as_one_runner_would(t
         assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
 
 
+def test_a_long_run_holds_up_no_job_behind_it(tmp_path):
+    """--jobs 2 over [long, short, short, short]: a round-robin split would leave job 2 waiting behind the long job 0
+    on its slot; the queue gives it to the free slot. Each job runs once (a stand-in train.py: sleep, results.json)."""
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/bash\nout=${{@: -1}}; sleep $3; touch $out/results.json; echo $out >> {tmp_path}/done\n')
+    fake.chmod(0o755)
+    outs = [tmp_path / f"j{i}" for i in range(4)]
+    (tmp_path / "jobs.txt").write_text("".join(f"--sleep {4 if i == 0 else 0.1} --out {o}\n" for i, o in enumerate(outs)))
+    r = subprocess.run(["bash", os.path.join(HERE, "run_all.sh"), "--jobs-from", str(tmp_path / "jobs.txt"), "--jobs",
+                        "2"], capture_output=True, text=True, env=dict(os.environ, PYTHON=str(fake)))
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    assert (tmp_path / "done").read_text().split() == [str(outs[i]) for i in (1, 2, 3, 0)]
+
+
 def test_a_preempted_run_saves_at_the_next_step_exits_143_and_resumes_there_to_the_same_result(tmp_path):
     """SIGTERM (a scheduler's preemption) during epoch 2 of 2: the run saves at the next step boundary, says so in
     one line, exits 143; the same command resumes from that batch and ends exactly like a run never stopped."""
