@@ -61,8 +61,8 @@ def gather(root):
         res.update(seed=cfg["seed"], hessian=read_json(hessian) if hessian.exists() else {},  # seed: pairs with LTH
                    epochs=list(csv.DictReader(metrics.read_text().splitlines())) if metrics.exists() else [])
         masks = "user" if cfg.get("mask") else "one-shot" if cfg["sparsity"] and cfg["prune"] != "imp" else "imp"
-        target = curves if res["epochs"] and "top_eigenvalue" in res["epochs"][0] else groups  # a --mask run: measured
-        target.setdefault((cfg["dataset"], cfg["arch"], masks), {}).setdefault(
+        target = curves if res["epochs"] and "top_eigenvalue" in res["epochs"][0] else groups
+        target.setdefault((cfg["dataset"], cfg["arch"], masks), {}).setdefault(  # --mask runs: the measured sparsity
             (cfg["sparsity"] or round(res["sparsity"], 3), variant(cfg)), []).append(res)
     return groups, curves
 
