@@ -7,6 +7,7 @@ torchvision's usual DataLoader pipeline, (2) our loop (`train.train_epoch`) on t
 ticket with --at --trt; (2) and (3) compiled with --compile. Prints images/s, epoch time, peak memory, the ratio of (3)
 to (1), and the cost of one Hessian-vector product (hessian.py) and of building the graph it reuses, in training steps.
 """
+
 import copy
 import itertools
 import resource
@@ -28,14 +29,28 @@ def bare_loader(ds, batch_size):
     """The usual CIFAR input pipeline: PIL images, torchvision transforms per image, a DataLoader."""
     import torchvision.transforms as T
     from PIL import Image
+
     x, y = ds["train"]
-    transform = T.Compose([T.RandomCrop(x.shape[-1], padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                           T.Normalize(ds["mean"].tolist(), ds["std"].tolist())])
-    dataset = [(Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img), int(label))
-               for img, label in zip(x.permute(0, 2, 3, 1).cpu().numpy(), y.cpu())]
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=2,
-                                       collate_fn=lambda b: (torch.stack([transform(i) for i, _ in b]),
-                                                             torch.tensor([t for _, t in b])), persistent_workers=True)
+    transform = T.Compose(
+        [
+            T.RandomCrop(x.shape[-1], padding=4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(ds["mean"].tolist(), ds["std"].tolist()),
+        ]
+    )
+    dataset = [
+        (Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img), int(label))
+        for img, label in zip(x.permute(0, 2, 3, 1).cpu().numpy(), y.cpu())
+    ]
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=2,
+        collate_fn=lambda b: (torch.stack([transform(i) for i, _ in b]), torch.tensor([t for _, t in b])),
+        persistent_workers=True,
+    )
 
 
 def bare_steps(model, loader, device, steps):
@@ -67,8 +82,10 @@ def bench(args, steps=10, rounds=3):
     tweaks.swish(sparse)
     tweaks.scale_init(sparse, mask, train.forever(ds, args.batch_size, args.seed), iters=5)
     ours = {}
-    for name, model, m, ls in (("ours dense", dense, prune.ones_mask(dense), 0.0),
-                               ("ours 90% sparse +AT+TRT", sparse, mask, 0.1)):
+    for name, model, m, ls in (
+        ("ours dense", dense, prune.ones_mask(dense), 0.0),
+        ("ours 90% sparse +AT+TRT", sparse, mask, 0.1),
+    ):
         w = dict(model.named_parameters())
         opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.wd)
         ours[name] = (model, opt, [w[n] for n in m], [m[n].to(w[n].dtype) for n in m], tweaks.make_loss(ls))
@@ -93,16 +110,22 @@ def bench(args, steps=10, rounds=3):
                 timings[name].append(n / (time.perf_counter() - t0))
             peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated() / 2**20 if cuda else 0)
     n_train = len(ds["train"][0])
-    print(f"{args.arch} on {args.dataset} ({n_train} training images), batch {args.batch_size}, {args.device}, "
-          f"{torch.get_num_threads()} threads, {steps} steps x {rounds} interleaved rounds"
-          f"{', ours compiled' if args.compile else ''}")
+    print(
+        f"{args.arch} on {args.dataset} ({n_train} training images), batch {args.batch_size}, {args.device}, "
+        f"{torch.get_num_threads()} threads, {steps} steps x {rounds} interleaved rounds"
+        f"{', ours compiled' if args.compile else ''}"
+    )
     medians = {name: statistics.median(rates) for name, rates in timings.items()}
     for name, rate in medians.items():
-        print(f"  {name:34s} {rate:9.0f} images/s   epoch {n_train / rate:7.2f} s" +
-              (f"   peak {peaks[name]:.0f} MiB GPU" if cuda else ""))
+        print(
+            f"  {name:34s} {rate:9.0f} images/s   epoch {n_train / rate:7.2f} s"
+            + (f"   peak {peaks[name]:.0f} MiB GPU" if cuda else "")
+        )
     if not cuda:  # ru_maxrss: this process alone, not the DataLoader's worker processes
-        print(f"  peak memory of the whole process (all loops): "
-              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB RSS")
+        print(
+            f"  peak memory of the whole process (all loops): "
+            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB RSS"
+        )
     ratio = medians["ours 90% sparse +AT+TRT"] / medians["bare PyTorch + DataLoader (dense)"]
     x, y = next(data.batches(ds, "train", args.batch_size, seed=0))
     for name, (model, *_) in ours.items():  # as hessian.top_eigen runs: one graph, then many products through it
@@ -119,8 +142,10 @@ def bench(args, steps=10, rounds=3):
             sync()
             product.append(time.perf_counter() - t0)
         del matvec  # frees the graph
-        print(f"{name}: one Hessian-vector product = {statistics.median(product) / step:.2f} training steps "
-              f"(building the graph it reuses, once per top_eigen call: {build / step:.2f})")
+        print(
+            f"{name}: one Hessian-vector product = {statistics.median(product) / step:.2f} training steps "
+            f"(building the graph it reuses, once per top_eigen call: {build / step:.2f})"
+        )
     print(f"sparse/bare throughput ratio: {ratio:.2f}")
 
 

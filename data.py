@@ -7,6 +7,7 @@ Each split is one uint8 tensor (N, C, H, W) plus int64 labels, decoded once. The
 into train/val by a seeded permutation (§4.1); the official test set is the test split (for Tiny-ImageNet, its labelled
 val folder). Normalization uses the per-channel mean/std of the full training set, measured: right for every dataset.
 """
+
 import glob
 import gzip
 import os
@@ -23,7 +24,7 @@ DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 def _idx(path):
     """Read an IDX file (the MNIST format): path.gz if there is one, else path."""
-    with (gzip.open(path + ".gz") if os.path.exists(path + ".gz") else open(path, "rb")) as f:
+    with gzip.open(path + ".gz") if os.path.exists(path + ".gz") else open(path, "rb") as f:
         raw = f.read()
     shape = np.frombuffer(raw, ">u4", raw[3], 4).astype(int)  # byte 3: the number of dimensions
     return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(shape).copy())
@@ -33,15 +34,20 @@ def fashionmnist(root):
     folder = DEBIAN_FASHION_MNIST
     if not os.path.exists(os.path.join(folder, "train-images-idx3-ubyte.gz")):
         import torchvision
+
         try:
             torchvision.datasets.FashionMNIST(root, download=True)
         except Exception as e:
-            raise BadInput(f"Fashion-MNIST not found ({e.__class__.__name__}): `apt-get install "
-                           f"dataset-fashion-mnist`, or put the raw files in {root}/FashionMNIST/raw")
+            raise BadInput(
+                f"Fashion-MNIST not found ({e.__class__.__name__}): `apt-get install "
+                f"dataset-fashion-mnist`, or put the raw files in {root}/FashionMNIST/raw"
+            )
         folder = os.path.join(root, "FashionMNIST", "raw")
     read = lambda name: _idx(os.path.join(folder, name))
-    split = {k: (read(f"{p}-images-idx3-ubyte")[:, None], read(f"{p}-labels-idx1-ubyte").long())
-             for k, p in (("train", "train"), ("test", "t10k"))}
+    split = {
+        k: (read(f"{p}-images-idx3-ubyte")[:, None], read(f"{p}-labels-idx1-ubyte").long())
+        for k, p in (("train", "train"), ("test", "t10k"))
+    }
     return split, 10
 
 
@@ -57,11 +63,14 @@ def cifar(root, classes):
     path = os.path.join(root, folder)
     if not os.path.isdir(path):
         from torchvision.datasets.utils import download_and_extract_archive
+
         try:
             download_and_extract_archive(f"https://www.cs.toronto.edu/~kriz/cifar-{classes}-python.tar.gz", root)
         except Exception as e:
-            raise BadInput(f"CIFAR-{classes} not found and not downloadable ({e.__class__.__name__}): "
-                           f"put the extracted {folder}/ folder in {os.path.abspath(root)}/")
+            raise BadInput(
+                f"CIFAR-{classes} not found and not downloadable ({e.__class__.__name__}): "
+                f"put the extracted {folder}/ folder in {os.path.abspath(root)}/"
+            )
     split = {}
     for name, files in (("train", train_files), ("test", test_files)):
         xs, ys = [], []
@@ -78,16 +87,24 @@ def tinyimagenet(root):
     """Tiny-ImageNet as extracted (train/<wnid>/images/, val/images/, val/val_annotations.txt). Decoded at every load:
     about 110,000 64x64 JPEGs, seconds to a minute, small beside a training run, and no cache to go stale."""
     from PIL import Image
+
     folder = os.path.join(root, "tiny-imagenet-200")
     if not os.path.exists(os.path.join(folder, "wnids.txt")):
-        raise BadInput(f"Tiny-ImageNet not found: put the extracted tiny-imagenet-200/ folder in "
-                       f"{os.path.abspath(root)}/ (it cannot be downloaded by this tool)")
+        raise BadInput(
+            f"Tiny-ImageNet not found: put the extracted tiny-imagenet-200/ folder in "
+            f"{os.path.abspath(root)}/ (it cannot be downloaded by this tool)"
+        )
     wnids = open(os.path.join(folder, "wnids.txt")).read().split()
     label = {w: i for i, w in enumerate(wnids)}
-    files = {"train": [(p, label[w]) for w in wnids
-                       for p in sorted(glob.glob(os.path.join(folder, "train", w, "images", "*")))],
-             "test": [(os.path.join(folder, "val", "images", f), label[w]) for f, w, *_ in  # file, wnid, box
-                      map(str.split, open(os.path.join(folder, "val", "val_annotations.txt")))]}
+    files = {
+        "train": [
+            (p, label[w]) for w in wnids for p in sorted(glob.glob(os.path.join(folder, "train", w, "images", "*")))
+        ],
+        "test": [
+            (os.path.join(folder, "val", "images", f), label[w])
+            for f, w, *_ in map(str.split, open(os.path.join(folder, "val", "val_annotations.txt")))  # file, wnid, box
+        ],
+    }
     read = lambda p: torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
     split = {k: (torch.stack([read(p) for p, _ in v]), torch.tensor([c for _, c in v])) for k, v in files.items()}
     return split, len(wnids)
@@ -100,8 +117,10 @@ def synthetic(classes, shape, sizes, seed=0):
     split = {}
     for name, size in zip(("train", "test"), sizes):
         y = torch.randint(0, classes, (size,), generator=gen)
-        chunks = [(128 + 40 * patterns[c] + 50 * torch.randn(len(c), *shape, generator=gen)).clamp(0, 255).byte()
-                  for c in y.split(5000)]  # 5,000 at a time: 50,000 float images at once would take 2 GB
+        chunks = [
+            (128 + 40 * patterns[c] + 50 * torch.randn(len(c), *shape, generator=gen)).clamp(0, 255).byte()
+            for c in y.split(5000)
+        ]  # 5,000 at a time: 50,000 float images at once would take 2 GB
         split[name] = (torch.cat(chunks), y)
     return split, classes
 
@@ -129,8 +148,14 @@ def load(name, root="data", subset=None, seed=42, device="cpu"):
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     n_val = len(x) // 10
     to = lambda x, y: (x.to(device), y.to(device))
-    return {"train": to(x[perm[n_val:]], y[perm[n_val:]]), "val": to(x[perm[:n_val]], y[perm[:n_val]]),
-            "test": to(*split["test"]), "classes": classes, "mean": mean.to(device), "std": std.to(device)}
+    return {
+        "train": to(x[perm[n_val:]], y[perm[n_val:]]),
+        "val": to(x[perm[:n_val]], y[perm[:n_val]]),
+        "test": to(*split["test"]),
+        "classes": classes,
+        "mean": mean.to(device),
+        "std": std.to(device),
+    }
 
 
 def augment(x, gen):
@@ -155,7 +180,7 @@ def batches(ds, split, batch_size, seed=None, augmented=False):
     gen = None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
     order = torch.randperm(len(x), generator=gen, device=x.device) if gen else torch.arange(len(x), device=x.device)
     for i in range(0, len(x), batch_size):
-        idx = order[i:i + batch_size]
+        idx = order[i : i + batch_size]
         xb = augment(x[idx], gen) if augmented else x[idx]
         yield normalize(ds, xb), y[idx]
 

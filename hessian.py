@@ -9,6 +9,7 @@ batches", Fig. A11: 3); `top_eigen` of several batches is one Hessian of their m
 leave out pruned weights, put BatchNorm in eval mode as PyHessian (the trained network's loss) and restore the model,
 .grad too.
 """
+
 import itertools
 import statistics
 
@@ -35,9 +36,12 @@ def hessian_operator(model, loss_fn, batches, params, keep):
     def matvec(v):
         v, out = project(v, keep), [torch.zeros_like(p) for p in params]
         for g in grads:  # d(g.v)/dw = H v
-            out = [o + h for o, h in zip(out, torch.autograd.grad(dot(g, v), params, retain_graph=True,
-                                                                   materialize_grads=True))]
+            out = [
+                o + h
+                for o, h in zip(out, torch.autograd.grad(dot(g, v), params, retain_graph=True, materialize_grads=True))
+            ]
         return project(out, keep)
+
     return matvec
 
 

@@ -8,6 +8,7 @@ and activation sparsity (Table A1, which train.py measures for every run into it
 A loss is the mean cross-entropy in eval mode on fixed, seeded, unaugmented images, one batched forward pass per point
 via functional_call (weights never touched). Beside each plot: a .npz of the raw numbers and the cost (points x images).
 """
+
 import io
 import os
 
@@ -34,16 +35,26 @@ def filter_normalize(direction, weights):
     """Li et al. 2018, on {name: tensor} dicts: each output filter (dim-0 slice) of the direction gets the norm of
     the same filter of the weights, so that any weight scale compares. 1-D params (BatchNorm, biases) get zero."""
     norms = lambda t: t.flatten(1).norm(dim=1).view(-1, *[1] * (t.dim() - 1))  # one per output filter
-    return {n: d * norms(weights[n]) / norms(d).clamp_min(1e-12) if d.dim() > 1 else torch.zeros_like(d)
-            for n, d in direction.items()}  # a filter pruned away entirely stays zero
+    return {
+        n: d * norms(weights[n]) / norms(d).clamp_min(1e-12) if d.dim() > 1 else torch.zeros_like(d)
+        for n, d in direction.items()
+    }  # a filter pruned away entirely stays zero
 
 
 def plane_directions(model, mask, seed=0):
     """Two seeded Gaussian directions (drawn on the CPU: alike on every device), masked, filter-normalized."""
     gen = torch.Generator().manual_seed(seed)
     weights = {n: p.detach() for n, p in model.named_parameters()}
-    return [filter_normalize({n: torch.randn(w.shape, generator=gen).to(w.device) * mask.get(n, 1)  # so the plane
-                              for n, w in weights.items()}, weights) for _ in range(2)]  # keeps the ticket's zeros
+    return [
+        filter_normalize(
+            {
+                n: torch.randn(w.shape, generator=gen).to(w.device) * mask.get(n, 1)  # so the plane
+                for n, w in weights.items()
+            },
+            weights,
+        )
+        for _ in range(2)
+    ]  # keeps the ticket's zeros
 
 
 def losses_along(model, steps, x, y):
@@ -70,12 +81,17 @@ def activation_sparsity(model, x, threshold=1e-2):
     """Table A1: {stage: fraction of ReLU/Swish/Mish outputs with |a| <= threshold} over one forward pass of x, by
     the stage (layer1..layerN; the ResNet stem's "stem") the module is in. The paper's count uses 1e-2 (ToST's
     soft_activation/activation_analysis.py), so Swish is not at 0; threshold=0 counts exact zeros."""
-    stage_of = {m: name.split(".")[0] if name.startswith("layer") else "stem"
-                for name, m in model.named_modules() if isinstance(m, (nn.ReLU, nn.SiLU, nn.Mish))}
+    stage_of = {
+        m: name.split(".")[0] if name.startswith("layer") else "stem"
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.ReLU, nn.SiLU, nn.Mish))
+    }
     tally, was_training = {stage: [0, 0] for stage in stage_of.values()}, model.training  # [zeros, outputs]
+
     def count(module, inputs, output):
         tally[stage_of[module]][0] += (output.abs() <= threshold).sum()  # a tensor: no device sync per activation
         tally[stage_of[module]][1] += output.numel()
+
     hooks = [m.register_forward_hook(count) for m in stage_of]
     try:
         with torch.inference_mode():
@@ -109,8 +125,17 @@ def save_figure(fig, args, loaded, dataset, cost, **arrays):
     cost = f"{len(loaded)} runs x {cost} x {n} images"
     fig.suptitle(f"{dataset}: loss on {n} fixed test images")
     fig.savefig(png, format="png", dpi=120)
-    np.savez(npz, cost=cost, runs=args.runs, labels=[r[0] for r in loaded], dataset=dataset, split="test", images=n,
-             seed=args.seed, **arrays)
+    np.savez(
+        npz,
+        cost=cost,
+        runs=args.runs,
+        labels=[r[0] for r in loaded],
+        dataset=dataset,
+        split="test",
+        images=n,
+        seed=args.seed,
+        **arrays,
+    )
     for path, buf in ((args.out, png), (os.path.splitext(args.out)[0] + ".npz", npz)):
         runs.save(buf.getvalue(), path)
     print(f"cost: {cost}\nwrote {args.out} and its raw numbers, {os.path.splitext(args.out)[0]}.npz")
@@ -123,6 +148,7 @@ def contour(args):
     lo, hi = min(g.min() for g in grids), min(max(g.max() for g in grids), 8.0)  # clamped at 8 as in Fig. 8
     levels = np.linspace(lo, max(hi, lo + 1e-6), 21)  # one colour scale for every panel
     from matplotlib.figure import Figure  # here: train.py imports this module, and needs no matplotlib
+
     fig = Figure(figsize=(5.3 * len(loaded) + 1.5, 5), layout="constrained")
     axes = fig.subplots(1, len(loaded), squeeze=False)[0]
     for ax, grid, (name, *_) in zip(axes, grids, loaded):
@@ -131,18 +157,20 @@ def contour(args):
         ax.plot(0, 0, "r+", ms=10)  # the trained weights
         ax.set(title=name, xlabel="random direction 1 (filter-normalized)", ylabel="random direction 2", aspect=1)
     fig.colorbar(filled, ax=axes.tolist(), label="loss (cross-entropy)", format="%.2f")
-    save_figure(fig, args, loaded, dataset, f"{args.grid ** 2} grid points", coords=coords, losses=np.stack(grids))
+    save_figure(fig, args, loaded, dataset, f"{args.grid**2} grid points", coords=coords, losses=np.stack(grids))
 
 
 def eigen(args):
     loaded, dataset = load_runs(args)  # test images: Fig. 10 plots the testing loss
     alphas, lines, values, products = np.linspace(-args.radius, args.radius, args.points), [], [], 0
     from matplotlib.figure import Figure  # no pyplot: headless, no global state
+
     ax = Figure(figsize=(6.5, 4.3), layout="constrained").subplots()
     for name, model, mask, ds, x, y in loaded:
         batches = hessian.fixed_batches(ds, seed=args.seed)  # training images, as the eigenvalues of Fig. 2, A13
-        value, vector, iters = hessian.top_eigen(model, F.cross_entropy, batches, args.iters, masks=mask,
-                                                 return_iters=True)  # unit norm, zero where the mask prunes
+        value, vector, iters = hessian.top_eigen(
+            model, F.cross_entropy, batches, args.iters, masks=mask, return_iters=True
+        )  # unit norm, zero where the mask prunes
         products += iters * sum(len(b[1]) for b in batches)
         direction = dict(zip((n for n, _ in model.named_parameters()), vector))  # in model.parameters() order
         lines.append(losses_along(model, [[(float(a), direction)] for a in alphas], x, y))
@@ -150,9 +178,17 @@ def eigen(args):
         ax.plot(alphas, lines[-1], marker=".", label=f"{name}, top eigenvalue {value:.3g}")
     ax.set(xlabel="distance along the top Hessian eigenvector (unit norm)", ylabel="loss (cross-entropy)")
     ax.legend(fontsize=8)
-    save_figure(ax.figure, args, loaded, dataset, f"{args.points} points", alphas=alphas,
-                losses=np.stack(lines), eigenvalues=values,
-                hessian_cost=f"{products:,} image Hessian-vector products (power iterations x images)")
+    save_figure(
+        ax.figure,
+        args,
+        loaded,
+        dataset,
+        f"{args.points} points",
+        alphas=alphas,
+        losses=np.stack(lines),
+        eigenvalues=values,
+        hessian_cost=f"{products:,} image Hessian-vector products (power iterations x images)",
+    )
 
 
 def eigenvalue(args):
@@ -163,8 +199,19 @@ def eigenvalue(args):
     model, mask, ds, _ = runs.load_run(args.runs[0], args.data_dir, args.device, args.weights)
     batches = hessian.fixed_batches(ds, args.batches, args.batch_size)
     value, std, values, iters = hessian.per_batch(model, F.cross_entropy, batches, args.iters, args.tol, mask)
-    runs.write_json(dict(top_eigenvalue=value, std=std, per_batch=values, iterations=iters, batches=len(batches),
-                         images=sum(len(y) for _, y in batches), run=args.runs[0], weights=args.weights), args.out)
+    runs.write_json(
+        dict(
+            top_eigenvalue=value,
+            std=std,
+            per_batch=values,
+            iterations=iters,
+            batches=len(batches),
+            images=sum(len(y) for _, y in batches),
+            run=args.runs[0],
+            weights=args.weights,
+        ),
+        args.out,
+    )
     print(f"{args.runs[0]}: top eigenvalue {value:.4g} +- {std:.2g} over {len(batches)} batches -> {args.out}")
 
 
@@ -188,10 +235,15 @@ def parse_args(argv=None):
     a("--weights", default="model.pt", help="which weights of each run: model.pt (final), epoch5.pt (Fig. 4), ...")
     a("--data-dir", default="data")
     args = p.parse_args(argv)
-    if min(args.images, args.iters, args.batches, args.batch_size) < 1 or min(args.grid, args.points) < 2 or min(
-            args.span, args.radius, args.tol) <= 0:
-        p.error("--images, --iters, --batches, --batch-size must be >= 1, --grid, --points >= 2, and "
-                "--span, --radius, --tol > 0")
+    if (
+        min(args.images, args.iters, args.batches, args.batch_size) < 1
+        or min(args.grid, args.points) < 2
+        or min(args.span, args.radius, args.tol) <= 0
+    ):
+        p.error(
+            "--images, --iters, --batches, --batch-size must be >= 1, --grid, --points >= 2, and "
+            "--span, --radius, --tol > 0"
+        )
     return args
 
 

@@ -7,6 +7,7 @@ ends in adaptive average pooling, so any input size works. Two seams serve the t
 one `ConvBN` unit (the skip tweak of Fig. 3 sets its `skip`), and every activation is its own `nn.ReLU` module (the
 Swish/Mish tweak swaps it). Stages are named layer1, layer2, ... everywhere, so analysis tools can group by stage.
 """
+
 from collections import OrderedDict
 
 import torch
@@ -25,6 +26,7 @@ class BatchNorm(nn.BatchNorm2d):
     """nn.BatchNorm2d, but with `global_stats` set (by train.fit under torchrun: each rank holds a shard of the batch)
     it normalizes with the global batch's statistics, so N processes train like one, as torch's GPU-only SyncBatchNorm
     does, on CPU with gloo too (where it is tested). Elsewhere (scale_init, SNIP) each rank sees the whole batch."""
+
     global_stats = False
 
     def forward(self, x):
@@ -115,8 +117,12 @@ def network(layers, width, num_classes, stem=None):
     """The network: stages layer1..layerN (after a ResNet's stem + ReLU), average pooling, a linear classifier."""
     head = [("stem", stem), ("act", nn.ReLU())] if stem is not None else []
     named = head + [(f"layer{i + 1}", stage) for i, stage in enumerate(layers)]
-    return nn.Sequential(OrderedDict(named + [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
-                                              ("fc", nn.Linear(width, num_classes))]))
+    return nn.Sequential(
+        OrderedDict(
+            named
+            + [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(width, num_classes))]
+        )
+    )
 
 
 def conv_act(cin, cout, kernel, stride=1, groups=1, skippable=True):

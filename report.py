@@ -7,6 +7,7 @@ over seeds +- std and, in brackets, the paired difference to LTH on the same tic
 never zero) and their plot, then every part of run_all.sh whose runs are there (FIGURES, Table A1, the skip table,
 Fig. A11) and the landscape.py plots in --out. ResNet-18 on CIFAR-100 carries the paper's accuracies (paper.csv) dotted.
 """
+
 import csv
 import functools
 import glob
@@ -24,17 +25,40 @@ from runs import Parser, command, read_json, save, variant
 # Tables A2, A3: {variant: [(sparsity %, test acc. %)]}, ResNet-18 on CIFAR-100, mean of seeds 42, 1099, 5469
 _header, *_rows = csv.reader(pathlib.Path(__file__).with_name("paper.csv").read_text().splitlines())
 PAPER = {row[0]: [(float(s), float(a)) for s, a in zip(_header[1:], row[1:]) if a != "-"] for row in _rows}
-ORDER = ["LTH", "LTH+Skip", "LTH+Skip-1x1", "LTH+Swish", "LTH+Mish", "LTH+Scaling", "LTH+LS", "LTH+KD", "LTH+AT",
-         "LTH+AT-1x1", "LTH+TRT", "LTH+AT+TRT", "LTH+AT+Scaling+KD", "LTH Rewind", "LTH+AT Rewind", "LTH+TRT Rewind",
-         "LTH+AT+TRT Rewind"]
+ORDER = [
+    "LTH",
+    "LTH+Skip",
+    "LTH+Skip-1x1",
+    "LTH+Swish",
+    "LTH+Mish",
+    "LTH+Scaling",
+    "LTH+LS",
+    "LTH+KD",
+    "LTH+AT",
+    "LTH+AT-1x1",
+    "LTH+TRT",
+    "LTH+AT+TRT",
+    "LTH+AT+Scaling+KD",
+    "LTH Rewind",
+    "LTH+AT Rewind",
+    "LTH+TRT Rewind",
+    "LTH+AT+TRT Rewind",
+]
 # what a figure shows: (axis label, the number of one run's results; None where that run has not measured it)
 ACCURACY = ("test accuracy (%)", lambda r: 100 * r["test_acc"])
 EIGEN = ("top Hessian eigenvalue (mean over its batches)", lambda r: r.get("hessian", {}).get("top_eigenvalue"))
 # run_all.sh's figure parts: {part: (masks, or None for any; what; panels, each a list of variants; only at sparsity)}
 FIGURES = {
     "fig1": ("imp", ACCURACY, [["LTH", v] for v in ("LTH+Skip", "LTH+Swish", "LTH+Scaling", "LTH+LS")], None),
-    "fig6": ("imp", ACCURACY, [["LTH", "LTH+AT", "LTH+TRT", "LTH+AT+TRT"],  # (a) the tweaks, (b) against rewinding
-                               ["LTH Rewind", "LTH+AT", "LTH+TRT", "LTH+AT+TRT"]], None),
+    "fig6": (
+        "imp",
+        ACCURACY,
+        [
+            ["LTH", "LTH+AT", "LTH+TRT", "LTH+AT+TRT"],  # (a) the tweaks, (b) against rewinding
+            ["LTH Rewind", "LTH+AT", "LTH+TRT", "LTH+AT+TRT"],
+        ],
+        None,
+    ),
     "fig7": ("imp", ACCURACY, [["LTH Rewind", "LTH+AT Rewind", "LTH+TRT Rewind", "LTH+AT+TRT Rewind"]], None),
     "fig9": ("imp", ACCURACY, [["LTH+AT+TRT", "LTH+AT+Scaling+KD"]], None),  # LS replaced by KD (§4.6)
     "figA12": ("one-shot", ACCURACY, [["LTH", "LTH+AT", "LTH+TRT", "LTH+AT+TRT"]], None),
@@ -42,9 +66,15 @@ FIGURES = {
     "figA13": (None, EIGEN, [ORDER], 0.914),
 }
 # the skip table: how much of the authors' 1x1 skip (--skip-proj) their reported sparsity leaves uncounted
-SKIP_COLUMNS = [(f"{v} {what}", v, f) for v in ("LTH+AT", "LTH+AT-1x1") for what, f in (
-    ("acc. (%)", ACCURACY[1]), ("sparsity of all trained weights (%)", lambda r: 100 * r["sparsity_all"]),
-    ("weights outside the mask", lambda r: r["unmasked_weights"]))]
+SKIP_COLUMNS = [
+    (f"{v} {what}", v, f)
+    for v in ("LTH+AT", "LTH+AT-1x1")
+    for what, f in (
+        ("acc. (%)", ACCURACY[1]),
+        ("sparsity of all trained weights (%)", lambda r: 100 * r["sparsity_all"]),
+        ("weights outside the mask", lambda r: r["unmasked_weights"]),
+    )
+]
 
 
 def gather(root):
@@ -58,12 +88,16 @@ def gather(root):
             continue  # a draw's own ticket folder; its spend copy carries the config
         res, cfg = read_json(path), read_json(os.path.join(folder, "config.json"))
         hessian, metrics = pathlib.Path(folder, "hessian.json"), pathlib.Path(folder, "metrics.csv")
-        res.update(seed=cfg["seed"], hessian=read_json(hessian) if hessian.exists() else {},  # seed: pairs with LTH
-                   epochs=list(csv.DictReader(metrics.read_text().splitlines())) if metrics.exists() else [])
+        res.update(
+            seed=cfg["seed"],
+            hessian=read_json(hessian) if hessian.exists() else {},  # seed: pairs with LTH
+            epochs=list(csv.DictReader(metrics.read_text().splitlines())) if metrics.exists() else [],
+        )
         masks = "user" if cfg.get("mask") else "one-shot" if cfg["sparsity"] and cfg["prune"] != "imp" else "imp"
         target = curves if res["epochs"] and "top_eigenvalue" in res["epochs"][0] else groups
         target.setdefault((cfg["dataset"], cfg["arch"], masks), {}).setdefault(  # --mask runs: the measured sparsity
-            (cfg["sparsity"] or round(res["sparsity"], 3), variant(cfg)), []).append(res)
+            (cfg["sparsity"] or round(res["sparsity"], 3), variant(cfg)), []
+        ).append(res)
     return groups, curves
 
 
@@ -73,8 +107,9 @@ def t_quantile(p, df):
     Gamma((df+1)/2) / (sqrt(df pi) Gamma(df/2)) * (1 + x^2/df)^(-(df+1)/2), integrated from 0 by Simpson's rule."""
     log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
     density = lambda x: math.exp(log_c - (df + 1) / 2 * math.log1p(x * x / df))
-    cdf = lambda x, n=2000: 0.5 + x / n / 3 * sum((1 if i in (0, n) else 4 - 2 * (i % 2 == 0)) * density(i * x / n)
-                                                  for i in range(n + 1))
+    cdf = lambda x, n=2000: (
+        0.5 + x / n / 3 * sum((1 if i in (0, n) else 4 - 2 * (i % 2 == 0)) * density(i * x / n) for i in range(n + 1))
+    )
     lo, hi = 0.0, 1000.0
     for _ in range(50):
         lo, hi = ((lo + hi) / 2, hi) if cdf((lo + hi) / 2) < p else (lo, (lo + hi) / 2)
@@ -110,8 +145,15 @@ def variants(runs):
 
 def cell(found, diff):
     a = list(found.values())
-    return (f"{statistics.mean(a):,.2f}" + (f" ± {statistics.stdev(a):,.2f}" if len(a) > 1 else "")
-            + (f" ({interval(diff)})" if diff else "")) if a else "missing"
+    return (
+        (
+            f"{statistics.mean(a):,.2f}"
+            + (f" ± {statistics.stdev(a):,.2f}" if len(a) > 1 else "")
+            + (f" ({interval(diff)})" if diff else "")
+        )
+        if a
+        else "missing"
+    )
 
 
 def table(runs, columns=None):
@@ -126,21 +168,31 @@ def table(runs, columns=None):
         if not any(found):
             continue
         measured = 100 * statistics.mean(r["sparsity"] for _, v, _ in columns for r in runs.get((s, v), []))
-        diffs = [paired(differences(f, values(runs, s, "LTH"))) if accuracy and v != "LTH" else None
-                 for f, (_, v, _) in zip(found, columns)]
+        diffs = [
+            paired(differences(f, values(runs, s, "LTH"))) if accuracy and v != "LTH" else None
+            for f, (_, v, _) in zip(found, columns)
+        ]
         lines.append(f"| {measured:.1f}% | " + " | ".join(map(cell, found, diffs)) + f" | {max(map(len, found))} |")
-        words += [f"- {measured:.1f}%: {v} − LTH: {interval(d)} pp, {d[2]} seed{'s' * (d[2] > 1)}"
-                  for (_, v, _), d in zip(columns, diffs) if d]
+        words += [
+            f"- {measured:.1f}%: {v} − LTH: {interval(d)} pp, {d[2]} seed{'s' * (d[2] > 1)}"
+            for (_, v, _), d in zip(columns, diffs)
+            if d
+        ]
     return "\n".join(lines + [""] + words)
 
 
 def activation_columns(runs, key):
     """Table A1's columns: per stage, LTH (ReLU) and LTH+Swish, the % of activations counted by `key` in results.json
     (activation_sparsity: |a| <= 1e-2, the paper's count; activation_zeros: exactly 0)."""
-    stages = sorted({stage for found in runs.values() for r in found for stage in r.get(key, {})},
-                    key=lambda stage: (stage != "stem", stage))  # stem, layer1, layer2, ...
-    return [(f"{stage} {act}", v, lambda r, stage=stage: 100 * r[key][stage])
-            for stage in stages for act, v in (("ReLU", "LTH"), ("Swish", "LTH+Swish"))]
+    stages = sorted(
+        {stage for found in runs.values() for r in found for stage in r.get(key, {})},
+        key=lambda stage: (stage != "stem", stage),
+    )  # stem, layer1, layer2, ...
+    return [
+        (f"{stage} {act}", v, lambda r, stage=stage: 100 * r[key][stage])
+        for stage in stages
+        for act, v in (("ReLU", "LTH"), ("Swish", "LTH+Swish"))
+    ]
 
 
 def present(runs, names, value):
@@ -161,17 +213,27 @@ def panel(ax, runs, names, metric, reference=False):
         means = [statistics.mean(found.values()) for _, found in points]
         spread = [statistics.stdev(found.values()) if len(found) > 1 else 0 for _, found in points]
         ax.plot(x, means, "o-", label=name.replace("+", " + "), color=f"C{i}")
-        ax.fill_between(x, [m - d for m, d in zip(means, spread)], [m + d for m, d in zip(means, spread)],
-                        color=f"C{i}", alpha=0.15)
-        ax.plot([a for a, (_, f) in zip(x, points) for _ in f], [v for _, f in points for v in f.values()], ".",
-                color=f"C{i}", ms=3)
+        ax.fill_between(
+            x, [m - d for m, d in zip(means, spread)], [m + d for m, d in zip(means, spread)], color=f"C{i}", alpha=0.15
+        )
+        ax.plot(
+            [a for a, (_, f) in zip(x, points) for _ in f],
+            [v for _, f in points for v in f.values()],
+            ".",
+            color=f"C{i}",
+            ms=3,
+        )
         dense = values(runs, 0.0, name, value)
         if dense and levels:
             ax.axhline(statistics.mean(dense.values()), ls="--", color=f"C{i}", lw=1)
         if reference and name in PAPER and len(levels) > 1:
             ax.plot(*zip(*[p for p in PAPER[name] if p[0] > 0]), ":", color=f"C{i}", alpha=0.7)
-        rows += [f"{s},{name},{r['seed']},{100 * r['sparsity']:.3f},{value(r):.3f}" for s in [0.0, *levels]
-                 for r in runs.get((s, name), []) if value(r) is not None]
+        rows += [
+            f"{s},{name},{r['seed']},{100 * r['sparsity']:.3f},{value(r):.3f}"
+            for s in [0.0, *levels]
+            for r in runs.get((s, name), [])
+            if value(r) is not None
+        ]
     if len(levels) > 1:
         ax.set(xlabel="sparsity (%); dashed: the dense network" + ("; dotted: the paper" if reference else ""))
         ax.legend(fontsize=7)
@@ -248,8 +310,11 @@ def main(argv=None):
     groups, curve_groups = gather(args.runs)
     if not groups and not curve_groups:
         raise BadInput(f"no finished runs under {args.runs}")
-    md = [f"# Results gathered from {args.runs}\n", "Test accuracy (%) of the best-validation checkpoint, mean ± std "
-          "over seeds, (paired difference to LTH on the same ticket, seed by seed [95% t-interval over seeds]).\n"]
+    md = [
+        f"# Results gathered from {args.runs}\n",
+        "Test accuracy (%) of the best-validation checkpoint, mean ± std "
+        "over seeds, (paired difference to LTH on the same ticket, seed by seed [95% t-interval over seeds]).\n",
+    ]
     for (dataset, arch, method), runs in sorted(groups.items()):
         title, group = f"{arch} on {dataset}, {method} masks", f"{dataset}_{arch}_{method}"
         reference = (dataset, arch) == ("cifar100", "resnet18")
@@ -263,21 +328,32 @@ def main(argv=None):
                 figure(chosen, panels, metric, f"{part}: {title}", path, reference)
                 md += [f"### {part}\n", f"![{part}]({part}_{group}.png)\n"]
         if present(runs, ["LTH+Swish"], ACCURACY[1]):
-            md += ["### tableA1: activation sparsity (%) per stage, |a| <= 1e-2 (the paper's count)\n",
-                   table(runs, activation_columns(runs, "activation_sparsity")) + "\n", "Exactly zero (%):\n",
-                   table(runs, activation_columns(runs, "activation_zeros")) + "\n"]
+            md += [
+                "### tableA1: activation sparsity (%) per stage, |a| <= 1e-2 (the paper's count)\n",
+                table(runs, activation_columns(runs, "activation_sparsity")) + "\n",
+                "Exactly zero (%):\n",
+                table(runs, activation_columns(runs, "activation_zeros")) + "\n",
+            ]
         if present(runs, ["LTH+AT-1x1"], ACCURACY[1]):
-            md += ["### skipproj: our parameter-free skip vs the authors' 1x1 skip (sparsity: of the masked layers)\n",
-                   table(runs, SKIP_COLUMNS) + "\n"]
+            md += [
+                "### skipproj: our parameter-free skip vs the authors' 1x1 skip (sparsity: of the masked layers)\n",
+                table(runs, SKIP_COLUMNS) + "\n",
+            ]
     for (dataset, arch, method), runs in sorted(curve_groups.items()):
         for seed in sorted({r["seed"] for found in runs.values() for r in found}):
             png = f"figA11_{dataset}_{arch}_{method}_seed{seed}.png"
-            curves([(v, r) for (_, v), found in sorted(runs.items()) for r in found if r["seed"] == seed],
-                   f"figA11: {arch} on {dataset}, {method} masks, seed {seed}", os.path.join(args.out, png))
+            curves(
+                [(v, r) for (_, v), found in sorted(runs.items()) for r in found if r["seed"] == seed],
+                f"figA11: {arch} on {dataset}, {method} masks, seed {seed}",
+                os.path.join(args.out, png),
+            )
             md += [f"### figA11, seed {seed}\n", f"![figA11]({png})\n"]
-    made = {line[line.index("(") + 1:-2] for line in md if line.startswith("![")}
-    md += [f"### {os.path.basename(png)[:-4]} (landscape.py)\n\n![]({os.path.basename(png)})\n" for png in
-           sorted(glob.glob(os.path.join(args.out, "fig*.png"))) if os.path.basename(png) not in made]
+    made = {line[line.index("(") + 1 : -2] for line in md if line.startswith("![")}
+    md += [
+        f"### {os.path.basename(png)[:-4]} (landscape.py)\n\n![]({os.path.basename(png)})\n"
+        for png in sorted(glob.glob(os.path.join(args.out, "fig*.png")))
+        if os.path.basename(png) not in made
+    ]
     save("\n".join(md), os.path.join(args.out, "report.md"))
     print("\n".join(md))
 

@@ -4,6 +4,7 @@ finished spend, the scripts' Parser, and the helpers that keep torchrun's ranks 
     runs.save(state, "runs/x/model.pt"); state = runs.load("runs/x/model.pt")
     model, mask, ds, config = runs.load_run("runs/x")      # a finished spend of train.py, ready for analysis
 """
+
 import argparse
 import contextlib
 import errno
@@ -37,6 +38,7 @@ class Parser(argparse.ArgumentParser):
 def command(main):
     """Decorates a script's main: a user error (BadInput) or a file it cannot read or write (OSError: missing,
     read-only, a full disk) is one line on stderr and exit code 2, no traceback; `save` leaves nothing half-written."""
+
     @functools.wraps(main)
     def guarded(*args, **kwargs):
         try:
@@ -45,6 +47,7 @@ def command(main):
             message = str(e) if isinstance(e, BadInput) else f"cannot read or write: {e}"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
     return guarded
 
 
@@ -94,8 +97,11 @@ def save(obj, path):
     except BaseException as e:
         os.unlink(tmp)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise OSError(e.errno, f"the disk is full: {path} not written (what was written before is intact; "
-                                   f"free space and run the same command again)") from None
+            raise OSError(
+                e.errno,
+                f"the disk is full: {path} not written (what was written before is intact; "
+                f"free space and run the same command again)",
+            ) from None
         raise
     barrier()
 
@@ -116,8 +122,10 @@ def load(path, device="cpu"):
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file")
     except Exception as e:
-        raise BadInput(f"{path}: not a readable checkpoint of tensors ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:120] if str(e) else ''})")
+        raise BadInput(
+            f"{path}: not a readable checkpoint of tensors ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120] if str(e) else ''})"
+        )
 
 
 def read_json(path):
@@ -168,8 +176,12 @@ def load_run(run_dir, data_dir="data", device="cpu", weights="model.pt"):
     config = read_json(os.path.join(run_dir, "config.json"))
     ds = data.load(config["dataset"], data_dir, config["subset"], config["seed"], device)
     model = models.get_model(config["arch"], ds["classes"], ds["train"][0].shape[1])
-    mask = prune.check_mask(load(os.path.join(run_dir, "mask.pt"), device), model, f"{run_dir}/mask.pt",
-                            config.get("prune_classifier", True))  # runs older than the option pruned it
+    mask = prune.check_mask(
+        load(os.path.join(run_dir, "mask.pt"), device),
+        model,
+        f"{run_dir}/mask.pt",
+        config.get("prune_classifier", True),
+    )  # runs older than the option pruned it
     tweaks.apply(model, SimpleNamespace(**config))  # after the check: a tweak may add weights the mask never covers
     try:
         model.load_state_dict(load(os.path.join(run_dir, weights)))

@@ -1,5 +1,6 @@
 """Faults a long reproduction meets: a full disk, a damaged draw cache, preemption, two runners on one folder.
 `python -m pytest -q test_faults.py`"""
+
 import json
 import os
 import subprocess
@@ -13,13 +14,21 @@ SMALL = ["--dataset", "synthetic", "--arch", "resnet20", "--subset", "256", "--b
 
 
 def train(*args):
-    return subprocess.run([sys.executable, os.path.join(HERE, "train.py"), *SMALL, *map(str, args)], cwd=HERE,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, os.path.join(HERE, "train.py"), *SMALL, *map(str, args)],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+    )
 
 
 def one_line_error(r, *words):
-    return r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and all(
-        w in r.stderr for w in words)
+    return (
+        r.returncode == 2
+        and r.stderr.count("\n") == 1
+        and r.stderr.startswith("error: ")
+        and all(w in r.stderr for w in words)
+    )
 
 
 def test_a_full_disk_is_one_line_and_the_same_command_finishes_once_space_is_freed(tmp_path):
@@ -30,7 +39,19 @@ def test_a_full_disk_is_one_line_and_the_same_command_finishes_once_space_is_fre
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(fs)], capture_output=True).returncode:
         pytest.skip("this machine does not let root mount a tmpfs")
     try:
-        cmd = ["--epochs", "1", "--prune", "random", "--sparsity", "0.5", "--at", "--runs", fs / "runs", "--out", fs / "out"]
+        cmd = [
+            "--epochs",
+            "1",
+            "--prune",
+            "random",
+            "--sparsity",
+            "0.5",
+            "--at",
+            "--runs",
+            fs / "runs",
+            "--out",
+            fs / "out",
+        ]
         r = train(*cmd)  # init.pt (1 MB) fits, the first checkpoint (3 MB) does not
         assert one_line_error(r, "disk is full", "checkpoint.pt"), r.stderr
         assert not list(fs.rglob(".tmp-*"))  # no temporary file left behind
@@ -64,21 +85,43 @@ def test_a_damaged_draw_file_names_its_repair_and_repair_keeps_the_damaged_copy(
     (draw / "imp_01" / "model.pt").write_bytes(b"cut")  # a trained network: it cannot be derived again
     for extra in ([], ["--repair"]):  # imp_02's mask is drawn from imp_01's trained weights
         r = train(*common, "--sparsity", "0.36", "--out", tmp_path / f"next{len(extra)}", *extra)
-        assert one_line_error(r, "imp_01/model.pt", "cannot be derived again", f"move {draw / 'imp_01'} aside"), r.stderr
+        assert one_line_error(r, "imp_01/model.pt", "cannot be derived again", f"move {draw / 'imp_01'} aside"), (
+            r.stderr
+        )
 
 
 def torch_equal_masks(a, b):
     import torch
+
     ma, mb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
     return ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
 
 
 def test_a_damaged_config_is_one_line_and_a_dead_holders_lock_is_free(tmp_path):
-    cmd = ["--epochs", "1", "--prune", "random", "--sparsity", "0.5", "--runs", tmp_path / "runs", "--out", tmp_path / "r"]
+    cmd = [
+        "--epochs",
+        "1",
+        "--prune",
+        "random",
+        "--sparsity",
+        "0.5",
+        "--runs",
+        tmp_path / "runs",
+        "--out",
+        tmp_path / "r",
+    ]
     (tmp_path / "r").mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
-                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
-                               str(tmp_path / "r" / ".lock")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+            str(tmp_path / "r" / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline() == "locked\n"
     assert one_line_error(train(*cmd), "being written by another process")
     holder.kill()  # SIGKILL: the OS releases its lock
@@ -93,19 +136,28 @@ def test_a_damaged_config_is_one_line_and_a_dead_holders_lock_is_free(tmp_path):
 def test_two_runners_on_one_folder_train_each_run_once_and_as_one_runner_would(tmp_path):
     variants = ["", "--ls 0.1", "--swish"]
     for root in ("two", "one"):
-        lines = [f"{' '.join(SMALL)} --epochs 1 --prune random --sparsity 0.5 --deterministic --runs {tmp_path / root} "
-                 f"--out {tmp_path / root / f'v{i}'} {v}" for i, v in enumerate(variants)]
+        lines = [
+            f"{' '.join(SMALL)} --epochs 1 --prune random --sparsity 0.5 --deterministic --runs {tmp_path / root} "
+            f"--out {tmp_path / root / f'v{i}'} {v}"
+            for i, v in enumerate(variants)
+        ]
         (tmp_path / f"{root}.txt").write_text("\n".join(lines) + "\n")
     env = dict(os.environ, PYTHON=sys.executable)
-    runner = lambda root: subprocess.Popen(["bash", os.path.join(HERE, "run_all.sh"), "--jobs-from", str(tmp_path / f"{root}.txt"),
-                                            "--jobs", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    runner = lambda root: subprocess.Popen(
+        ["bash", os.path.join(HERE, "run_all.sh"), "--jobs-from", str(tmp_path / f"{root}.txt"), "--jobs", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     first, second = runner("two"), runner("two")  # the same list, the same folders, at once
     outs = [p.communicate() for p in (first, second)]
     assert first.returncode == second.returncode == 0 and "FAILED" not in outs[0][1] + outs[1][1], outs
     log = outs[0][0] + outs[1][0]
     finished = [line for line in log.splitlines() if line.startswith("test acc")]  # train.py's summary of a run
-    assert all(sum(line.endswith(f"-> {tmp_path / 'two' / f'v{i}'}") for line in finished) == 1
-               for i in range(len(variants))), log  # each run trained and finished once, by one of the runners
+    assert all(
+        sum(line.endswith(f"-> {tmp_path / 'two' / f'v{i}'}") for line in finished) == 1 for i in range(len(variants))
+    ), log  # each run trained and finished once, by one of the runners
     single = runner("one")
     single.communicate()
     for i in range(len(variants)):
@@ -117,12 +169,18 @@ def test_a_long_run_holds_up_no_job_behind_it(tmp_path):
     """--jobs 2 over [long, short, short, short]: a round-robin split would leave job 2 waiting behind the long job 0
     on its slot; the queue gives it to the free slot. Each job runs once (a stand-in train.py: sleep, results.json)."""
     fake = tmp_path / "python"
-    fake.write_text(f'#!/bin/bash\nout=${{@: -1}}; sleep $3; touch $out/results.json; echo $out >> {tmp_path}/done\n')
+    fake.write_text(f"#!/bin/bash\nout=${{@: -1}}; sleep $3; touch $out/results.json; echo $out >> {tmp_path}/done\n")
     fake.chmod(0o755)
     outs = [tmp_path / f"j{i}" for i in range(4)]
-    (tmp_path / "jobs.txt").write_text("".join(f"--sleep {4 if i == 0 else 0.1} --out {o}\n" for i, o in enumerate(outs)))
-    r = subprocess.run(["bash", os.path.join(HERE, "run_all.sh"), "--jobs-from", str(tmp_path / "jobs.txt"), "--jobs",
-                        "2"], capture_output=True, text=True, env=dict(os.environ, PYTHON=str(fake)))
+    (tmp_path / "jobs.txt").write_text(
+        "".join(f"--sleep {4 if i == 0 else 0.1} --out {o}\n" for i, o in enumerate(outs))
+    )
+    r = subprocess.run(
+        ["bash", os.path.join(HERE, "run_all.sh"), "--jobs-from", str(tmp_path / "jobs.txt"), "--jobs", "2"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHON=str(fake)),
+    )
     assert r.returncode == 0 and not r.stderr, r.stderr
     assert (tmp_path / "done").read_text().split() == [str(outs[i]) for i in (1, 2, 3, 0)]
 
@@ -130,10 +188,26 @@ def test_a_long_run_holds_up_no_job_behind_it(tmp_path):
 def test_a_preempted_run_saves_at_the_next_step_exits_143_and_resumes_there_to_the_same_result(tmp_path):
     """SIGTERM (a scheduler's preemption) during epoch 2 of 2: the run saves at the next step boundary, says so in
     one line, exits 143; the same command resumes from that batch and ends exactly like a run never stopped."""
-    cmd = [sys.executable, os.path.join(HERE, "train.py"), *SMALL, "--subset", "640", "--epochs", "2", "--prune",
-           "random", "--sparsity", "0.5", "--at", "--deterministic", "--runs", str(tmp_path / "runs")]
-    p = subprocess.Popen(cmd + ["--out", str(tmp_path / "cut")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, cwd=HERE)
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, "train.py"),
+        *SMALL,
+        "--subset",
+        "640",
+        "--epochs",
+        "2",
+        "--prune",
+        "random",
+        "--sparsity",
+        "0.5",
+        "--at",
+        "--deterministic",
+        "--runs",
+        str(tmp_path / "runs"),
+    ]
+    p = subprocess.Popen(
+        cmd + ["--out", str(tmp_path / "cut")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE
+    )
     for line in p.stdout:
         if "epoch   1/2" in line:  # epoch 2 starts now
             p.terminate()
@@ -148,7 +222,8 @@ def test_a_preempted_run_saves_at_the_next_step_exits_143_and_resumes_there_to_t
     assert r.returncode == 0, r.stderr
     cut, whole = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("cut", "whole"))
     assert {k: v for k, v in cut.items() if k != "seconds"} == {k: v for k, v in whole.items() if k != "seconds"}
-    assert (tmp_path / "cut" / "metrics.csv").read_text().split("\n")[2].split(",")[:6] == \
-        (tmp_path / "whole" / "metrics.csv").read_text().split("\n")[2].split(",")[:6]  # epoch 2's train loss too
+    assert (tmp_path / "cut" / "metrics.csv").read_text().split("\n")[2].split(",")[:6] == (
+        tmp_path / "whole" / "metrics.csv"
+    ).read_text().split("\n")[2].split(",")[:6]  # epoch 2's train loss too
     a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("cut", "whole"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,4 +1,5 @@
 """Tests of hessian.py against exact Hessians of tiny float64 models: `python -m pytest -q test_hessian.py`."""
+
 import json
 import os
 import shutil
@@ -35,12 +36,17 @@ def exact_hessian(model, loss_fn, x, y):
     def loss_of_flat(flat):
         weights = {n: t.view(s) for n, t, s in zip(names, flat.split(sizes), shapes)}
         return loss_fn(functional_call(model, weights, (x,)), y)
+
     return torch.autograd.functional.hessian(loss_of_flat, torch.cat([p.detach().flatten() for p in params]))
 
 
 def flat_mask(model, masks):
-    return torch.cat([masks[n].flatten() if n in masks else torch.ones(p.numel(), dtype=torch.bool)
-                      for n, p in model.named_parameters()])
+    return torch.cat(
+        [
+            masks[n].flatten() if n in masks else torch.ones(p.numel(), dtype=torch.bool)
+            for n, p in model.named_parameters()
+        ]
+    )
 
 
 def half_mask(model):
@@ -121,7 +127,7 @@ def test_per_batch_is_the_mean_of_each_batchs_own_top_eigenvalue():
     exact = [torch.linalg.eigvalsh(exact_hessian(model, F.cross_entropy, bx, by)).max().item() for bx, by in batches]
     mean, std, values, iters = hessian.per_batch(model, F.cross_entropy, batches, iters=500, tol=1e-10)
     assert values == pytest.approx(exact, rel=1e-5) and mean == pytest.approx(sum(exact) / 2, rel=1e-5)
-    assert std == pytest.approx(abs(exact[0] - exact[1]) / 2 ** 0.5, rel=1e-4) and iters >= 2
+    assert std == pytest.approx(abs(exact[0] - exact[1]) / 2**0.5, rel=1e-4) and iters >= 2
     pooled = torch.linalg.eigvalsh(exact_hessian(model, F.cross_entropy, x, y)).max().item()
     assert abs(pooled - mean) > 1e-3 * abs(pooled)  # the two modes are different quantities
 
@@ -135,13 +141,52 @@ def test_the_start_vector_is_seeded():
 
 def test_cli_on_a_real_run_and_on_bad_input(tmp_path):
     # a random mask trains once (IMP would train every level), on 45 images
-    train = subprocess.run([sys.executable, "train.py", "--dataset", "synthetic", "--arch", "resnet20", "--epochs", "1",
-                            "--sparsity", "0.5", "--prune", "random", "--subset", "50", "--batch-size", "32",
-                            "--device", "cpu", "--runs", str(tmp_path), "--out", str(tmp_path / "run")],
-                           cwd=HERE, capture_output=True, text=True)
+    train = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--dataset",
+            "synthetic",
+            "--arch",
+            "resnet20",
+            "--epochs",
+            "1",
+            "--sparsity",
+            "0.5",
+            "--prune",
+            "random",
+            "--subset",
+            "50",
+            "--batch-size",
+            "32",
+            "--device",
+            "cpu",
+            "--runs",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+    )
     assert train.returncode == 0, train.stderr
-    cmd = [sys.executable, "landscape.py", "eigenvalue", str(tmp_path / "run"), "--batches", "1", "--batch-size", "32",
-           "--iters", "20", "--device", "cpu", "--out", str(tmp_path / "run" / "hessian.json")]
+    cmd = [
+        sys.executable,
+        "landscape.py",
+        "eigenvalue",
+        str(tmp_path / "run"),
+        "--batches",
+        "1",
+        "--batch-size",
+        "32",
+        "--iters",
+        "20",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run" / "hessian.json"),
+    ]
     out = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     result = json.loads((tmp_path / "run" / "hessian.json").read_text())
@@ -150,8 +195,16 @@ def test_cli_on_a_real_run_and_on_bad_input(tmp_path):
     assert result["per_batch"] == [result["top_eigenvalue"]] and result["std"] == 0
     shutil.copytree(tmp_path / "run", tmp_path / "corrupt")
     (tmp_path / "corrupt" / "model.pt").write_bytes(b"not a checkpoint")
-    for args in (["/nonexistent"], [str(tmp_path / "corrupt")], [str(tmp_path / "run"), "--iters", "0"],
-                 [str(tmp_path / "run"), str(tmp_path / "corrupt")]):
-        bad = subprocess.run([sys.executable, "landscape.py", "eigenvalue", *args, "--out", str(tmp_path / "h.json")],
-                             cwd=HERE, capture_output=True, text=True)
+    for args in (
+        ["/nonexistent"],
+        [str(tmp_path / "corrupt")],
+        [str(tmp_path / "run"), "--iters", "0"],
+        [str(tmp_path / "run"), str(tmp_path / "corrupt")],
+    ):
+        bad = subprocess.run(
+            [sys.executable, "landscape.py", "eigenvalue", *args, "--out", str(tmp_path / "h.json")],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+        )
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ")

@@ -1,4 +1,5 @@
 """Tests of landscape.py, on CPU, offline: `python -m pytest -q test_landscape.py`."""
+
 import json
 import os
 import subprocess
@@ -126,8 +127,13 @@ def test_activation_sparsity_reports_every_stage_of_every_arch_and_restores_trai
 
 # ---------------------------------------------------------------- the command line, on tiny real runs
 def cli(*args, script="landscape.py"):
-    return subprocess.run([sys.executable, os.path.join(HERE, script), *map(str, args)], capture_output=True,
-                          text=True, cwd=HERE, env=ONE_THREAD)
+    return subprocess.run(
+        [sys.executable, os.path.join(HERE, script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+        env=ONE_THREAD,
+    )
 
 
 def in_process(capsys, *args):
@@ -146,8 +152,24 @@ def runs(tmp_path_factory):
     """A vanilla LTH run and an AT run of one draw: 2 epochs on 180 synthetic images (--subset keeps it quick),
     each keeping its epoch-1 weights (as Fig. 4 keeps epoch 5's)."""
     tmp = tmp_path_factory.mktemp("runs")
-    common = ["--dataset", "synthetic", "--arch", "resnet20", "--epochs", "2", "--sparsity", "0.5", "--subset", "200",
-              "--device", "cpu", "--runs", tmp, "--keep-epochs", "1"]
+    common = [
+        "--dataset",
+        "synthetic",
+        "--arch",
+        "resnet20",
+        "--epochs",
+        "2",
+        "--sparsity",
+        "0.5",
+        "--subset",
+        "200",
+        "--device",
+        "cpu",
+        "--runs",
+        tmp,
+        "--keep-epochs",
+        "1",
+    ]
     for name, extra in (("lth", []), ("at", ["--at"])):
         done = cli(*common, "--out", tmp / name, *extra, script="train.py")
         assert done.returncode == 0, done.stderr
@@ -178,8 +200,22 @@ def test_cli_eigen_plots_the_loss_along_the_top_eigenvector(runs, capsys, monkey
     few = hessian.fixed_batches  # one small batch instead of 3 x 128 images: this is about the plumbing
     monkeypatch.setattr(hessian, "fixed_batches", lambda ds, seed=0: few(ds, n_batches=1, batch_size=32, seed=seed))
     out = runs / "plots" / "e.png"
-    code, stdout, err = in_process(capsys, "eigen", runs / "lth", runs / "at", "--points", 5, "--images", 64,
-                                   "--iters", 3, "--out", out, "--device", "cpu")
+    code, stdout, err = in_process(
+        capsys,
+        "eigen",
+        runs / "lth",
+        runs / "at",
+        "--points",
+        5,
+        "--images",
+        64,
+        "--iters",
+        3,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     line = np.load(runs / "plots" / "e.npz")
     assert out.read_bytes()[:4] == b"\x89PNG" and line["losses"].shape == (2, 5) and np.isfinite(line["losses"]).all()
@@ -191,13 +227,19 @@ def test_kept_epoch_weights_are_written_copied_for_lth_and_read_with_weights(run
         early, final = (torch.load(runs / name / f, weights_only=True) for f in ("epoch1.pt", "model.pt"))
         assert early.keys() == final.keys() and any(not torch.equal(early[k], final[k]) for k in early)
     from runs import load_run
+
     early, final = (load_run(runs / "at", weights=w)[0].state_dict() for w in ("epoch1.pt", "model.pt"))
     assert any(not torch.equal(early[k], final[k]) for k in early)  # --weights of hessian.py and landscape.py
 
 
 def test_cli_bad_input_is_one_line_and_exit_code_2(runs, tmp_path, capsys):
-    for args in (("eigen", tmp_path / "nope", "--out", tmp_path / "e.png"), ("contour", tmp_path / "nope", "--out", tmp_path / "c.png"),
-                 ("contour", runs / "lth"), ("nonsense", runs / "lth"), ("contour", runs / "lth", "--grid", 1)):
+    for args in (
+        ("eigen", tmp_path / "nope", "--out", tmp_path / "e.png"),
+        ("contour", tmp_path / "nope", "--out", tmp_path / "c.png"),
+        ("contour", runs / "lth"),
+        ("nonsense", runs / "lth"),
+        ("contour", runs / "lth", "--grid", 1),
+    ):
         code, out, err = in_process(capsys, *args)
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (args, err)
     other = tmp_path / "other"  # a copy of a run that claims another dataset

@@ -2,6 +2,7 @@
 
 Each score has a known-answer test on a tiny float64 net, checked at every possible number of kept weights, so
 the whole ranking (and its direction) must match the hand-derived score."""
+
 import copy
 
 import pytest
@@ -25,8 +26,10 @@ def one_thread():
 
 def batches(n_batches, n, shape, classes, seed, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(n, *shape, generator=gen, dtype=dtype), torch.randint(0, classes, (n,), generator=gen))
-            for _ in range(n_batches)]
+    return [
+        (torch.randn(n, *shape, generator=gen, dtype=dtype), torch.randint(0, classes, (n,), generator=gen))
+        for _ in range(n_batches)
+    ]
 
 
 def flat_mask(mask):
@@ -47,8 +50,9 @@ def assert_ranking(pruner, model, expected):
 
 def tiny_mlp(seed, sizes=(4, 5, 3), act=nn.Tanh):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(sizes[0], sizes[1], bias=False), act(),
-                         nn.Linear(sizes[1], sizes[2], bias=False)).double()
+    return nn.Sequential(
+        nn.Linear(sizes[0], sizes[1], bias=False), act(), nn.Linear(sizes[1], sizes[2], bias=False)
+    ).double()
 
 
 # ---------------------------------------------------------------- known answers
@@ -72,8 +76,9 @@ def test_grasp_keeps_the_lowest_minus_w_hg_with_the_exact_hessian():
     def loss(flat):
         params = dict(zip(names, flat.split([s.numel() for s in shapes])))
         params = {n: p.view(s) for (n, p), s in zip(params.items(), shapes)}
-        return sum(F.cross_entropy(torch.func.functional_call(model, params, (x,)) / prune.GRASP_TEMP, y)
-                   for x, y in data)
+        return sum(
+            F.cross_entropy(torch.func.functional_call(model, params, (x,)) / prune.GRASP_TEMP, y) for x, y in data
+        )
 
     g = torch.autograd.functional.jacobian(loss, theta)
     hessian = torch.autograd.functional.hessian(loss, theta)
@@ -97,15 +102,20 @@ def test_synflow_on_a_two_layer_linear_net_is_the_path_count(rounds):
             flat = torch.cat([torch.where(m1, s1, -1.0).flatten(), torch.where(m2, s2, -1.0).flatten()])
             keep = torch.zeros(total, dtype=torch.bool)
             keep[flat.argsort(descending=True)[:n_keep]] = True
-            m1, m2 = keep[:a1.numel()].view_as(a1), keep[a1.numel():].view_as(a2)
+            m1, m2 = keep[: a1.numel()].view_as(a1), keep[a1.numel() :].view_as(a2)
         return torch.cat([m1.flatten(), m2.flatten()])
 
     if rounds == 1:
-        assert_ranking(lambda s: prune.synflow(model, s, rounds=1, input_shape=(6,), linear=True), model,
-                       [a1 * a2.sum(0)[:, None], a2 * a1.sum(1)[None, :]])
+        assert_ranking(
+            lambda s: prune.synflow(model, s, rounds=1, input_shape=(6,), linear=True),
+            model,
+            [a1 * a2.sum(0)[:, None], a2 * a1.sum(1)[None, :]],
+        )
     for n_keep in range(1, total):
         s = 1 - n_keep / total
-        assert torch.equal(flat_mask(prune.synflow(model, s, rounds=rounds, input_shape=(6,), linear=True)), by_hand(s)), n_keep
+        assert torch.equal(
+            flat_mask(prune.synflow(model, s, rounds=rounds, input_shape=(6,), linear=True)), by_hand(s)
+        ), n_keep
 
 
 # ---------------------------------------------------------------- on a real network
@@ -142,8 +152,11 @@ def test_synflow_100_rounds_stays_finite_and_avoids_layer_collapse(resnet20, cap
 
 def test_grasp_and_snip_differ_from_magnitude_and_from_each_other(resnet20):
     data = batches(1, 8, (3, 32, 32), 10, seed=6)
-    masks = [flat_mask(prune.snip(resnet20, data, 0.9)), flat_mask(prune.grasp(resnet20, data, 0.9)),
-             flat_mask(prune.omp(prune.prunable(resnet20), 0.9))]
+    masks = [
+        flat_mask(prune.snip(resnet20, data, 0.9)),
+        flat_mask(prune.grasp(resnet20, data, 0.9)),
+        flat_mask(prune.omp(prune.prunable(resnet20), 0.9)),
+    ]
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
 
 
@@ -153,8 +166,9 @@ def test_snip_scores_with_batchnorm_in_eval_mode_as_the_official_code(resnet20):
     net = copy.deepcopy(resnet20).eval()
     weights = prune.prunable(net)
     grads = torch.autograd.grad(F.cross_entropy(net(data_[0][0]), data_[0][1]), list(weights.values()))
-    by_hand = prune.keep_top({n: (g * w).abs().detach() for (n, w), g in zip(weights.items(), grads)},
-                             prune.keep_count(weights, 0.9))
+    by_hand = prune.keep_top(
+        {n: (g * w).abs().detach() for (n, w), g in zip(weights.items(), grads)}, prune.keep_count(weights, 0.9)
+    )
     assert torch.equal(flat_mask(prune.snip(resnet20, data_, 0.9)), flat_mask(by_hand))
 
 
@@ -162,4 +176,6 @@ def test_grasp_sample_is_class_balanced_and_seeded():
     ds = data.load("synthetic")
     x, y = data.balanced_batch(ds, 10, seed=0)
     assert x.shape[0] == 100 and torch.bincount(y, minlength=10).tolist() == [10] * 10
-    assert torch.equal(x, data.balanced_batch(ds, 10, seed=0)[0]) and not torch.equal(x, data.balanced_batch(ds, 10, 1)[0])
+    assert torch.equal(x, data.balanced_batch(ds, 10, seed=0)[0]) and not torch.equal(
+        x, data.balanced_batch(ds, 10, 1)[0]
+    )

@@ -1,4 +1,5 @@
 """Fast tests of the whole project, on CPU, offline: `python -m pytest -q test_smoke.py`."""
+
 import csv
 import itertools
 import json
@@ -23,13 +24,24 @@ import tweaks
 from models import BadInput
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TINY = ["--dataset", "synthetic", "--arch", "resnet20", "--epochs", "2", "--batch-size", "64", "--device", "cpu",
-        "--scale-init-iters", "5"]
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--arch",
+    "resnet20",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "64",
+    "--device",
+    "cpu",
+    "--scale-init-iters",
+    "5",
+]
 
 
 def cli(*args, cwd=None, script="train.py"):
-    return subprocess.run([sys.executable, os.path.join(HERE, script), *args], capture_output=True, text=True,
-                          cwd=cwd)
+    return subprocess.run([sys.executable, os.path.join(HERE, script), *args], capture_output=True, text=True, cwd=cwd)
 
 
 def cli_in_process(tmp_path, *args, capsys=None):
@@ -45,14 +57,20 @@ def test_imports_run_one_way_down_the_layers():
     """Every project import in the non-test code (function-level ones too) goes to a strictly lower layer: no
     circle; models.py imports nothing of the project; data.py nothing above models.py."""
     import ast
+
     layer = {m: i for i, names in enumerate(LAYERS) for m in names}
     files = {f[:-3] for f in os.listdir(HERE) if f.endswith(".py") and not f.startswith("test_")}
     assert files == set(layer), "a module is missing from LAYERS"
     for mod in files:
         tree = ast.parse(open(os.path.join(HERE, mod + ".py")).read())
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in (n.split(".")[0] for n in names):
                 assert name not in layer or layer[name] < layer[mod], f"{mod}.py imports {name} (a layer up or level)"
 
@@ -84,7 +102,7 @@ def test_imp_density_after_k_levels_is_0_8_to_the_k():
         assert all((new[n] <= mask[n]).all() for n in mask)  # only ever removes
         mask = new
         density = sum(int(m.sum()) for m in mask.values()) / total
-        assert abs(density - 0.8 ** level) < 1e-5
+        assert abs(density - 0.8**level) < 1e-5
 
 
 def test_magnitude_pruning_is_global_and_keeps_the_largest():
@@ -132,7 +150,11 @@ def test_skip_adds_no_parameter_and_keeps_sparsity(arch):
     mask = prune.random_prune(prune.prunable(model), 0.9, seed=0)
     prune.apply_mask(model, mask)
     x = torch.randn(2, 3, 32, 32)
-    before_out, before_params, before_sparsity = model(x), list(model.parameters()), prune.sparsity(prune.prunable(model).values())
+    before_out, before_params, before_sparsity = (
+        model(x),
+        list(model.parameters()),
+        prune.sparsity(prune.prunable(model).values()),
+    )
     tweaks.skip(model)
     threes = [m for m in model.modules() if isinstance(m, models.ConvBN) and m.conv.kernel_size == (3, 3)]
     assert all(m.skip is not None for m in threes[1:]) and threes[0].skip is None  # every 3x3 but the stem
@@ -196,13 +218,19 @@ def test_gradinit_objective_gradient_is_first_order_as_the_reference():
     params = {n: p.detach() for n, p in model.named_parameters()}
     mask = {"0.weight": torch.rand(6, 4) < 0.5}
     gen = torch.Generator().manual_seed(1)
-    first, second, fresh = [(torch.randn(5, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (5,), generator=gen))
-                            for _ in range(3)]
+    first, second, fresh = [
+        (torch.randn(5, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (5,), generator=gen))
+        for _ in range(3)
+    ]
     x, y = torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
     x2, y2 = torch.cat([first[0], fresh[0]]), torch.cat([first[1], fresh[1]])
     alpha = {n: torch.tensor(0.5 + 0.2 * i, dtype=torch.float64) for i, n in enumerate(params)}
-    loss = lambda a, xs, ys, step=None: F.cross_entropy(torch.func.functional_call(
-        model, {n: p * a[n] - (0 if step is None else step[n]) for n, p in params.items()}, (xs,)), ys)
+    loss = lambda a, xs, ys, step=None: F.cross_entropy(
+        torch.func.functional_call(
+            model, {n: p * a[n] - (0 if step is None else step[n]) for n, p in params.items()}, (xs,)
+        ),
+        ys,
+    )
 
     def step_and_norm(a):  # eta * g / |g| and |g|, g the masked gradient on S at scales a
         w = {n: (p * a[n]).requires_grad_() for n, p in params.items()}
@@ -230,8 +258,15 @@ def test_augment_is_a_padded_crop_and_maybe_a_flip():
     padded = F.pad(x, (4, 4, 4, 4))
     flips, shifts = 0, set()
     for i in range(len(x)):
-        hits = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (0, 1)
-                if torch.equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8].flip(2) if f else padded[i, :, dy:dy + 8, dx:dx + 8])]
+        hits = [
+            (dy, dx, f)
+            for dy in range(9)
+            for dx in range(9)
+            for f in (0, 1)
+            if torch.equal(
+                out[i], padded[i, :, dy : dy + 8, dx : dx + 8].flip(2) if f else padded[i, :, dy : dy + 8, dx : dx + 8]
+            )
+        ]
         assert hits, f"image {i} is not a crop of its padded original"
         flips += hits[0][2]
         shifts.add(hits[0][:2])
@@ -251,12 +286,18 @@ def test_cifar_and_tinyimagenet_loaders_read_their_standard_layouts(tmp_path):
     folder.mkdir()
     for name, n in (("train", 20), ("test", 10)):
         with open(folder / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         b"fine_labels": list(rng.integers(0, 100, n))}, f)
+            pickle.dump(
+                {
+                    b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                    b"fine_labels": list(rng.integers(0, 100, n)),
+                },
+                f,
+            )
     ds = data.load("cifar100", str(tmp_path), seed=0)
     assert ds["train"][0].shape == (18, 3, 32, 32) and ds["test"][0].shape == (10, 3, 32, 32)
     assert ds["classes"] == 100 and ds["train"][0].dtype == torch.uint8
     from PIL import Image
+
     root = tmp_path / "tiny-imagenet-200"
     wnids = ["n01", "n02"]
     (root / "val" / "images").mkdir(parents=True)
@@ -291,7 +332,7 @@ def test_cli_draws_spends_and_reuses_the_draw(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     for key in ("test_acc", "best_val_acc", "sparsity", "params_total", "params_nonzero", "seconds", "device"):
         assert key in results
-    assert abs(results["sparsity"] - (1 - 0.8 ** 3)) < 1e-3  # measured from the weights
+    assert abs(results["sparsity"] - (1 - 0.8**3)) < 1e-3  # measured from the weights
     assert len((out / "metrics.csv").read_text().splitlines()) == 3
     model, mask = runs.load(out / "model.pt"), runs.load(out / "mask.pt")
     assert set(mask) <= set(model)
@@ -313,8 +354,19 @@ def test_cli_draws_spends_and_reuses_the_draw(tmp_path, capsys):
 
 
 def test_rewind_omp_random_kd_and_user_masks_spend(tmp_path, capsys):
-    cli_in_process(tmp_path, "--sparsity", "0.8", "--prune", "omp", "--rewind-epoch", "1", "--kd",
-                   "--out", str(tmp_path / "a"), capsys=capsys)
+    cli_in_process(
+        tmp_path,
+        "--sparsity",
+        "0.8",
+        "--prune",
+        "omp",
+        "--rewind-epoch",
+        "1",
+        "--kd",
+        "--out",
+        str(tmp_path / "a"),
+        capsys=capsys,
+    )
     draw_dir = next((tmp_path / "runs" / "draws").iterdir())
     assert (draw_dir / "imp_00" / "epoch1.pt").exists() and (draw_dir / "omp_0.8000" / "mask.pt").exists()
     args = train.parse_args(TINY + ["--runs", str(tmp_path / "runs"), "--at", "--ls", "0.1", "--hessian-every", "1"])
@@ -324,10 +376,13 @@ def test_rewind_omp_random_kd_and_user_masks_spend(tmp_path, capsys):
     assert abs(res["sparsity"] - 0.8) < 1e-4 and json.loads((tmp_path / "a" / "config.json").read_text())["kd"]
     cli_in_process(tmp_path, "--sparsity", "0.7", "--prune", "random", "--out", str(tmp_path / "b"), capsys=capsys)
     assert abs(json.loads((tmp_path / "b" / "results.json").read_text())["sparsity"] - 0.7) < 1e-4
-    cli_in_process(tmp_path, "--mask", str(tmp_path / "b" / "mask.pt"), "--swish", "--out", str(tmp_path / "c"),
-                   capsys=capsys)
-    assert torch.equal(torch.cat([m.flatten() for m in runs.load(tmp_path / "c" / "mask.pt").values()]),
-                       torch.cat([m.flatten() for m in runs.load(tmp_path / "b" / "mask.pt").values()]))
+    cli_in_process(
+        tmp_path, "--mask", str(tmp_path / "b" / "mask.pt"), "--swish", "--out", str(tmp_path / "c"), capsys=capsys
+    )
+    assert torch.equal(
+        torch.cat([m.flatten() for m in runs.load(tmp_path / "c" / "mask.pt").values()]),
+        torch.cat([m.flatten() for m in runs.load(tmp_path / "b" / "mask.pt").values()]),
+    )
 
 
 # ---------------------------------------------------------------- bad input
@@ -352,7 +407,11 @@ def test_convs_are_pruned_by_default_and_the_classifier_only_with_the_flag(tmp_p
     assert len(os.listdir(tmp_path / "runs" / "draws")) == 2  # the choice is part of the draw's key
     cli_in_process(tmp_path, *common, "--skip-proj", "--out", str(tmp_path / "proj"))  # the authors' 1x1 skip
     c = json.loads((tmp_path / "proj" / "results.json").read_text())
-    proj = sum(p.numel() for n, p in runs.load_run(str(tmp_path / "proj"))[0].named_parameters() if ".skip." in n and p.dim() == 4)
+    proj = sum(
+        p.numel()
+        for n, p in runs.load_run(str(tmp_path / "proj"))[0].named_parameters()
+        if ".skip." in n and p.dim() == 4
+    )
     assert proj > 0 and c["unmasked_weights"] == 640 + proj and c["params_total"] > a["params_total"] + proj
     assert c["sparsity"] == a["sparsity"] and c["sparsity_all"] < a["sparsity_all"] and c["pruned_nonzero"] == 0
 
@@ -362,6 +421,7 @@ def test_bf16_autocast_on_cpu_trains_a_sparse_ticket_with_every_tweak(tmp_path, 
     pruned weights exactly zero and results.json written, the Hessian (float32) runs on the result, and the
     weights differ from the same spend in float32 (so autocast was really on)."""
     import hessian
+
     spend = ["--prune", "omp", "--sparsity", "0.8", "--at", "--trt", "--kd", "--epochs", "1", "--subset", "400"]
     cli_in_process(tmp_path, *spend, "--amp", "--out", str(tmp_path / "bf16"))
     cli_in_process(tmp_path, *spend, "--out", str(tmp_path / "fp32"))
@@ -411,19 +471,28 @@ def test_a_run_killed_at_a_random_moment_resumes_to_the_same_result(tmp_path):
     import random
     import signal
     import time
+
     args = [*TINY, "--epochs", "4", "--sparsity", "0.36", "--skip", "--deterministic"]
     clean = cli(*args, "--runs", str(tmp_path / "clean"), "--out", str(tmp_path / "clean_run"))
     assert clean.returncode == 0, clean.stderr
-    cmd = [sys.executable, os.path.join(HERE, "train.py"), *args, "--runs", str(tmp_path / "k"),
-           "--out", str(tmp_path / "killed_run")]
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, "train.py"),
+        *args,
+        "--runs",
+        str(tmp_path / "k"),
+        "--out",
+        str(tmp_path / "killed_run"),
+    ]
     kills, rng = 0, random.Random()
     for attempt in range(3):  # killed twice, each time at a random moment after it saved an epoch; then left to finish
         started = time.time()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if attempt == 2:
             break
-        while proc.poll() is None and not [p for p in (tmp_path / "k").rglob("checkpoint.pt")
-                                           if p.stat().st_mtime > started]:
+        while proc.poll() is None and not [
+            p for p in (tmp_path / "k").rglob("checkpoint.pt") if p.stat().st_mtime > started
+        ]:
             time.sleep(0.05)
         time.sleep(rng.uniform(0, 1.0))
         if proc.poll() is None:
@@ -449,6 +518,7 @@ def test_divergence_stops_with_exit_code_3(tmp_path):
 
 def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
     import fcntl
+
     out = tmp_path / "busy"
     out.mkdir()
     with open(out / ".lock", "w") as f:
@@ -458,16 +528,39 @@ def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
 
 @pytest.mark.parametrize("method", ["snip", "grasp", "synflow"])
 def test_every_pruner_spends_from_the_cli(tmp_path, capsys, method):
-    cli_in_process(tmp_path, "--epochs", "1", "--sparsity", "0.9", "--prune", method, "--at",
-                   "--out", str(tmp_path / "run"), capsys=capsys)
+    cli_in_process(
+        tmp_path,
+        "--epochs",
+        "1",
+        "--sparsity",
+        "0.9",
+        "--prune",
+        method,
+        "--at",
+        "--out",
+        str(tmp_path / "run"),
+        capsys=capsys,
+    )
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert abs(res["sparsity"] - 0.9) < 1e-4
 
 
 # ---------------------------------------------------------------- reproduction and report
 def fake_run(root, seed, sparsity, acc, **tweak):
-    cfg = dict(dataset="cifar100", arch="resnet18", prune="imp", sparsity=sparsity, seed=seed, skip=False, swish=False,
-               mish=False, scale_init=False, ls=0.0, kd=False, rewind_epoch=None)
+    cfg = dict(
+        dataset="cifar100",
+        arch="resnet18",
+        prune="imp",
+        sparsity=sparsity,
+        seed=seed,
+        skip=False,
+        swish=False,
+        mish=False,
+        scale_init=False,
+        ls=0.0,
+        kd=False,
+        rewind_epoch=None,
+    )
     cfg.update(tweak)
     folder = root / f"run_{sparsity}_{seed}_{'_'.join(sorted(tweak)) or 'lth'}"
     folder.mkdir(parents=True)
@@ -477,6 +570,7 @@ def fake_run(root, seed, sparsity, acc, **tweak):
 
 def test_report_builds_tables_and_plots_and_shows_missing_runs(tmp_path):
     import report
+
     for seed, noise in ((42, 0.0), (1099, 0.01)):
         fake_run(tmp_path, seed, 0.2, 0.70 + noise)
         fake_run(tmp_path, seed, 0.2, 0.72 + noise, skip=True, swish=True)
@@ -499,19 +593,34 @@ def test_report_builds_tables_and_plots_and_shows_missing_runs(tmp_path):
 def test_report_renders_every_part_from_known_numbers(tmp_path):
     """Fabricated runs with known numbers in; each part's cells, PNG and .csv out (run_all.sh's --parts)."""
     import report
-    tweaks = dict(lth={}, skip=dict(skip=True), swish=dict(swish=True), mish=dict(mish=True), ls=dict(ls=0.1),
-                  scale=dict(scale_init=True), at=dict(skip=True, swish=True), trt=dict(scale_init=True, ls=0.1),
-                  attrt=dict(skip=True, swish=True, scale_init=True, ls=0.1), kd=dict(skip=True, swish=True,
-                  scale_init=True, kd=True), proj=dict(skip_proj=True, swish=True),
-                  rewind=dict(rewind_epoch=33), atrewind=dict(skip=True, swish=True, rewind_epoch=33))
+
+    tweaks = dict(
+        lth={},
+        skip=dict(skip=True),
+        swish=dict(swish=True),
+        mish=dict(mish=True),
+        ls=dict(ls=0.1),
+        scale=dict(scale_init=True),
+        at=dict(skip=True, swish=True),
+        trt=dict(scale_init=True, ls=0.1),
+        attrt=dict(skip=True, swish=True, scale_init=True, ls=0.1),
+        kd=dict(skip=True, swish=True, scale_init=True, kd=True),
+        proj=dict(skip_proj=True, swish=True),
+        rewind=dict(rewind_epoch=33),
+        atrewind=dict(skip=True, swish=True, rewind_epoch=33),
+    )
     for seed in (42, 1099):
         for s in (0.0, 0.2, 0.914):
             for i, (name, tweak) in enumerate(tweaks.items()):
                 fake_run(tmp_path, seed, s, 0.5 + i / 100 + seed / 1e5, **tweak)
                 folder = tmp_path / f"run_{s}_{seed}_{'_'.join(sorted(tweak)) or 'lth'}"
                 res = json.loads((folder / "results.json").read_text())
-                res.update(sparsity_all=s * 0.8, unmasked_weights=1000 * (name == "proj"), activation_sparsity=dict(
-                    layer1=0.3 - 0.29 * (name == "swish"), layer2=0.5), activation_zeros=dict(layer1=0.1, layer2=0.2))
+                res.update(
+                    sparsity_all=s * 0.8,
+                    unmasked_weights=1000 * (name == "proj"),
+                    activation_sparsity=dict(layer1=0.3 - 0.29 * (name == "swish"), layer2=0.5),
+                    activation_zeros=dict(layer1=0.1, layer2=0.2),
+                )
                 (folder / "results.json").write_text(json.dumps(res))
                 if name in ("lth", "swish", "mish", "attrt"):  # hessian.py's output: Fig. 2, A13
                     (folder / "hessian.json").write_text(json.dumps(dict(top_eigenvalue=100 + i + s)))
@@ -523,8 +632,13 @@ def test_report_renders_every_part_from_known_numbers(tmp_path):
     folder = next(a11.iterdir())
     res = json.loads((folder / "results.json").read_text())
     (folder / "results.json").write_text(json.dumps(dict(res, best_epoch=3, best_val_acc=0.6)))
-    (folder / "metrics.csv").write_text("epoch,train_acc,val_acc,lr,top_eigenvalue\n" + "\n".join(
-        f"{e},{0.1 * e},{0.1 * e + 0.2},{0.1 * 0.1 ** (e > 2) * 0.1 ** (e > 3)},{500 / e}" for e in range(1, 5)) + "\n")
+    (folder / "metrics.csv").write_text(
+        "epoch,train_acc,val_acc,lr,top_eigenvalue\n"
+        + "\n".join(
+            f"{e},{0.1 * e},{0.1 * e + 0.2},{0.1 * 0.1 ** (e > 2) * 0.1 ** (e > 3)},{500 / e}" for e in range(1, 5)
+        )
+        + "\n"
+    )
     out = tmp_path / "rep"
     out.mkdir()
     (out / "fig8_imp_s0.914_seed42.png").write_bytes(b"a landscape.py plot")
@@ -533,18 +647,28 @@ def test_report_renders_every_part_from_known_numbers(tmp_path):
     for part in ("fig1", "fig2", "fig6", "fig7", "fig9", "figA13"):
         assert f"![{part}]({part}_cifar100_resnet18_imp.png)" in md, part
         assert (out / f"{part}_cifar100_resnet18_imp.png").stat().st_size > 10_000
-    assert (out / "figA12_cifar100_resnet18_one-shot.png").exists() and not (out / "figA12_cifar100_resnet18_imp.png").exists()
+    assert (out / "figA12_cifar100_resnet18_one-shot.png").exists() and not (
+        out / "figA12_cifar100_resnet18_imp.png"
+    ).exists()
     assert "| sparsity | LTH | LTH+AT | GraSP | seeds |" in md and "grasp masks" not in md
     assert "![](fig8_imp_s0.914_seed42.png)" in md  # landscape.py's plots are linked
     fig2 = (out / "fig2_cifar100_resnet18_imp.csv").read_text().splitlines()  # LTH (i=0), Swish (2), Mish (3)
-    assert len(fig2) == 1 + 3 * 3 * 2 and "0.914,LTH+Mish,42,91.500,103.914" in fig2 and "0.2,LTH,1099,20.100,100.200" in fig2
+    assert (
+        len(fig2) == 1 + 3 * 3 * 2
+        and "0.914,LTH+Mish,42,91.500,103.914" in fig2
+        and "0.2,LTH,1099,20.100,100.200" in fig2
+    )
     a13 = (out / "figA13_cifar100_resnet18_imp.csv").read_text().splitlines()
     assert len(a13) == 1 + 4 * 2 and "0.914,LTH+AT+TRT,42,91.500,108.914" in a13
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert "| 20.1% | 30.00 ± 0.00 | 1.00 ± 0.00 | 50.00 ± 0.00 | 50.00 ± 0.00 | 2 |" in rows  # Table A1: layer1
-    assert "| 91.5% | 10.00 ± 0.00 | 10.00 ± 0.00 | 20.00 ± 0.00 | 20.00 ± 0.00 | 2 |" in rows  # ReLU, Swish; layer2; zeros
-    assert ("| 91.5% | 56.57 ± 0.75 | 73.12 ± 0.00 | 0.00 ± 0.00 | 60.57 ± 0.75 | 73.12 ± 0.00 | 1,000.00 ± 0.00 | 2 |"
-            in rows)  # the skip table: accuracy, sparsity of all trained weights, weights outside the mask
+    assert (
+        "| 91.5% | 10.00 ± 0.00 | 10.00 ± 0.00 | 20.00 ± 0.00 | 20.00 ± 0.00 | 2 |" in rows
+    )  # ReLU, Swish; layer2; zeros
+    assert (
+        "| 91.5% | 56.57 ± 0.75 | 73.12 ± 0.00 | 0.00 ± 0.00 | 60.57 ± 0.75 | 73.12 ± 0.00 | 1,000.00 ± 0.00 | 2 |"
+        in rows
+    )  # the skip table: accuracy, sparsity of all trained weights, weights outside the mask
     curve = (out / "figA11_cifar100_resnet18_imp_seed42.csv").read_text().splitlines()
     assert curve[1:] == [f"LTH+AT+TRT,42,{e},{0.1 * e},{0.1 * e + 0.2},{500 / e}" for e in range(1, 5)]
     assert "| 91.5% | 50.57 ± 0.75 |" in md and "61.00" not in md  # A11's run is not a third seed of the tables
@@ -554,13 +678,16 @@ def test_paired_differences_and_their_t_interval_have_the_known_values(tmp_path)
     """Student t quantiles from the printed tables, and a paired interval worked by hand: differences 1, 1.5, 0 over
     3 seeds: mean 0.8333, s_d = 0.7638, half-width t(0.975, 2) * s_d / sqrt(3) = 4.3027 * 0.4410 = 1.8973."""
     import report
+
     for df, t in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)):
         assert abs(report.t_quantile(0.975, df) - t) < 1e-4, df
     assert report.differences({1: 75.0, 2: 76.0, 3: 74.0, 4: 70.0}, {1: 74.0, 2: 74.5, 3: 74.0, 5: 80.0}) == [1, 1.5, 0]
     mean, half, n = report.paired([1, 1.5, 0])
     assert n == 3 and abs(mean - 0.8333) < 1e-4 and abs(half - 1.8973) < 1e-4
     assert report.paired([2.0]) == (2.0, None, 1) and not report.paired([])
-    for seed, (lth, at) in enumerate(((74.0, 75.0), (74.5, 76.0), (74.0, 74.0)), start=1):  # the same, through the report
+    for seed, (lth, at) in enumerate(
+        ((74.0, 75.0), (74.5, 76.0), (74.0, 74.0)), start=1
+    ):  # the same, through the report
         fake_run(tmp_path, seed, 0.914, lth / 100)
         fake_run(tmp_path, seed, 0.914, at / 100, skip=True, swish=True)
     report.main([str(tmp_path), "--out", str(tmp_path / "rep")])
@@ -574,20 +701,36 @@ def test_run_all_lists_the_full_reproduction():
     assert r.returncode == 0, r.stderr
     jobs = [line for line in r.stdout.splitlines() if not line.startswith("#")]
     assert len(jobs) == len(set(jobs)) and len({j.split("--out ")[1] for j in jobs}) == len(jobs)  # one folder each
-    assert sum("--arch resnet18" in j and "--dataset cifar100" in j and "--at --trt" in j and "--seed 1099" in j
-               and not re.search("rewind|prune|hessian", j) for j in jobs) == 17  # AT+TRT: dense, 16 IMP levels
+    assert (
+        sum(
+            "--arch resnet18" in j
+            and "--dataset cifar100" in j
+            and "--at --trt" in j
+            and "--seed 1099" in j
+            and not re.search("rewind|prune|hessian", j)
+            for j in jobs
+        )
+        == 17
+    )  # AT+TRT: dense, 16 IMP levels
     assert "GPU-hours" in r.stdout
     for job in jobs[:50]:
         train.parse_args(job.split())  # every job line is a valid train.py command line
     parts = dict(re.findall(r"^# (\w+): (\d+) jobs: .*, \d+ GPU-hours$", r.stdout, re.M))
-    assert list(parts) == "a2 a3 a4 fig1 fig2 fig4 fig5 fig6 fig7 fig8 fig9 fig10 figA11 figA12 figA13 tableA1 skipproj".split()
-    assert parts["fig1"] == parts["a2"] == str(3 * 17 * 5) and parts["figA12"] == str(3 * 17 * 4)  # seeds x levels x variants
+    assert (
+        list(parts)
+        == "a2 a3 a4 fig1 fig2 fig4 fig5 fig6 fig7 fig8 fig9 fig10 figA11 figA12 figA13 tableA1 skipproj".split()
+    )
+    assert parts["fig1"] == parts["a2"] == str(3 * 17 * 5) and parts["figA12"] == str(
+        3 * 17 * 4
+    )  # seeds x levels x variants
     assert (parts["fig8"], parts["fig10"], parts["figA13"]) == (str(3 * 4), str(3 * 2), str(3 * 9))  # seeds x variants
     assert "# figA11: 6 jobs: 6 trained spends + 3 draws (36 trainings" in r.stdout  # IMP levels 0..11 of 3 draws
     a11 = [j for j in jobs if "--hessian-every 1" in j]  # Fig. A11's re-trainings have folders of their own
     assert len(a11) == 6 and all("--sparsity 0.914" in j and "hessianevery1/seed" in j for j in a11)
     assert all("--keep-epochs 5" in j for j in jobs if "--sparsity 0.914" in j)  # Fig. 4 reads their epoch-5 weights
-    bad = subprocess.run(["bash", os.path.join(HERE, "run_all.sh"), "--parts", "fig3", "--list"], capture_output=True, text=True)
+    bad = subprocess.run(
+        ["bash", os.path.join(HERE, "run_all.sh"), "--parts", "fig3", "--list"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown part fig3") and not bad.stdout
 
 
@@ -625,8 +768,12 @@ def test_gpu_check_without_a_gpu_says_so_and_runs_what_a_cpu_can(tmp_path):
     for f in os.listdir(HERE):
         if f.endswith(".py") or f == "run_all.sh":
             (tmp_path / f).write_bytes(open(os.path.join(HERE, f), "rb").read())
-    r = subprocess.run(["bash", str(tmp_path / "run_all.sh"), "--gpu-check"], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHON=sys.executable, CUDA_VISIBLE_DEVICES=""))
+    r = subprocess.run(
+        ["bash", str(tmp_path / "run_all.sh"), "--gpu-check"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHON=sys.executable, CUDA_VISIBLE_DEVICES=""),
+    )
     assert r.returncode == 0 and "no GPU found" in r.stdout, r.stdout + r.stderr
     for part in ("environment", "signature", "signature-zeros", "plain", "torchrun-1", "torchrun-like-plain"):
         assert f"-- {part}: ok" in r.stdout, part
@@ -654,19 +801,52 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     amplify rounding: per-rank BatchNorm or a mis-scaled loss would be off by far more than 1e-9. Rank 1 looks
     for its files 0.2 s late, so a resume check that races with rank 0's writes fails here every time."""
     driver = tmp_path / "train64.py"
-    driver.write_text(f"import os, sys, time, torch\nsys.path.insert(0, {HERE!r})\n"
-                      "torch.set_default_dtype(torch.float64)\nimport train\n"
-                      "if os.environ.get('RANK') == '1':\n    found = os.path.exists\n"
-                      f"    os.path.exists = lambda p: str(p).startswith({str(tmp_path)!r}) and time.sleep(0.2) or found(p)\n"
-                      "train.main()\n")
-    args = [str(driver), *TINY, "--subset", "600", "--lr", "0.02", "--sparsity", "0.2", "--at", "--trt",
-            "--scale-init-iters", "2", "--epochs", "1"]
-    one = subprocess.run([sys.executable, *args, "--runs", str(tmp_path / "r1"), "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True)
+    driver.write_text(
+        f"import os, sys, time, torch\nsys.path.insert(0, {HERE!r})\n"
+        "torch.set_default_dtype(torch.float64)\nimport train\n"
+        "if os.environ.get('RANK') == '1':\n    found = os.path.exists\n"
+        f"    os.path.exists = lambda p: str(p).startswith({str(tmp_path)!r}) and time.sleep(0.2) or found(p)\n"
+        "train.main()\n"
+    )
+    args = [
+        str(driver),
+        *TINY,
+        "--subset",
+        "600",
+        "--lr",
+        "0.02",
+        "--sparsity",
+        "0.2",
+        "--at",
+        "--trt",
+        "--scale-init-iters",
+        "2",
+        "--epochs",
+        "1",
+    ]
+    one = subprocess.run(
+        [sys.executable, *args, "--runs", str(tmp_path / "r1"), "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args,
-                          "--runs", str(tmp_path / "r2"), "--out", str(tmp_path / "two")], capture_output=True, text=True,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            *args,
+            "--runs",
+            str(tmp_path / "r2"),
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("=== spend") == 1  # rank 1 prints nothing
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))

@@ -8,6 +8,7 @@ draw.json (the key), init.pt (theta_0) and per ticket (imp_LL: IMP level L, dens
 its vanilla-LTH training. IMP trains each level the vanilla way to prune the next, so a vanilla spend reuses that. A
 spend writes --out: config.json, metrics.csv, mask.pt, model.pt (final), best.pt (best val), last results.json (done).
 """
+
 import argparse
 import copy
 import hashlib
@@ -34,8 +35,19 @@ from models import BadInput
 from runs import load, save, exists, write_json
 
 # the draw's cache key; the spend-only tweaks (a draw has them off); how a run computes, not what (not in its config)
-RECIPE = ["dataset", "arch", "seed", "epochs", "lr", "batch_size", "momentum", "wd", "subset", "rewind_epoch",
-          "prune_classifier"]
+RECIPE = [
+    "dataset",
+    "arch",
+    "seed",
+    "epochs",
+    "lr",
+    "batch_size",
+    "momentum",
+    "wd",
+    "subset",
+    "rewind_epoch",
+    "prune_classifier",
+]
 TWEAKS = ["skip", "skip_proj", "swish", "mish", "scale_init", "ls", "kd"]
 HOW = ["device", "out", "runs", "data_dir", "deterministic", "compile", "amp", "hessian_every", "repair", "keep_epochs"]
 
@@ -63,8 +75,12 @@ def parser():
     a("--subset", type=int, help="use only the first N training images (before the 9:1 split)")
     # the ticket
     a("--sparsity", type=float, help="target sparsity in [0, 1); IMP spends level round(log(1-s)/log 0.8)")
-    a("--prune", default="imp", choices=["imp", "omp", "random", "snip", "grasp", "synflow"],
-      help="omp: one shot from the dense net; random, snip, grasp, synflow: at init (Table A4: all but snip)")
+    a(
+        "--prune",
+        default="imp",
+        choices=["imp", "omp", "random", "snip", "grasp", "synflow"],
+        help="omp: one shot from the dense net; random, snip, grasp, synflow: at init (Table A4: all but snip)",
+    )
     a("--prune-classifier", action="store_true", help="prune the linear classifier too (default: convs only)")
     a("--mask", help="spend this mask file ({weight name: bool tensor}) instead of drawing one")
     a("--rewind-epoch", type=int, help="reset to the dense weights after k epochs (LTH-Rewind), not theta_0")
@@ -195,12 +211,17 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
         for m in model.modules():
             if isinstance(m, models.BatchNorm):
                 m.global_stats = True
-        step_model = DDP(model, device_ids=[args.device] if str(args.device).startswith("cuda") else None,
-                         forward_sync_buffers=False)
+        step_model = DDP(
+            model, device_ids=[args.device] if str(args.device).startswith("cuda") else None, forward_sync_buffers=False
+        )
     step_model = torch.compile(step_model) if args.compile else step_model
     state = dict(epoch=0, best_val=-1.0, best_epoch=0, best_state=None, rows=[])
-    full_state = lambda: dict(state, model=model.state_dict(), optimizer=opt.state_dict(),
-                              rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all()))
+    full_state = lambda: dict(
+        state,
+        model=model.state_dict(),
+        optimizer=opt.state_dict(),
+        rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all()),
+    )
     if exists(checkpoint):
         state = load(checkpoint, args.device)
         model.load_state_dict(state.pop("model"))
@@ -208,53 +229,89 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
         rng = state.pop("rng")  # torch's generators (data order and augmentation have their own, seeded by epoch)
         torch.set_rng_state(rng["torch"].cpu())  # loaded onto --device with the rest; the generators take CPU bytes
         torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        print(f"{label} resuming after epoch {state['epoch']}" + (f", batch {state['done']['batches']}" if state.get(
-            "done") else "") + f" from {checkpoint}", flush=True)
+        print(
+            f"{label} resuming after epoch {state['epoch']}"
+            + (f", batch {state['done']['batches']}" if state.get("done") else "")
+            + f" from {checkpoint}",
+            flush=True,
+        )
     start, first = time.time(), state["epoch"] + 1
     for epoch in range(first, args.epochs + 1):
         t0, lr = time.time(), lr_at(args, epoch)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss_sum, correct, seen, bad_step, stopped = train_epoch(step_model, ds, args, opt, masked, keep, loss_fn,
-                                                                 epoch, done=state.pop("done", None))
+        loss_sum, correct, seen, bad_step, stopped = train_epoch(
+            step_model, ds, args, opt, masked, keep, loss_fn, epoch, done=state.pop("done", None)
+        )
         if stopped:  # preempted: the step's state, the epoch's totals so far, and a distinct exit code
             state["done"] = dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen, batches=stopped)
             save(full_state(), checkpoint)
             if runs.rank() == 0:  # one line, not one per torchrun rank
-                print(f"{label} stopped by a signal in epoch {epoch} after batch {stopped}: saved {checkpoint}; "
-                      f"the same command resumes from there", file=sys.stderr, flush=True)
+                print(
+                    f"{label} stopped by a signal in epoch {epoch} after batch {stopped}: saved {checkpoint}; "
+                    f"the same command resumes from there",
+                    file=sys.stderr,
+                    flush=True,
+                )
             sys.exit(143)
         train_loss = float(loss_sum) / seen
         if bad_step >= 0 or not math.isfinite(train_loss):  # the last good checkpoint (previous epoch) is left as is
-            print(f"error: {label}: the loss became {train_loss} in epoch {epoch}, step {bad_step}: the run "
-                  f"diverged; the last good checkpoint is {checkpoint}", file=sys.stderr)
+            print(
+                f"error: {label}: the loss became {train_loss} in epoch {epoch}, step {bad_step}: the run "
+                f"diverged; the last good checkpoint is {checkpoint}",
+                file=sys.stderr,
+            )
             sys.exit(3)
         val_acc, val_loss = data.evaluate(model, ds, "val")
         if val_acc > state["best_val"]:
-            state.update(best_val=val_acc, best_epoch=epoch,
-                         best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
+            state.update(
+                best_val=val_acc,
+                best_epoch=epoch,
+                best_state={k: v.detach().clone() for k, v in model.state_dict().items()},
+            )
         secs = time.time() - t0
-        state["rows"].append(dict(epoch=epoch, train_loss=round(train_loss, 5),
-                                  train_acc=round(int(correct) / seen, 5), val_loss=round(val_loss, 5),
-                                  val_acc=round(val_acc, 5), lr=lr, seconds=round(secs, 2)))
+        state["rows"].append(
+            dict(
+                epoch=epoch,
+                train_loss=round(train_loss, 5),
+                train_acc=round(int(correct) / seen, 5),
+                val_loss=round(val_loss, 5),
+                val_acc=round(val_acc, 5),
+                lr=lr,
+                seconds=round(secs, 2),
+            )
+        )
         if args.hessian_every:  # Fig. A11: the mean top eigenvalue of 3 fixed training batches, along training
-            top = hessian.per_batch(model, F.cross_entropy, hessian.fixed_batches(ds, 3, 128, args.seed), masks=mask)[
-                :2] if epoch % args.hessian_every == 0 else ("", "")
+            top = (
+                hessian.per_batch(model, F.cross_entropy, hessian.fixed_batches(ds, 3, 128, args.seed), masks=mask)[:2]
+                if epoch % args.hessian_every == 0
+                else ("", "")
+            )
             state["rows"][-1].update(top_eigenvalue=top[0], top_eigenvalue_std=top[1])
         eta = (time.time() - start) / (epoch - first + 1) * (args.epochs - epoch)
-        print(f"{label} epoch {epoch:3d}/{args.epochs}  loss {train_loss:.4f}  train {correct / seen:.2%}  "
-              f"val {val_acc:.2%}  lr {lr:.4g}  {secs:.1f}s  eta {eta / 60:.1f}m", flush=True)
+        print(
+            f"{label} epoch {epoch:3d}/{args.epochs}  loss {train_loss:.4f}  train {correct / seen:.2%}  "
+            f"val {val_acc:.2%}  lr {lr:.4g}  {secs:.1f}s  eta {eta / 60:.1f}m",
+            flush=True,
+        )
         if epoch in args.keep_epochs:  # Fig. 4 looks at the landscape after epoch 5; LTH-Rewind restarts from one
-            save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(os.path.dirname(checkpoint),
-                                                                                  f"epoch{epoch}.pt"))
+            save(
+                {k: v.cpu() for k, v in model.state_dict().items()},
+                os.path.join(os.path.dirname(checkpoint), f"epoch{epoch}.pt"),
+            )
         state["epoch"] = epoch
         save(full_state(), checkpoint)
     final_test, _ = data.evaluate(model, ds, "test")
     best = copy.deepcopy(model)
     best.load_state_dict(state["best_state"])
     test_acc, _ = data.evaluate(best, ds, "test")
-    summary = dict(test_acc=test_acc, final_test_acc=final_test, best_val_acc=state["best_val"],
-                   best_epoch=state["best_epoch"], final_val_acc=state["rows"][-1]["val_acc"])
+    summary = dict(
+        test_acc=test_acc,
+        final_test_acc=final_test,
+        best_val_acc=state["best_val"],
+        best_epoch=state["best_epoch"],
+        final_val_acc=state["rows"][-1]["val_acc"],
+    )
     return summary, state["rows"], state["best_state"]
 
 
@@ -266,8 +323,9 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None):
     tweaks.apply(model, args)
     checkpoint = os.path.join(out, "checkpoint.pt")
     if args.scale_init and not exists(checkpoint):  # on resume the checkpoint has the scaled weights
-        scales = tweaks.scale_init(model, mask, forever(ds, args.batch_size, args.seed), args.scale_init_iters,
-                                   args.scale_init_lr)
+        scales = tweaks.scale_init(
+            model, mask, forever(ds, args.batch_size, args.seed), args.scale_init_iters, args.scale_init_lr
+        )
         print(f"{label} scale_init: scales in [{min(scales.values()):.3f}, {max(scales.values()):.3f}]")
     loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
     start = time.time()
@@ -276,21 +334,29 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None):
     images = landscape.fixed_images(ds, "test", 500)
     weights, every = dict(model.named_parameters()), prune.prunable(model, linear=True)  # every conv/linear weight
     pruned = [weights[n] for n in mask]  # the layers the mask covers: the paper's sparsity is theirs
-    results = dict(summary, sparsity=prune.sparsity(pruned), sparsity_all=prune.sparsity(every.values()),
-                   params_total=total, params_nonzero=sum(int(p.count_nonzero()) for p in model.parameters()),
-                   activation_sparsity=landscape.activation_sparsity(model, images[0]),  # Table A1: |a| <= 1e-2
-                   activation_zeros=landscape.activation_sparsity(model, images[0], threshold=0),
-                   weights_total=sum(w.numel() for w in pruned),
-                   weights_nonzero=sum(int(w.count_nonzero()) for w in pruned),
-                   unmasked_weights=sum(w.numel() for n, w in every.items() if n not in mask),  # trained, never pruned
-                   pruned_nonzero=sum(int(weights[n][~m].count_nonzero()) for n, m in mask.items()),
-                   seconds=round(time.time() - start, 1), device=str(args.device))
+    results = dict(
+        summary,
+        sparsity=prune.sparsity(pruned),
+        sparsity_all=prune.sparsity(every.values()),
+        params_total=total,
+        params_nonzero=sum(int(p.count_nonzero()) for p in model.parameters()),
+        activation_sparsity=landscape.activation_sparsity(model, images[0]),  # Table A1: |a| <= 1e-2
+        activation_zeros=landscape.activation_sparsity(model, images[0], threshold=0),
+        weights_total=sum(w.numel() for w in pruned),
+        weights_nonzero=sum(int(w.count_nonzero()) for w in pruned),
+        unmasked_weights=sum(w.numel() for n, w in every.items() if n not in mask),  # trained, never pruned
+        pruned_nonzero=sum(int(weights[n][~m].count_nonzero()) for n, m in mask.items()),
+        seconds=round(time.time() - start, 1),
+        device=str(args.device),
+    )
     if not exists(os.path.join(out, "mask.pt")):  # a draw's ticket folder has it already
         save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
     save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
     save({k: v.cpu() for k, v in best_state.items()}, os.path.join(out, "best.pt"))
-    save("".join(",".join(map(str, row)) + "\n" for row in [rows[0], *(r.values() for r in rows)]),
-         os.path.join(out, "metrics.csv"))
+    save(
+        "".join(",".join(map(str, row)) + "\n" for row in [rows[0], *(r.values() for r in rows)]),
+        os.path.join(out, "metrics.csv"),
+    )
     write_json(results, os.path.join(out, "results.json"))  # written last: its presence means finished
     if runs.rank() == 0:
         os.remove(checkpoint)
@@ -331,8 +397,10 @@ class Draw:
         try:
             return load(path, self.args.device)
         except BadInput as e:
-            raise BadInput(f"{e}; a trained network cannot be derived again exactly: move {os.path.dirname(path)} "
-                           f"aside and run again (it retrains; redo also every IMP level drawn after it)")
+            raise BadInput(
+                f"{e}; a trained network cannot be derived again exactly: move {os.path.dirname(path)} "
+                f"aside and run again (it retrains; redo also every IMP level drawn after it)"
+            )
 
     def init(self):
         return self.derived(os.path.join(self.dir, "init.pt"), lambda: new_model(self.args, self.ds).state_dict())
@@ -365,8 +433,9 @@ class Draw:
         else:  # pruning at initialization (Table A4): scored on theta_0
             model.load_state_dict(self.init())
             if method == "synflow":
-                mask = prune.synflow(model, float(value), input_shape=tuple(self.ds["train"][0].shape[1:]),
-                                     linear=linear)
+                mask = prune.synflow(
+                    model, float(value), input_shape=tuple(self.ds["train"][0].shape[1:]), linear=linear
+                )
             elif method == "snip":  # one batch, as the official code
                 batch = next(data.batches(self.ds, "train", self.args.batch_size, seed=self.args.seed))
                 mask = prune.snip(model, [batch], float(value), linear)
@@ -385,8 +454,10 @@ class Draw:
             if exists(os.path.join(out, "results.json")):  # another process trained it meanwhile
                 return out
             mask = self.mask(ticket)
-            print(f"=== draw {ticket}: {prune.sparsity(mask.values()):.2%} sparse, vanilla LTH training -> {out}",
-                  flush=True)
+            print(
+                f"=== draw {ticket}: {prune.sparsity(mask.values()):.2%} sparse, vanilla LTH training -> {out}",
+                flush=True,
+            )
             dense, vanilla = ticket == "imp_00", copy.copy(self.vanilla)
             if dense and self.args.rewind_epoch:  # LTH-Rewind's theta_k: the dense training keeps epoch k
                 vanilla.keep_epochs = [*vanilla.keep_epochs, self.args.rewind_epoch]
@@ -401,11 +472,13 @@ class Draw:
 
 
 def summarize(results, out):
-    return (f"test acc {results['test_acc']:.2%} (best val {results['best_val_acc']:.2%} at epoch "
-            f"{results['best_epoch']}; final epoch {results['final_test_acc']:.2%})  sparsity "
-            f"{results['sparsity']:.2%} ({results['weights_nonzero']:,} of {results['weights_total']:,} pruned-layer "
-            f"weights left; {results.get('sparsity_all', results['sparsity']):.2%} of all conv/linear weights)  "
-            f"{results['seconds']:.0f}s on {results['device']}  -> {out}")
+    return (
+        f"test acc {results['test_acc']:.2%} (best val {results['best_val_acc']:.2%} at epoch "
+        f"{results['best_epoch']}; final epoch {results['final_test_acc']:.2%})  sparsity "
+        f"{results['sparsity']:.2%} ({results['weights_nonzero']:,} of {results['weights_total']:,} pruned-layer "
+        f"weights left; {results.get('sparsity_all', results['sparsity']):.2%} of all conv/linear weights)  "
+        f"{results['seconds']:.0f}s on {results['device']}  -> {out}"
+    )
 
 
 def run(args):
@@ -414,8 +487,9 @@ def run(args):
     ticket = f"imp_{prune.imp_level(s):02d}" if args.prune == "imp" or s == 0 else f"{args.prune}_{s:.4f}"
     ticket = "mask" if args.mask else ticket
     variant = "+".join([k for k in TWEAKS if k != "ls" and getattr(args, k)] + ([f"ls{args.ls}"] if args.ls else []))
-    out = args.out or os.path.join(args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}",
-                                   f"{ticket}_{variant or 'lth'}_{short_hash(config)}")
+    out = args.out or os.path.join(
+        args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}", f"{ticket}_{variant or 'lth'}_{short_hash(config)}"
+    )
     if exists(os.path.join(out, "config.json")):
         if runs.read_json(os.path.join(out, "config.json")) != config:
             raise BadInput(f"{out} holds a run with another config; choose another --out")

@@ -3,6 +3,7 @@ sees them. Each is one function; `apply` turns command-line flags into calls.
 
     AT  (architecture tweaking, §3.1) = skip + swish       TRT (training recipe tweaking, §3.2) = scale_init + ls 0.1
 """
+
 import functools
 
 import torch
@@ -54,15 +55,17 @@ def scale_init(model, mask, batches, iters=180, lr=1e-2, eta=0.1, gamma=1.0, min
     shared second moment. BatchNorm uses batch statistics, its running ones restored. Returns {name: scale}."""
     params = {n: p.detach().requires_grad_() for n, p in model.named_parameters()}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
-    scales = {n: torch.ones((), device=p.device, dtype=p.dtype, requires_grad=True) for n, p in params.items()
-              if p.norm() > 0}
+    scales = {
+        n: torch.ones((), device=p.device, dtype=p.dtype, requires_grad=True) for n, p in params.items() if p.norm() > 0
+    }
     floor = {n: min_scale if n.endswith("weight") else 0.0 for n in scales}
     moments = {n: [torch.zeros_like(s) for _ in range(3)] for n, s in scales.items()}  # objective, constraint, squared
     steps, was_training = [0, 0], model.training
     model.train()
     for _ in range(iters):
-        objective, branch = gradinit_objective(model, params, scales, mask, next(batches), next(batches),
-                                               lambda: next(batches), eta, gamma)
+        objective, branch = gradinit_objective(
+            model, params, scales, mask, next(batches), next(batches), lambda: next(batches), eta, gamma
+        )
         grads = torch.autograd.grad(objective, list(scales.values()))
         steps[branch] += 1
         with torch.no_grad():
@@ -88,8 +91,9 @@ def gradinit_objective(model, params, scales, mask, first, second, fresh, eta, g
     g/|g|, over eta, the step held constant (first order, as the reference detaches it): only w's scales move it."""
     weights = {n: p * scales[n] if n in scales else p for n, p in params.items()}
     x, y = torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
-    grads = torch.autograd.grad(F.cross_entropy(functional_call(model, weights, (x,)), y), list(weights.values()),
-                                create_graph=True)
+    grads = torch.autograd.grad(
+        F.cross_entropy(functional_call(model, weights, (x,)), y), list(weights.values()), create_graph=True
+    )
     grads = [g * mask[n] if n in mask else g for n, g in zip(weights, grads)]
     gnorm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
     if gnorm > gamma:
@@ -102,13 +106,21 @@ def gradinit_objective(model, params, scales, mask, first, second, fresh, eta, g
 
 def kd_loss(student_logits, teacher_logits, temp):
     """Hinton et al. 2015: KL(teacher || student) of the softened distributions, scaled by temp^2."""
-    return F.kl_div(F.log_softmax(student_logits / temp, 1), F.log_softmax(teacher_logits / temp, 1),
-                    reduction="batchmean", log_target=True) * temp ** 2
+    return (
+        F.kl_div(
+            F.log_softmax(student_logits / temp, 1),
+            F.log_softmax(teacher_logits / temp, 1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * temp**2
+    )
 
 
 def make_loss(ls=0.0, teacher=None, kd_temp=4.0, kd_alpha=0.9):
     """The spend's loss(logits, x, y). ls: label smoothing, target y(1-ls) + ls/K (§3.2, torch's formula
     is exactly the paper's). With a teacher (§4.6 KD): (1-kd_alpha) * hard loss + kd_alpha * kd_loss."""
+
     def loss(logits, x, y):
         hard = F.cross_entropy(logits, y, label_smoothing=ls)
         if teacher is None:
@@ -116,6 +128,7 @@ def make_loss(ls=0.0, teacher=None, kd_temp=4.0, kd_alpha=0.9):
         with torch.no_grad():
             soft = teacher(x)
         return (1 - kd_alpha) * hard + kd_alpha * kd_loss(logits, soft, kd_temp)
+
     return loss
 
 
