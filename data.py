@@ -41,11 +41,13 @@ def fashionmnist(root):
             raise BadInput(
                 f"Fashion-MNIST not found ({e.__class__.__name__}): `apt-get install "
                 f"dataset-fashion-mnist`, or put the raw files in {root}/FashionMNIST/raw"
-            )
+            ) from None
         folder = os.path.join(root, "FashionMNIST", "raw")
-    read = lambda name: _idx(os.path.join(folder, name))
     split = {
-        k: (read(f"{p}-images-idx3-ubyte")[:, None], read(f"{p}-labels-idx1-ubyte").long())
+        k: (
+            _idx(os.path.join(folder, f"{p}-images-idx3-ubyte"))[:, None],
+            _idx(os.path.join(folder, f"{p}-labels-idx1-ubyte")).long(),
+        )
         for k, p in (("train", "train"), ("test", "t10k"))
     }
     return split, 10
@@ -70,7 +72,7 @@ def cifar(root, classes):
             raise BadInput(
                 f"CIFAR-{classes} not found and not downloadable ({e.__class__.__name__}): "
                 f"put the extracted {folder}/ folder in {os.path.abspath(root)}/"
-            )
+            ) from None
     split = {}
     for name, files in (("train", train_files), ("test", test_files)):
         xs, ys = [], []
@@ -83,11 +85,16 @@ def cifar(root, classes):
     return split, classes
 
 
+def _rgb(path):
+    """An image file as a uint8 CHW tensor."""
+    from PIL import Image  # only Tiny-ImageNet needs it
+
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+
+
 def tinyimagenet(root):
     """Tiny-ImageNet as extracted (train/<wnid>/images/, val/images/, val/val_annotations.txt). Decoded at every load:
     about 110,000 64x64 JPEGs, seconds to a minute, small beside a training run, and no cache to go stale."""
-    from PIL import Image
-
     folder = os.path.join(root, "tiny-imagenet-200")
     if not os.path.exists(os.path.join(folder, "wnids.txt")):
         raise BadInput(
@@ -105,8 +112,7 @@ def tinyimagenet(root):
             for f, w, *_ in map(str.split, open(os.path.join(folder, "val", "val_annotations.txt")))  # file, wnid, box
         ],
     }
-    read = lambda p: torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
-    split = {k: (torch.stack([read(p) for p, _ in v]), torch.tensor([c for _, c in v])) for k, v in files.items()}
+    split = {k: (torch.stack([_rgb(p) for p, _ in v]), torch.tensor([c for _, c in v])) for k, v in files.items()}
     return split, len(wnids)
 
 
@@ -147,11 +153,11 @@ def load(name, root="data", subset=None, seed=42, device="cpu"):
         x, y = x[:subset], y[:subset]
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     n_val = len(x) // 10
-    to = lambda x, y: (x.to(device), y.to(device))
+    train, val, test = perm[n_val:], perm[:n_val], split["test"]
     return {
-        "train": to(x[perm[n_val:]], y[perm[n_val:]]),
-        "val": to(x[perm[:n_val]], y[perm[:n_val]]),
-        "test": to(*split["test"]),
+        "train": (x[train].to(device), y[train].to(device)),
+        "val": (x[val].to(device), y[val].to(device)),
+        "test": (test[0].to(device), test[1].to(device)),
         "classes": classes,
         "mean": mean.to(device),
         "std": std.to(device),

@@ -70,7 +70,10 @@ def top_eigen(model, loss_fn, batches, iters=100, tol=1e-4, masks=None, seed=0, 
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
     keep = [masks[n].to(p.device, p.dtype) if masks and n in masks else None for n, p in zip(names, params)]
     gen = torch.Generator().manual_seed(seed)
-    start = lambda: project([torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params], keep)
+
+    def start():
+        return project([torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params], keep)
+
     was_training = model.training
     model.eval()  # running statistics: read, never updated
     try:

@@ -31,12 +31,16 @@ def fixed_images(ds, split, n, seed=0):
     return data.normalize(ds, x[pick]), y[pick]
 
 
+def filter_norms(t):
+    """The norm of each output filter of t, shaped to broadcast against it."""
+    return t.flatten(1).norm(dim=1).view(-1, *[1] * (t.dim() - 1))
+
+
 def filter_normalize(direction, weights):
     """Li et al. 2018, on {name: tensor} dicts: each output filter (dim-0 slice) of the direction gets the norm of
     the same filter of the weights, so that any weight scale compares. 1-D params (BatchNorm, biases) get zero."""
-    norms = lambda t: t.flatten(1).norm(dim=1).view(-1, *[1] * (t.dim() - 1))  # one per output filter
     return {
-        n: d * norms(weights[n]) / norms(d).clamp_min(1e-12) if d.dim() > 1 else torch.zeros_like(d)
+        n: d * filter_norms(weights[n]) / filter_norms(d).clamp_min(1e-12) if d.dim() > 1 else torch.zeros_like(d)
         for n, d in direction.items()
     }  # a filter pruned away entirely stays zero
 

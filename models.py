@@ -11,9 +11,9 @@ Swish/Mish tweak swaps it). Stages are named layer1, layer2, ... everywhere, so 
 from collections import OrderedDict
 
 import torch
-import torch.nn as nn
 import torch.distributed as dist
 import torch.distributed._functional_collectives as collectives
+import torch.nn as nn
 import torch.nn.functional as F
 
 

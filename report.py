@@ -106,13 +106,21 @@ def t_quantile(p, df):
     """The p-quantile (p > 0.5) of Student's t with df degrees of freedom, by bisection on its CDF: the density
     Gamma((df+1)/2) / (sqrt(df pi) Gamma(df/2)) * (1 + x^2/df)^(-(df+1)/2), integrated from 0 by Simpson's rule."""
     log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    density = lambda x: math.exp(log_c - (df + 1) / 2 * math.log1p(x * x / df))
-    cdf = lambda x, n=2000: (
-        0.5 + x / n / 3 * sum((1 if i in (0, n) else 4 - 2 * (i % 2 == 0)) * density(i * x / n) for i in range(n + 1))
-    )
+
+    def density(x):
+        return math.exp(log_c - (df + 1) / 2 * math.log1p(x * x / df))
+
+    def cdf(x, n=2000):
+        weights = [1 if i in (0, n) else 4 if i % 2 else 2 for i in range(n + 1)]
+        return 0.5 + x / n / 3 * sum(w * density(i * x / n) for i, w in enumerate(weights))
+
     lo, hi = 0.0, 1000.0
     for _ in range(50):
-        lo, hi = ((lo + hi) / 2, hi) if cdf((lo + hi) / 2) < p else (lo, (lo + hi) / 2)
+        mid = (lo + hi) / 2
+        if cdf(mid) < p:
+            lo = mid
+        else:
+            hi = mid
     return lo
 
 

@@ -120,12 +120,12 @@ def load(path, device="cpu"):
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        raise BadInput(f"{path}: no such file")
+        raise BadInput(f"{path}: no such file") from None
     except Exception as e:
         raise BadInput(
             f"{path}: not a readable checkpoint of tensors ({type(e).__name__}: "
             f"{str(e).splitlines()[0][:120] if str(e) else ''})"
-        )
+        ) from None
 
 
 def read_json(path):
@@ -134,7 +134,7 @@ def read_json(path):
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise BadInput(f"{path}: unreadable ({e})")
+        raise BadInput(f"{path}: unreadable ({e})") from None
 
 
 def write_json(obj, path):
@@ -151,7 +151,9 @@ def locked(folder, wait):
             if rank() == 0:  # under torchrun rank 0 holds it for all
                 fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise BadInput(f"{folder} is being written by another process; let it finish or choose another --out")
+            raise BadInput(
+                f"{folder} is being written by another process; let it finish or choose another --out"
+            ) from None
         for stale in glob.glob(os.path.join(folder, ".tmp-*")) if rank() == 0 else []:
             os.remove(stale)  # half-written by a killed holder of this lock (SIGKILL skips save's clean-up)
         yield
@@ -186,5 +188,5 @@ def load_run(run_dir, data_dir="data", device="cpu", weights="model.pt"):
     try:
         model.load_state_dict(load(os.path.join(run_dir, weights)))
     except RuntimeError as e:
-        raise BadInput(f"{run_dir}/{weights} does not fit its config.json ({str(e).splitlines()[0]})")
+        raise BadInput(f"{run_dir}/{weights} does not fit its config.json ({str(e).splitlines()[0]})") from None
     return model.to(device).eval(), mask, ds, config

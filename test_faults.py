@@ -143,13 +143,16 @@ def test_two_runners_on_one_folder_train_each_run_once_and_as_one_runner_would(t
         ]
         (tmp_path / f"{root}.txt").write_text("\n".join(lines) + "\n")
     env = dict(os.environ, PYTHON=sys.executable)
-    runner = lambda root: subprocess.Popen(
-        ["bash", os.path.join(HERE, "run_all.sh"), "--jobs-from", str(tmp_path / f"{root}.txt"), "--jobs", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+
+    def runner(root):
+        return subprocess.Popen(
+            ["bash", os.path.join(HERE, "run_all.sh"), "--jobs-from", str(tmp_path / f"{root}.txt"), "--jobs", "1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
     first, second = runner("two"), runner("two")  # the same list, the same folders, at once
     outs = [p.communicate() for p in (first, second)]
     assert first.returncode == second.returncode == 0 and "FAILED" not in outs[0][1] + outs[1][1], outs

@@ -99,7 +99,10 @@ def test_the_largest_algebraic_eigenvalue_wins_over_a_larger_negative_one():
     rotation, _ = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
     a = rotation @ torch.diag(eigenvalues) @ rotation.T
     model = nn.Linear(4, 1, bias=False).double()
-    quadratic = lambda out, _: 0.5 * (model.weight @ a @ model.weight.T).squeeze() + 0 * out.sum()
+
+    def quadratic(out, _):
+        return 0.5 * (model.weight @ a @ model.weight.T).squeeze() + 0 * out.sum()
+
     batch = [(torch.zeros(1, 4, dtype=torch.float64), torch.zeros(1))]
     value, vector = hessian.top_eigen(model, quadratic, batch, **EXACT)
     assert_close(value, 1.0)

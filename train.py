@@ -32,7 +32,7 @@ import prune
 import runs
 import tweaks
 from models import BadInput
-from runs import load, save, exists, write_json
+from runs import exists, load, save, write_json
 
 # the draw's cache key; the spend-only tweaks (a draw has them off); how a run computes, not what (not in its config)
 RECIPE = [
@@ -196,6 +196,13 @@ def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=No
     return loss_sum, correct, seen, int(first_bad), stopped
 
 
+def checkpoint_state(state, model, opt):
+    """What a checkpoint holds: the loop's state, the weights, the momentum and torch's generators (the data order
+    and augmentation need none: they are seeded by epoch)."""
+    rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all())
+    return dict(state, model=model.state_dict(), optimizer=opt.state_dict(), rng=rng)
+
+
 def fit(model, ds, args, mask, loss_fn, label, checkpoint):
     """The one training loop (§4.1), for the dense draw, every IMP level and every spend: SGD with momentum and weight
     decay, the step lr schedule, masked steps (`train_epoch`), the best-validation weights kept. Every epoch the state
@@ -216,12 +223,6 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
         )
     step_model = torch.compile(step_model) if args.compile else step_model
     state = dict(epoch=0, best_val=-1.0, best_epoch=0, best_state=None, rows=[])
-    full_state = lambda: dict(
-        state,
-        model=model.state_dict(),
-        optimizer=opt.state_dict(),
-        rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all()),
-    )
     if exists(checkpoint):
         state = load(checkpoint, args.device)
         model.load_state_dict(state.pop("model"))
@@ -245,7 +246,7 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
         )
         if stopped:  # preempted: the step's state, the epoch's totals so far, and a distinct exit code
             state["done"] = dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen, batches=stopped)
-            save(full_state(), checkpoint)
+            save(checkpoint_state(state, model, opt), checkpoint)
             if runs.rank() == 0:  # one line, not one per torchrun rank
                 print(
                     f"{label} stopped by a signal in epoch {epoch} after batch {stopped}: saved {checkpoint}; "
@@ -300,7 +301,7 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
                 os.path.join(os.path.dirname(checkpoint), f"epoch{epoch}.pt"),
             )
         state["epoch"] = epoch
-        save(full_state(), checkpoint)
+        save(checkpoint_state(state, model, opt), checkpoint)
     final_test, _ = data.evaluate(model, ds, "test")
     best = copy.deepcopy(model)
     best.load_state_dict(state["best_state"])
@@ -383,7 +384,9 @@ class Draw:
                 return load(path)
             except BadInput as e:
                 if not self.args.repair:
-                    raise BadInput(f"{e}; it can be derived again exactly: run the same command with --repair")
+                    raise BadInput(
+                        f"{e}; it can be derived again exactly: run the same command with --repair"
+                    ) from None
                 if runs.rank() == 0:
                     os.replace(path, path + ".damaged")
                 print(f"note: {path} was damaged, kept as {path}.damaged; deriving it again", file=sys.stderr)
@@ -400,7 +403,7 @@ class Draw:
             raise BadInput(
                 f"{e}; a trained network cannot be derived again exactly: move {os.path.dirname(path)} "
                 f"aside and run again (it retrains; redo also every IMP level drawn after it)"
-            )
+            ) from None
 
     def init(self):
         return self.derived(os.path.join(self.dir, "init.pt"), lambda: new_model(self.args, self.ds).state_dict())
