@@ -21,6 +21,7 @@ cd "$(dirname "$0")"
 # The paper's tables and figures, one part each (README, "Reproduction": figure -> part -> command -> output file)
 ALL_PARTS="a2 a3 a4 fig1 fig2 fig4 fig5 fig6 fig7 fig8 fig9 fig10 figA11 figA12 figA13 tableA1 skipproj"
 MODE=run SET=full SEEDS="" FULL_ONLY="" PARTS=$ALL_PARTS EPOCHS=180 JOBS="" PER_GPU=1 CELL_ARCH="" CELL_DATASET=""
+BUDGETS="45 15 5"  # the study's ladder: epochs per rung, longest first
 MEASURED=runs/gpu_check/seconds_per_epoch  # written by --gpu-check: ResNet-18, 45,000 CIFAR-shaped images, AT+TRT
 if [ -n "${EPOCH_SECONDS:-}" ]; then SOURCE="set by EPOCH_SECONDS"  # GPU seconds per epoch, for --dry-run
 elif [ -s $MEASURED ]; then EPOCH_SECONDS=$(cat $MEASURED) SOURCE="measured by --gpu-check, read from $MEASURED"
@@ -33,6 +34,7 @@ while [ $# -gt 0 ]; do
     --jobs-from) MODE=jobs-from JOBS_FROM=$2; shift ;;
     --per-gpu) PER_GPU=$2; shift ;;
     --seeds) SEEDS=$2; shift ;;
+    --budget) BUDGET=$2; shift ;;
     --parts) PARTS=$2 FULL_ONLY+=" $1"; shift ;;
     --epochs) EPOCHS=$2 FULL_ONLY+=" $1"; shift ;;
     --arch) CELL_ARCH=$2 FULL_ONLY+=" $1"; shift ;;
@@ -44,6 +46,13 @@ done
 if [ $SET != full ] && [ -n "$FULL_ONLY" ]; then
   echo "error:$FULL_ONLY: the full reproduction's options; --$SET is a fixed job list (see ${SET}_jobs)" >&2; exit 2
 fi
+if [ -n "${BUDGET:-}" ]; then
+  [ $SET = study ] || { echo "error: --budget chooses rungs of the study's ladder: use it with --study" >&2; exit 2; }
+  for e in $BUDGET; do
+    case " $BUDGETS " in *" $e "*) ;; *) echo "error: --budget $e: the study's rungs are $BUDGETS epochs" >&2; exit 2 ;; esac
+  done
+  BUDGETS=$BUDGET
+fi
 for p in $PARTS; do
   case " $ALL_PARTS " in *" $p "*) ;; *) echo "error: unknown part $p; the parts: $ALL_PARTS" >&2; exit 2 ;; esac
 done
@@ -53,7 +62,7 @@ PY=${PYTHON:-.venv/bin/python}
 
 setup() {
   if [ -n "${PYTHON:-}" ]; then return; fi  # the caller's interpreter: nothing to install
-  if [ ! -x $PY ] || ! $PY -c "import torch, torchvision, matplotlib, pytest" 2>/dev/null; then
+  if [ ! -x $PY ] || ! $PY -c "import torch, torchvision, matplotlib, pytest, ruff" 2>/dev/null; then
     echo "setting up .venv (first run only)..."
     python3 -m venv .venv
     .venv/bin/pip install -q -r requirements.txt
@@ -76,7 +85,7 @@ job() {
   if [[ $name =~ --rewind-epoch\ [0-9]+ ]]; then name=${name/"${BASH_REMATCH[0]}"/rewind}; fi
   name=${name//[ -]/}  # no subprocess per job: the full list has thousands
   set -- $base
-  echo "$base${flags:+ }$flags --seed $seed --sparsity $s --runs $root --out $root/$2_$4/${prune}_s${s}_${name:-lth}/seed$seed"
+  echo "$base${flags:+ }$flags --seed $seed --sparsity $s --runs $root --out $root/${RUNG:-}$2_$4/${prune}_s${s}_${name:-lth}/seed$seed"
 }
 
 FIG=0.914  # §3.3, §4.6, A1.2: the analysis at 91% sparsity (IMP level 11); every full run there keeps epoch 5 (Fig. 4)
@@ -134,29 +143,40 @@ quick_jobs() {  # the study's kind of ticket (one-shot, 91.4%), smaller: LTH vs 
   done
 }
 
-# The CPU study (README "The CPU study"): every tweak on the same OMP ticket per seed, 91.4% sparse, Fashion-MNIST.
-STUDY="--dataset fashionmnist --arch resnet20 --epochs 5 --subset 10000 --prune omp"
+# The CPU study (RESULTS.md, "The CPU study"): every tweak against LTH on the same OMP tickets per seed, Fashion-MNIST,
+# ResNet-20, on a ladder of budgets (--budget E: the dense network, its tickets and every spend trained E epochs).
+# Two tickets per seed and rung, one-shot from the same dense network: 91.4% (IMP level 11) and 97.2% (level 16).
+STUDY_914=("--at --trt" "--trt" "--scale-init" "" "--skip-proj" "--at" "--skip" "--swish" "--ls 0.1")  # longest first
+STUDY_972=("--at --trt" "--trt" "" "--at" "--ls 0.1")
+STUDY_914_AT_45=("--at --trt" "--trt" "" "--skip-proj" "--at" "--ls 0.1")  # what the 45-epoch rung affords
 study_jobs() {
-  for seed in $SEEDS; do
-    for v in "--at --trt" "--trt" "--scale-init" "" "--skip-proj" "--at" "--skip" "--swish" "--ls 0.1"; do  # longest first
-      job "$seed" 0.914 "$STUDY" $v
-    done
+  local e v seed RUNG
+  for e in $BUDGETS; do
+    local base="--dataset fashionmnist --arch resnet20 --epochs $e --subset 10000 --prune omp"
+    RUNG=$([ "$e" = 5 ] || echo "e$e/")  # the 5-epoch rung keeps its folders: its finished runs are reused
+    local at914=("${STUDY_914[@]}") at972=("${STUDY_972[@]}")
+    if [ "$e" = 45 ]; then at914=("${STUDY_914_AT_45[@]}") at972=(); fi
+    for v in "${at914[@]}"; do for seed in $SEEDS; do job "$seed" 0.914 "$base" $v; done; done  # seeds interleaved:
+    for v in "${at972[@]}"; do for seed in $SEEDS; do job "$seed" 0.972 "$base" $v; done; done  # each core its draw
   done
 }
 
-# count LABEL < a job list: its jobs, spends and draws (an IMP draw trains its levels up to the highest one listed),
-# epochs in all, and for the full list GPU-hours at EPOCH_SECONDS per epoch.
+# count LABEL < a job list: one line with its runs, spends and draws (an IMP draw trains its levels up to the highest
+# one listed; a draw is one dense network: dataset, arch, seed, epochs), epochs in all, and for the full list
+# GPU-hours at EPOCH_SECONDS per epoch.
 count() {
   awk -v es="$EPOCH_SECONDS" -v label="$1" -v set=$SET '
+    function n(k, word) { return k " " word (k == 1 ? "" : "s") }
     { match($0, /--dataset [a-z0-9-]+ --arch [a-z0-9]+/); draw = substr($0, RSTART, RLENGTH)
       match($0, /--seed [0-9]+/); draw = draw substr($0, RSTART, RLENGTH) ($0 ~ /rewind/ ? " rewind" : "")
-      match($0, /--epochs [0-9]+/); epochs[draw] = E = substr($0, RSTART + 9, RLENGTH - 9)
+      match($0, /--epochs [0-9]+/); E = substr($0, RSTART + 9, RLENGTH - 9); draw = draw " " E; epochs[draw] = E
       match($0, /--sparsity [0-9.]+/); s = substr($0, RSTART + 11, RLENGTH - 11)
       need = $0 ~ /--prune/ ? 1 : int(log(1 - s) / log(0.8) + 0.5) + 1  # IMP levels 0..L
       if (need > levels[draw]) levels[draw] = need
       if ($0 ~ /--(skip|swish|mish|scale-init|ls|at|trt|kd|prune|hessian-every)/) { spends++; spent += E } }
     END { for (d in levels) { draws++; trainings += levels[d]; spent += levels[d] * epochs[d] }
-          printf "# %s%d jobs: %d trained spends + %d draws (%d trainings; vanilla LTH spends reuse them), %d epochs", label, NR, spends, draws, trainings, spent
+          printf "# %s%s: %s + %s of %s (vanilla LTH spends reuse them), %s", label, n(NR, "job"),
+            n(spends + 0, "trained spend"), n(draws, "draw"), n(trainings, "training"), n(spent, "epoch")
           printf set == "full" ? ", %.0f GPU-hours\n" : "\n", spent * es / 3600 }'
 }
 
@@ -240,16 +260,21 @@ case $MODE in
     gpu_check ;;
   test)
     setup
+    $PY -m ruff format --check . && $PY -m ruff check . || exit 1  # formatted and lint-clean (ruff.toml), then tests
     exec $PY -m pytest -q ;;
   list)
     ${SET}_jobs ;;
-  dry-run)
-    ${SET}_jobs
+  dry-run)  # the summary; --list prints the jobs
     if [ $SET = full ]; then for p in $PARTS; do PARTS=$p full_jobs | count "$p: "; done; fi
-    ${SET}_jobs | count ""
+    if [ $SET = study ]; then for e in $BUDGETS; do BUDGETS=$e study_jobs | count "$e epochs: "; done; fi
+    ${SET}_jobs | count "in all: "
     if [ $SET = full ]; then echo "# GPU-hours at $EPOCH_SECONDS s/epoch ($SOURCE), one run per GPU at a time; parts share runs: the total counts each once"
-    else echo "# measured times of this list are in the README"; fi
-    echo "# slots: $SLOTS concurrent runs ($GPUS GPUs x $PER_GPU per GPU${JOBS:+; --jobs $JOBS overrides})" ;;
+    else echo "# the measured times of this list are in RESULTS.md"; fi
+    if [ -n "$JOBS" ]; then how="set by --jobs"
+    elif [ $SET = study ] && [ "$GPUS" = 0 ]; then how="one per CPU core"
+    elif [ "$GPUS" = 0 ]; then how="no GPU found: $PER_GPU at a time"
+    else how="$PER_GPU per GPU on $GPUS GPU$([ "$GPUS" = 1 ] || echo s)"; fi
+    echo "# runs at once: $SLOTS ($how)" ;;
   run)
     setup
     start=$(date +%s)

@@ -225,12 +225,14 @@ def test_gradinit_objective_gradient_is_first_order_as_the_reference():
     x, y = torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
     x2, y2 = torch.cat([first[0], fresh[0]]), torch.cat([first[1], fresh[1]])
     alpha = {n: torch.tensor(0.5 + 0.2 * i, dtype=torch.float64) for i, n in enumerate(params)}
-    loss = lambda a, xs, ys, step=None: F.cross_entropy(
-        torch.func.functional_call(
-            model, {n: p * a[n] - (0 if step is None else step[n]) for n, p in params.items()}, (xs,)
-        ),
-        ys,
-    )
+
+    def loss(a, xs, ys, step=None):
+        return F.cross_entropy(
+            torch.func.functional_call(
+                model, {n: p * a[n] - (0 if step is None else step[n]) for n, p in params.items()}, (xs,)
+            ),
+            ys,
+        )
 
     def step_and_norm(a):  # eta * g / |g| and |g|, g the masked gradient on S at scales a
         w = {n: (p * a[n]).requires_grad_() for n, p in params.items()}
@@ -696,71 +698,92 @@ def test_paired_differences_and_their_t_interval_have_the_known_values(tmp_path)
     assert "- 91.5%: LTH+AT − LTH: +0.83 [-1.06, +2.73] pp, 3 seeds" in md
 
 
+def run_all(*a):
+    """./run_all.sh with these arguments: the completed process, its output as text."""
+    return subprocess.run(["bash", os.path.join(HERE, "run_all.sh"), *a], capture_output=True, text=True)
+
+
 def test_run_all_lists_the_full_reproduction():
-    r = subprocess.run(["bash", os.path.join(HERE, "run_all.sh"), "--dry-run"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    jobs = [line for line in r.stdout.splitlines() if not line.startswith("#")]
+    r, listed = run_all("--dry-run"), run_all("--list")
+    assert r.returncode == listed.returncode == 0, r.stderr + listed.stderr
+    jobs = listed.stdout.splitlines()
+    assert not any(line.startswith("#") for line in jobs) and all(
+        line.startswith("# ") for line in r.stdout.splitlines()
+    )
     assert len(jobs) == len(set(jobs)) and len({j.split("--out ")[1] for j in jobs}) == len(jobs)  # one folder each
-    assert (
-        sum(
-            "--arch resnet18" in j
-            and "--dataset cifar100" in j
-            and "--at --trt" in j
-            and "--seed 1099" in j
-            and not re.search("rewind|prune|hessian", j)
-            for j in jobs
-        )
-        == 17
-    )  # AT+TRT: dense, 16 IMP levels
+    attrt = [j for j in jobs if "--arch resnet18" in j and "--dataset cifar100" in j and "--at --trt" in j]
+    attrt = [j for j in attrt if "--seed 1099" in j and not re.search("rewind|prune|hessian", j)]
+    assert len(attrt) == 17  # AT+TRT: dense, 16 IMP levels
     assert "GPU-hours" in r.stdout
     for job in jobs[:50]:
         train.parse_args(job.split())  # every job line is a valid train.py command line
     parts = dict(re.findall(r"^# (\w+): (\d+) jobs: .*, \d+ GPU-hours$", r.stdout, re.M))
-    assert (
-        list(parts)
-        == "a2 a3 a4 fig1 fig2 fig4 fig5 fig6 fig7 fig8 fig9 fig10 figA11 figA12 figA13 tableA1 skipproj".split()
-    )
-    assert parts["fig1"] == parts["a2"] == str(3 * 17 * 5) and parts["figA12"] == str(
-        3 * 17 * 4
-    )  # seeds x levels x variants
+    assert f"# in all: {len(jobs)} jobs: " in r.stdout
+    all_parts = "a2 a3 a4 fig1 fig2 fig4 fig5 fig6 fig7 fig8 fig9 fig10 figA11 figA12 figA13 tableA1 skipproj"
+    assert list(parts) == all_parts.split()
+    assert parts["fig1"] == parts["a2"] == str(3 * 17 * 5)  # seeds x levels x variants
+    assert parts["figA12"] == str(3 * 17 * 4)
     assert (parts["fig8"], parts["fig10"], parts["figA13"]) == (str(3 * 4), str(3 * 2), str(3 * 9))  # seeds x variants
-    assert "# figA11: 6 jobs: 6 trained spends + 3 draws (36 trainings" in r.stdout  # IMP levels 0..11 of 3 draws
+    assert "# figA11: 6 jobs: 6 trained spends + 3 draws of 36 trainings" in r.stdout  # IMP levels 0..11 of 3 draws
     a11 = [j for j in jobs if "--hessian-every 1" in j]  # Fig. A11's re-trainings have folders of their own
     assert len(a11) == 6 and all("--sparsity 0.914" in j and "hessianevery1/seed" in j for j in a11)
     assert all("--keep-epochs 5" in j for j in jobs if "--sparsity 0.914" in j)  # Fig. 4 reads their epoch-5 weights
-    bad = subprocess.run(
-        ["bash", os.path.join(HERE, "run_all.sh"), "--parts", "fig3", "--list"], capture_output=True, text=True
-    )
+    bad = run_all("--parts", "fig3", "--list")
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown part fig3") and not bad.stdout
 
 
 def test_run_all_options_in_any_order_and_several_runs_per_gpu():
-    run = lambda *a: subprocess.run(["bash", os.path.join(HERE, "run_all.sh"), *a], capture_output=True, text=True)
-    a, b = run("--seeds", "7", "--per-gpu", "3", "--dry-run"), run("--dry-run", "--per-gpu", "3", "--seeds", "7")
+    a = run_all("--seeds", "7", "--per-gpu", "3", "--list")
+    b = run_all("--list", "--per-gpu", "3", "--seeds", "7")
     assert a.returncode == 0 and a.stdout == b.stdout and "--seed 7 " in a.stdout and "--seed 42 " not in a.stdout
-    assert re.search(r"^# slots: 3 concurrent runs \(0 GPUs x 3 per GPU\)$", a.stdout, re.M)
-    assert re.search(r"^# slots: 5 concurrent", run("--dry-run", "--per-gpu", "3", "--jobs", "5").stdout, re.M)
-    for bad in (run("--per-gpu", "0", "--dry-run"), run("--epochs", "5", "--quick"), run("--quick", "--parts", "a2")):
+    summary = run_all("--seeds", "7", "--per-gpu", "3", "--dry-run").stdout
+    assert re.search(r"^# runs at once: 3 \(no GPU found: 3 at a time\)$", summary, re.M)
+    summary = run_all("--dry-run", "--per-gpu", "3", "--jobs", "5").stdout
+    assert re.search(r"^# runs at once: 5 \(set by --jobs\)$", summary, re.M)
+    for bad in (
+        run_all("--per-gpu", "0", "--dry-run"),
+        run_all("--epochs", "5", "--quick"),
+        run_all("--quick", "--parts", "a2"),
+    ):
         assert bad.returncode == 2 and bad.stderr.startswith("error: ") and not bad.stdout  # refused, not ignored
 
 
-def test_run_all_study_spends_every_tweak_on_the_same_ticket_per_seed():
-    """The CPU study: per seed one OMP ticket, and on it LTH and every tweak (the pairs of the paired statistics)."""
-    run = lambda *a: subprocess.run(["bash", os.path.join(HERE, "run_all.sh"), *a], capture_output=True, text=True)
-    jobs = run("--study", "--list").stdout.splitlines()
-    variants = ["", "--skip", "--skip-proj", "--swish", "--scale-init", "--ls 0.1", "--at", "--trt", "--at --trt"]
-    assert len(jobs) == 5 * len(variants) and len({j.split("--out ")[1] for j in jobs}) == len(jobs)
-    by_seed = {}
+def test_run_all_study_spends_every_tweak_on_the_same_tickets_per_seed_and_budget():
+    """The CPU study's ladder: per seed and rung (5, 15, 45 epochs) OMP tickets at 91.4% and 97.2%, drawn from that
+    rung's dense network, and on each LTH and the tweaks (the pairs of the paired statistics). The 5-epoch rung keeps
+    its folders, so that its finished runs are reused."""
+    jobs = run_all("--study", "--list").stdout.splitlines()
+    every = ["", "--skip", "--skip-proj", "--swish", "--scale-init", "--ls 0.1", "--at", "--trt", "--at --trt"]
+    high = ["", "--ls 0.1", "--at", "--trt", "--at --trt"]
+    at_45 = ["", "--skip-proj", "--ls 0.1", "--at", "--trt", "--at --trt"]
+    expected = {(5, 0.914): every, (5, 0.972): high, (15, 0.914): every, (15, 0.972): high, (45, 0.914): at_45}
+    assert len({j.split("--out ")[1] for j in jobs}) == len(jobs) == 5 * sum(map(len, expected.values()))
+    found = {}
     for job in jobs:
         args = train.parse_args(job.split())
-        assert (args.dataset, args.arch, args.prune, args.sparsity) == ("fashionmnist", "resnet20", "omp", 0.914)
+        assert (args.dataset, args.arch, args.prune, args.subset) == ("fashionmnist", "resnet20", "omp", 10000)
         tweak = re.search(r"--prune omp (.*?) ?--seed", job).group(1)
-        by_seed.setdefault(args.seed, []).append(tweak)
-    assert sorted(by_seed) == [1, 2, 3, 4, 5] and all(sorted(v) == sorted(variants) for v in by_seed.values())
-    piece = run("--study", "--dry-run", "--seeds", "4 5").stdout
-    assert "# 18 jobs: 18 trained spends + 2 draws" in piece and "--seed 1 " not in piece
-    bad = run("--study", "--epochs", "3")
-    assert bad.returncode == 2 and bad.stderr.startswith("error: --epochs") and not bad.stdout
+        found.setdefault((args.epochs, args.sparsity, args.seed), []).append(tweak)
+        rung = "" if args.epochs == 5 else f"e{args.epochs}/"
+        assert f"--runs runs/study --out runs/study/{rung}fashionmnist_resnet20/omp_s{args.sparsity}_" in job
+    assert sorted(found) == sorted((e, s, seed) for e, s in expected for seed in range(1, 6))
+    assert all(sorted(v) == sorted(expected[e, s]) for (e, s, _), v in found.items())
+    epochs = [train.parse_args(j.split()).epochs for j in jobs]
+    assert epochs == sorted(epochs, reverse=True)  # the longest rung first
+    summary = run_all("--study", "--dry-run").stdout
+    assert "# 5 epochs: 70 jobs: 70 trained spends + 5 draws of 5 trainings" in summary
+    assert "# 45 epochs: 30 jobs: 30 trained spends + 5 draws of 5 trainings (vanilla LTH" in summary
+    assert re.search(r"^# 45 epochs: .*, 1575 epochs$", summary, re.M)  # 30 spends and 5 dense runs of 45 epochs
+    piece = run_all("--study", "--budget", "15", "--seeds", "4 5", "--dry-run").stdout
+    assert re.search(r"^# in all: 28 jobs: 28 trained spends \+ 2 draws of 2 trainings .*, 450 epochs$", piece, re.M)
+    listed = run_all("--study", "--budget", "15", "--seeds", "4 5", "--list").stdout.splitlines()
+    assert len(listed) == 28 and all("--epochs 15 " in j and re.search("--seed [45] ", j) for j in listed)
+    for bad, message in (
+        (run_all("--study", "--epochs", "3"), "error: --epochs"),
+        (run_all("--study", "--budget", "30"), "error: --budget 30"),
+        (run_all("--quick", "--budget", "15"), "error: --budget"),
+    ):
+        assert bad.returncode == 2 and bad.stderr.startswith(message) and not bad.stdout
 
 
 def test_gpu_check_without_a_gpu_says_so_and_runs_what_a_cpu_can(tmp_path):
