@@ -25,43 +25,22 @@ from runs import Parser, command, read_json, save, variant
 # Tables A2, A3: {variant: [(sparsity %, test acc. %)]}, ResNet-18 on CIFAR-100, mean of seeds 42, 1099, 5469
 _header, *_rows = csv.reader(pathlib.Path(__file__).with_name("paper.csv").read_text().splitlines())
 PAPER = {row[0]: [(float(s), float(a)) for s, a in zip(_header[1:], row[1:]) if a != "-"] for row in _rows}
-ORDER = [
-    "LTH",
-    "LTH+Skip",
-    "LTH+Skip-1x1",
-    "LTH+Swish",
-    "LTH+Mish",
-    "LTH+Scaling",
-    "LTH+LS",
-    "LTH+KD",
-    "LTH+AT",
-    "LTH+AT-1x1",
-    "LTH+TRT",
-    "LTH+AT+TRT",
-    "LTH+AT+Scaling+KD",
-    "LTH Rewind",
-    "LTH+AT Rewind",
-    "LTH+TRT Rewind",
-    "LTH+AT+TRT Rewind",
+ORDER = [  # the tables' and figures' order of variants
+    *["LTH", "LTH+Skip", "LTH+Skip-1x1", "LTH+Swish", "LTH+Mish", "LTH+Scaling", "LTH+LS", "LTH+KD"],  # one tweak
+    *["LTH+AT", "LTH+AT-1x1", "LTH+TRT", "LTH+AT+TRT", "LTH+AT+Scaling+KD"],  # combined
+    *["LTH Rewind", "LTH+AT Rewind", "LTH+TRT Rewind", "LTH+AT+TRT Rewind"],  # LTH-Rewind (Fig. 6b, 7)
 ]
+COMBINED = ["LTH+AT", "LTH+TRT", "LTH+AT+TRT"]
 # what a figure shows: (axis label, the number of one run's results; None where that run has not measured it)
 ACCURACY = ("test accuracy (%)", lambda r: 100 * r["test_acc"])
 EIGEN = ("top Hessian eigenvalue (mean over its batches)", lambda r: r.get("hessian", {}).get("top_eigenvalue"))
 # run_all.sh's figure parts: {part: (masks, or None for any; what; panels, each a list of variants; only at sparsity)}
 FIGURES = {
     "fig1": ("imp", ACCURACY, [["LTH", v] for v in ("LTH+Skip", "LTH+Swish", "LTH+Scaling", "LTH+LS")], None),
-    "fig6": (
-        "imp",
-        ACCURACY,
-        [
-            ["LTH", "LTH+AT", "LTH+TRT", "LTH+AT+TRT"],  # (a) the tweaks, (b) against rewinding
-            ["LTH Rewind", "LTH+AT", "LTH+TRT", "LTH+AT+TRT"],
-        ],
-        None,
-    ),
+    "fig6": ("imp", ACCURACY, [["LTH", *COMBINED], ["LTH Rewind", *COMBINED]], None),  # (b): against rewinding
     "fig7": ("imp", ACCURACY, [["LTH Rewind", "LTH+AT Rewind", "LTH+TRT Rewind", "LTH+AT+TRT Rewind"]], None),
     "fig9": ("imp", ACCURACY, [["LTH+AT+TRT", "LTH+AT+Scaling+KD"]], None),  # LS replaced by KD (§4.6)
-    "figA12": ("one-shot", ACCURACY, [["LTH", "LTH+AT", "LTH+TRT", "LTH+AT+TRT"]], None),
+    "figA12": ("one-shot", ACCURACY, [["LTH", *COMBINED]], None),
     "fig2": (None, EIGEN, [["LTH", "LTH+Swish", "LTH+Mish"]], None),
     "figA13": (None, EIGEN, [ORDER], 0.914),
 }
@@ -78,27 +57,32 @@ SKIP_COLUMNS = [
 
 
 def gather(root):
-    """({(dataset, arch, masks): {(target sparsity, variant): [each seed's results]}}, the same for Fig. A11's runs),
-    each result with its seed, its metrics.csv rows and the hessian.json of `landscape.py eigenvalue`, if any. A run
-    that recorded the Hessian every epoch (--hessian-every) is a re-training for Fig. A11, not one more seed."""
-    groups, curves = {}, {}
+    """({(dataset, arch, masks, epochs): {(target sparsity, variant): [each seed's results]}}, the same for Fig. A11's
+    runs, {(dataset, arch, epochs): [each draw's dense network's results]}), each result with its seed, its
+    metrics.csv rows and the hessian.json of `landscape.py eigenvalue`, if any. A run that recorded the Hessian every
+    epoch (--hessian-every) is a re-training for Fig. A11, not one more seed. Runs without epochs in config.json have
+    0 there."""
+    groups, curves, dense = {}, {}, {}
     for path in sorted(glob.glob(os.path.join(root, "**", "results.json"), recursive=True)):
-        folder = os.path.dirname(path)
-        if not os.path.exists(os.path.join(folder, "config.json")):
-            continue  # a draw's own ticket folder; its spend copy carries the config
-        res, cfg = read_json(path), read_json(os.path.join(folder, "config.json"))
-        hessian, metrics = pathlib.Path(folder, "hessian.json"), pathlib.Path(folder, "metrics.csv")
-        res.update(
-            seed=cfg["seed"],
-            hessian=read_json(hessian) if hessian.exists() else {},  # seed: pairs with LTH
-            epochs=list(csv.DictReader(metrics.read_text().splitlines())) if metrics.exists() else [],
-        )
+        folder = pathlib.Path(path).parent
+        res = read_json(path)
+        metrics, hessian = folder / "metrics.csv", folder / "hessian.json"
+        res["epochs"] = list(csv.DictReader(metrics.read_text().splitlines())) if metrics.exists() else []
+        res["hessian"] = read_json(hessian) if hessian.exists() else {}
+        if not (folder / "config.json").exists():  # a draw's own ticket folder; its spend copy carries the config
+            if folder.name == "imp_00" and (folder.parent / "draw.json").exists():  # the draw's dense network
+                key = read_json(folder.parent / "draw.json")
+                res["seed"] = key["seed"]
+                dense.setdefault((key["dataset"], key["arch"], key["epochs"]), []).append(res)
+            continue
+        cfg = read_json(folder / "config.json")
+        res["seed"] = cfg["seed"]  # pairs the run with LTH on the same ticket
         masks = "user" if cfg.get("mask") else "one-shot" if cfg["sparsity"] and cfg["prune"] != "imp" else "imp"
         target = curves if res["epochs"] and "top_eigenvalue" in res["epochs"][0] else groups
-        target.setdefault((cfg["dataset"], cfg["arch"], masks), {}).setdefault(  # --mask runs: the measured sparsity
-            (cfg["sparsity"] or round(res["sparsity"], 3), variant(cfg)), []
-        ).append(res)
-    return groups, curves
+        group = target.setdefault((cfg["dataset"], cfg["arch"], masks, cfg.get("epochs", 0)), {})
+        at = cfg["sparsity"] or round(res["sparsity"], 3)  # --mask runs: the measured sparsity
+        group.setdefault((at, variant(cfg)), []).append(res)
+    return groups, curves, dense
 
 
 @functools.cache
@@ -152,37 +136,37 @@ def variants(runs):
 
 
 def cell(found, diff):
+    """A table cell: mean ± std over seeds, and the paired difference to LTH if given; "missing", never zero."""
     a = list(found.values())
-    return (
-        (
-            f"{statistics.mean(a):,.2f}"
-            + (f" ± {statistics.stdev(a):,.2f}" if len(a) > 1 else "")
-            + (f" ({interval(diff)})" if diff else "")
-        )
-        if a
-        else "missing"
-    )
+    if not a:
+        return "missing"
+    spread = f" ± {statistics.stdev(a):,.2f}" if len(a) > 1 else ""
+    return f"{statistics.mean(a):,.2f}{spread}" + (f" ({interval(diff)})" if diff else "")
 
 
-def table(runs, columns=None):
-    """Markdown: one row per sparsity (measured, mean over runs). By default one column per variant, its accuracy:
-    mean +- std over seeds and (the paired difference to LTH [95% interval]), that difference in words below the
-    table. `columns` [(header, variant, value of a result)] shows other numbers as mean +- std (Table A1, skips)."""
+def table(runs, columns=None, rows="sparsity", label=None):
+    """Markdown: one row per key (by default the sparsity: measured, mean over runs; else `label(key)`). By default
+    one column per variant, its accuracy: mean +- std over seeds and (the paired difference to LTH [95% interval]),
+    that difference in words below the table. `columns` [(header, variant, value of a result)] shows other numbers
+    as mean +- std (Table A1, skips, the budget's convergence)."""
     accuracy, words = columns is None, []
     columns = columns or [(v, v, ACCURACY[1]) for v in variants(runs)]
-    lines = ["| sparsity | " + " | ".join(h for h, _, _ in columns) + " | seeds |", "|---" * (len(columns) + 2) + "|"]
-    for s in sorted({s for s, _ in runs}):
-        found = [values(runs, s, v, f) for _, v, f in columns]
+    lines = [f"| {rows} | " + " | ".join(h for h, _, _ in columns) + " | seeds |", "|---" * (len(columns) + 2) + "|"]
+    for key in sorted({key for key, _ in runs}):
+        found = [values(runs, key, v, f) for _, v, f in columns]
         if not any(found):
             continue
-        measured = 100 * statistics.mean(r["sparsity"] for _, v, _ in columns for r in runs.get((s, v), []))
+        if label:
+            name = label(key)
+        else:
+            name = f"{100 * statistics.mean(r['sparsity'] for _, v, _ in columns for r in runs.get((key, v), [])):.1f}%"
         diffs = [
-            paired(differences(f, values(runs, s, "LTH"))) if accuracy and v != "LTH" else None
+            paired(differences(f, values(runs, key, "LTH"))) if accuracy and v != "LTH" else None
             for f, (_, v, _) in zip(found, columns)
         ]
-        lines.append(f"| {measured:.1f}% | " + " | ".join(map(cell, found, diffs)) + f" | {max(map(len, found))} |")
+        lines.append(f"| {name} | " + " | ".join(map(cell, found, diffs)) + f" | {max(map(len, found))} |")
         words += [
-            f"- {measured:.1f}%: {v} − LTH: {interval(d)} pp, {d[2]} seed{'s' * (d[2] > 1)}"
+            f"- {name}: {v} − LTH: {interval(d)} pp, {d[2]} seed{'s' * (d[2] > 1)}"
             for (_, v, _), d in zip(columns, diffs)
             if d
         ]
@@ -221,16 +205,10 @@ def panel(ax, runs, names, metric, reference=False):
         means = [statistics.mean(found.values()) for _, found in points]
         spread = [statistics.stdev(found.values()) if len(found) > 1 else 0 for _, found in points]
         ax.plot(x, means, "o-", label=name.replace("+", " + "), color=f"C{i}")
-        ax.fill_between(
-            x, [m - d for m, d in zip(means, spread)], [m + d for m, d in zip(means, spread)], color=f"C{i}", alpha=0.15
-        )
-        ax.plot(
-            [a for a, (_, f) in zip(x, points) for _ in f],
-            [v for _, f in points for v in f.values()],
-            ".",
-            color=f"C{i}",
-            ms=3,
-        )
+        low, high = [m - d for m, d in zip(means, spread)], [m + d for m, d in zip(means, spread)]
+        ax.fill_between(x, low, high, color=f"C{i}", alpha=0.15)
+        for at, (_, found) in zip(x, points):  # each seed a dot
+            ax.plot([at] * len(found), list(found.values()), ".", color=f"C{i}", ms=3)
         dense = values(runs, 0.0, name, value)
         if dense and levels:
             ax.axhline(statistics.mean(dense.values()), ls="--", color=f"C{i}", lw=1)
@@ -255,25 +233,43 @@ def panel(ax, runs, names, metric, reference=False):
 
 def figure(runs, panels, metric, title, path, reference, paired_view=False):
     """Panels side by side, one per list of variants (`panel`), and with paired_view one more: each variant's paired
-    difference to LTH (same ticket), each seed's point and the mean with its 95% interval. Its numbers go beside."""
+    difference to LTH (same ticket) against sparsity, or side by side at a single sparsity. Its numbers go beside."""
     fig = Figure(figsize=(5.5 * (len(panels) + paired_view), 4.5), layout="constrained")
     axes = fig.subplots(1, len(panels) + paired_view, squeeze=False)[0]
     rows = sorted({row for ax, names in zip(axes, panels) for row in panel(ax, runs, names, metric, reference)})
-    names, levels = [n for n in variants(runs) if n != "LTH"], sorted({s for s, _ in runs})
-    for i, name in enumerate(names if paired_view else []):
-        for j, s in enumerate(levels):  # several sparsities side by side, left to right
-            d = differences(values(runs, s, name), values(runs, s, "LTH"))
-            if d:
-                at, (mean, half, _) = i + (j - (len(levels) - 1) / 2) * 0.8 / len(levels), paired(d)
-                axes[-1].plot([at] * len(d), d, ".", color=f"C{i + 1}", ms=4)
-                axes[-1].errorbar([at], [mean], half, fmt="_", color="k", ms=10, capsize=3)
     if paired_view:
-        axes[-1].axhline(0, color="gray", lw=0.8)
-        axes[-1].set_xticks(range(len(names)), [n.replace("+", " + ") for n in names], rotation=30, ha="right")
-        axes[-1].set(ylabel="test accuracy − LTH, same ticket (pp)", title="paired: seeds, mean, 95% interval")
-        axes[-1].grid(alpha=0.3)
+        names, levels = [n for n in variants(runs) if n != "LTH"], sorted({s for s, _ in runs})
+        series = []
+        for i, name in enumerate(names):
+            offset = (i - (len(names) - 1) / 2) * 0.3  # pp: variants at one sparsity side by side
+            points = [(100 * s + offset, differences(values(runs, s, name), values(runs, s, "LTH"))) for s in levels]
+            if len(levels) == 1:
+                points = [(i, d) for _, d in points]
+            series.append((name, f"C{i + 1}", [(x, d) for x, d in points if d]))
+        paired_panel(axes[-1], series, "sparsity (%)" if len(levels) > 1 else "")
+        if len(levels) == 1:
+            axes[-1].set_xticks(range(len(names)), [n.replace("+", " + ") for n in names], rotation=30, ha="right")
     fig.suptitle(title)
     write(fig, "target_sparsity,variant,seed,sparsity_pct," + metric[0], rows, path)
+
+
+def paired_panel(ax, series, xlabel):
+    """Paired differences to LTH: for each (variant, colour, [(x, the seeds' differences)]) every seed a dot, the
+    mean with its 95% interval, the means joined by a line. A legend where x is a number (xlabel), not a variant."""
+    for name, color, points in series:
+        means = []
+        for x, d in points:
+            mean, half, _ = paired(d)
+            ax.plot([x] * len(d), d, ".", color=color, ms=4)
+            ax.errorbar([x], [mean], half, fmt="_", color=color, ms=10, capsize=3)
+            means.append((x, mean))
+        if means:
+            ax.plot(*zip(*means), "-", color=color, lw=1, label=name.replace("+", " + "))
+    if xlabel:
+        ax.legend(fontsize=7)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set(xlabel=xlabel, ylabel="test accuracy − LTH, same ticket (pp)", title="paired: seeds, mean, 95% interval")
+    ax.grid(alpha=0.3)
 
 
 def write(fig, header, rows, path):
@@ -309,60 +305,149 @@ def curves(found, title, path):
     write(ax.figure, "variant,seed,epoch,train_acc,val_acc,top_eigenvalue", rows, path)
 
 
+def group_section(key, runs, out):
+    """One group's tables and figures: the accuracy table with its paired differences and plot, then every part of
+    run_all.sh whose runs are there (FIGURES), Table A1 and the skip table."""
+    dataset, arch, method, epochs = key
+    title, group = f"{arch} on {dataset}, {method} masks", f"{dataset}_{arch}_{method}"
+    if epochs:  # the budget in titles and file names: the study's ladder has several per group
+        title, group = f"{title}, {epochs} epochs", f"{group}_e{epochs}"
+    reference = (dataset, arch) == ("cifar100", "resnet18")
+    figure(runs, [variants(runs)], ACCURACY, title, os.path.join(out, f"acc_{group}.png"), reference, True)
+    md = [f"## {title}\n", table(runs) + "\n", f"![{title}](acc_{group}.png)\n"]
+    for part, (masks, metric, panels, at) in FIGURES.items():
+        chosen = {k: found for k, found in runs.items() if at in (None, k[0])}
+        panels = [names for names in panels if len(present(chosen, names, metric[1])) > 1]
+        if masks in (None, method) and panels:
+            figure(chosen, panels, metric, f"{part}: {title}", os.path.join(out, f"{part}_{group}.png"), reference)
+            md += [f"### {part}\n", f"![{part}]({part}_{group}.png)\n"]
+    if present(runs, ["LTH+Swish"], ACCURACY[1]):
+        md += [
+            "### tableA1: activation sparsity (%) per stage, |a| <= 1e-2 (the paper's count)\n",
+            table(runs, activation_columns(runs, "activation_sparsity")) + "\n",
+            "Exactly zero (%):\n",
+            table(runs, activation_columns(runs, "activation_zeros")) + "\n",
+        ]
+    if present(runs, ["LTH+AT-1x1"], ACCURACY[1]):
+        md += [
+            "### skipproj: our parameter-free skip vs the authors' 1x1 skip (sparsity: of the masked layers)\n",
+            table(runs, SKIP_COLUMNS) + "\n",
+        ]
+    return md
+
+
+def last_train_acc(r):
+    """Train accuracy (%) in the last epoch, from the run's metrics.csv (None without one)."""
+    return 100 * float(r["epochs"][-1]["train_acc"]) if r["epochs"] else None
+
+
+def final_lr_rise(r):
+    """How much train accuracy (pp) still rose over the epochs at the final lr (the last quarter): ~0 if converged."""
+    if not r["epochs"]:
+        return None
+    return last_train_acc(r) - 100 * float(r["epochs"][math.ceil(0.75 * len(r["epochs"])) - 1]["train_acc"])
+
+
+def budget_section(groups, dense, out):
+    """The budget view (the study's ladder), for each (dataset, arch, masks) trained at several budgets: how far from
+    convergence each rung is (the dense network's and LTH's accuracy, their last epoch's train accuracy and its rise
+    at the final lr), then per sparsity each variant's paired difference to LTH against the budget (a table, one
+    sentence per variant and rung) and one plot with a panel per sparsity."""
+    ladders = {}
+    for (dataset, arch, masks, epochs), runs in sorted(groups.items()):
+        if epochs:
+            ladders.setdefault((dataset, arch, masks), {})[epochs] = runs
+    md = []
+    for (dataset, arch, masks), rungs in ladders.items():
+        if len(rungs) < 2:
+            continue
+        title, name = f"{arch} on {dataset}, {masks} masks", f"budget_{dataset}_{arch}_{masks}"
+        levels = sorted({s for runs in rungs.values() for s, _ in runs if s > 0})
+        lth = {s: f"LTH {100 * s:.1f}%" for s in levels}
+        trained = {(e, "dense"): dense.get((dataset, arch, e), []) for e in rungs}
+        trained.update({(e, lth[s]): runs.get((s, "LTH"), []) for e, runs in rungs.items() for s in levels})
+        columns = [
+            (f"{who}: {what}", who, value)
+            for who in ["dense", *lth.values()]
+            for what, value in (("test acc.", ACCURACY[1]), ("train acc.", last_train_acc), ("rise", final_lr_rise))
+        ]
+        md += [
+            f"## The budget: {title}\n",
+            "Each rung trains the dense network, its tickets and every spend for that many epochs. Train accuracy is "
+            "the last epoch's; rise: its gain over the epochs at the final lr (near 0: converged).\n",
+            table(trained, columns, "budget", lambda e: f"{e} epochs") + "\n",
+        ]
+        for s in levels:
+            at = {(e, v): found for e, runs in rungs.items() for (t, v), found in runs.items() if t == s}
+            md += [
+                f"### {100 * s:.1f}% sparse\n",
+                table(at, None, "budget", lambda e, s=s: f"{e} epochs, {100 * s:.1f}%") + "\n",
+            ]
+        budget_figure(rungs, levels, title, os.path.join(out, f"{name}.png"))
+        md += [f"![{title}]({name}.png)\n"]
+    return md
+
+
+def budget_figure(rungs, levels, title, path):
+    """The paired differences to LTH against the budget (epochs, log scale), one panel per sparsity."""
+    fig = Figure(figsize=(5.5 * len(levels), 4.5), layout="constrained")
+    names = [n for n in variants({k: 0 for runs in rungs.values() for k in runs}) if n != "LTH"]
+    rows = []
+    for ax, s in zip(fig.subplots(1, len(levels), squeeze=False)[0], levels):
+        series = []
+        for i, name in enumerate(names):
+            points = []
+            for e, runs in rungs.items():
+                accs, base = values(runs, s, name), values(runs, s, "LTH")
+                d = differences(accs, base)
+                rows += [f"{e},{s},{name},{seed},{x:.3f}" for seed, x in zip(sorted(set(accs) & set(base)), d)]
+                if d:
+                    points.append((e * 1.04 ** (i - (len(names) - 1) / 2), d))  # variants side by side
+            series.append((name, f"C{i + 1}", points))
+        paired_panel(ax, series, "epochs: the dense network, its ticket and each spend")
+        ax.set(xscale="log", title=f"{100 * s:.1f}% sparse: seeds, mean, 95% interval")
+        ax.set(xlim=(min(rungs) / 1.3, max(rungs) * 1.3))
+        ax.set_xticks(list(rungs), [str(e) for e in rungs])
+        ax.minorticks_off()
+    fig.suptitle(f"the budget: {title}")
+    write(fig, "epochs,target_sparsity,variant,seed,difference to LTH (pp)", rows, path)
+
+
 @command
 def main(argv=None):
     p = Parser(description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="?", default="runs")
-    p.add_argument("--out", default="report")
+    p.add_argument("runs", nargs="?", default="runs", help="a folder of train.py runs, at any depth (default: runs)")
+    p.add_argument("--out", help="where report.md and the figures go (default: <runs>/report)")
     args = p.parse_args(argv)
-    groups, curve_groups = gather(args.runs)
+    if not os.path.isdir(args.runs):
+        raise BadInput(f"{args.runs}: no such folder; give the folder train.py or run_all.sh wrote its runs to")
+    out = args.out or os.path.join(args.runs, "report")
+    groups, curve_groups, dense = gather(args.runs)
     if not groups and not curve_groups:
-        raise BadInput(f"no finished runs under {args.runs}")
+        raise BadInput(
+            f"{args.runs}: no finished run of train.py in it (a finished run has config.json and results.json)"
+        )
+    for stale in glob.glob(os.path.join(out, ".tmp-*")):
+        os.remove(stale)  # half-written by a killed report.py or landscape.py
     md = [
         f"# Results gathered from {args.runs}\n",
         "Test accuracy (%) of the best-validation checkpoint, mean ± std "
         "over seeds, (paired difference to LTH on the same ticket, seed by seed [95% t-interval over seeds]).\n",
     ]
-    for (dataset, arch, method), runs in sorted(groups.items()):
-        title, group = f"{arch} on {dataset}, {method} masks", f"{dataset}_{arch}_{method}"
-        reference = (dataset, arch) == ("cifar100", "resnet18")
-        figure(runs, [variants(runs)], ACCURACY, title, os.path.join(args.out, f"acc_{group}.png"), reference, True)
-        md += [f"## {title}\n", table(runs) + "\n", f"![{title}](acc_{group}.png)\n"]
-        for part, (masks, metric, panels, at) in FIGURES.items():
-            chosen = {k: found for k, found in runs.items() if at in (None, k[0])}
-            panels = [names for names in panels if len(present(chosen, names, metric[1])) > 1]
-            if masks in (None, method) and panels:
-                path = os.path.join(args.out, f"{part}_{group}.png")
-                figure(chosen, panels, metric, f"{part}: {title}", path, reference)
-                md += [f"### {part}\n", f"![{part}]({part}_{group}.png)\n"]
-        if present(runs, ["LTH+Swish"], ACCURACY[1]):
-            md += [
-                "### tableA1: activation sparsity (%) per stage, |a| <= 1e-2 (the paper's count)\n",
-                table(runs, activation_columns(runs, "activation_sparsity")) + "\n",
-                "Exactly zero (%):\n",
-                table(runs, activation_columns(runs, "activation_zeros")) + "\n",
-            ]
-        if present(runs, ["LTH+AT-1x1"], ACCURACY[1]):
-            md += [
-                "### skipproj: our parameter-free skip vs the authors' 1x1 skip (sparsity: of the masked layers)\n",
-                table(runs, SKIP_COLUMNS) + "\n",
-            ]
-    for (dataset, arch, method), runs in sorted(curve_groups.items()):
+    for key, runs in sorted(groups.items()):
+        md += group_section(key, runs, out)
+    md += budget_section(groups, dense, out)
+    for (dataset, arch, method, _), runs in sorted(curve_groups.items()):
         for seed in sorted({r["seed"] for found in runs.values() for r in found}):
             png = f"figA11_{dataset}_{arch}_{method}_seed{seed}.png"
-            curves(
-                [(v, r) for (_, v), found in sorted(runs.items()) for r in found if r["seed"] == seed],
-                f"figA11: {arch} on {dataset}, {method} masks, seed {seed}",
-                os.path.join(args.out, png),
-            )
+            found = [(v, r) for (_, v), results in sorted(runs.items()) for r in results if r["seed"] == seed]
+            curves(found, f"figA11: {arch} on {dataset}, {method} masks, seed {seed}", os.path.join(out, png))
             md += [f"### figA11, seed {seed}\n", f"![figA11]({png})\n"]
     made = {line[line.index("(") + 1 : -2] for line in md if line.startswith("![")}
-    md += [
-        f"### {os.path.basename(png)[:-4]} (landscape.py)\n\n![]({os.path.basename(png)})\n"
-        for png in sorted(glob.glob(os.path.join(args.out, "fig*.png")))
-        if os.path.basename(png) not in made
-    ]
-    save("\n".join(md), os.path.join(args.out, "report.md"))
+    for png in sorted(glob.glob(os.path.join(out, "fig*.png"))):  # landscape.py's plots
+        if os.path.basename(png) not in made:
+            md.append(f"### {os.path.basename(png)[:-4]} (landscape.py)\n\n![]({os.path.basename(png)})\n")
+    save("\n".join(md), os.path.join(out, "report.md"))
     print("\n".join(md))
 
 

@@ -880,3 +880,70 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
         assert ma.keys() == mb.keys()
         for k in ma:
             assert ma[k].dtype == mb[k].dtype and torch.allclose(ma[k], mb[k], rtol=0, atol=1e-9), (f, k)
+
+
+def test_report_budget_view_pairs_each_rung_and_shows_convergence(tmp_path):
+    """The study's ladder, fabricated: 3 seeds at 5 and 15 epochs (91.4%), and 97.2% at 15 only. Worked by hand:
+    AT - LTH at 5 epochs: 1, 2, 3 pp: mean 2, s_d 1, half-width t(0.975, 2) / sqrt(3) = 2.484; at 15: 0, 1, 2 pp."""
+    import report
+
+    for seed in (1, 2, 3):
+        for epochs, lth, gain in ((5, 80, seed), (15, 85, seed - 1)):
+            root = tmp_path / f"e{epochs}"
+            fake_run(root, seed, 0.914, (lth + seed - 1) / 100, epochs=epochs)
+            fake_run(root, seed, 0.914, (lth + seed - 1 + gain) / 100, epochs=epochs, skip=True, swish=True)
+            train_accs = [0.5 + 0.4 * e / epochs for e in range(1, epochs + 1)]  # ends at 90%
+            metrics = "epoch,train_acc\n" + "".join(f"{e},{a}\n" for e, a in enumerate(train_accs, 1))
+            (root / f"run_0.914_{seed}_epochs" / "metrics.csv").write_text(metrics)
+            draw = tmp_path / "draws" / f"d{epochs}_{seed}"  # the rung's dense network, in the draw cache
+            (draw / "imp_00").mkdir(parents=True)
+            (draw / "draw.json").write_text(
+                json.dumps(dict(dataset="cifar100", arch="resnet18", seed=seed, epochs=epochs))
+            )
+            (draw / "imp_00" / "results.json").write_text(json.dumps(dict(test_acc=0.9, sparsity=0.0)))
+            (draw / "imp_00" / "metrics.csv").write_text(metrics)
+        fake_run(tmp_path / "high", seed, 0.972, 0.70, epochs=15)
+        fake_run(tmp_path / "high", seed, 0.972, 0.69, epochs=15, skip=True, swish=True)
+    report.main([str(tmp_path), "--out", str(tmp_path / "rep")])
+    md = (tmp_path / "rep" / "report.md").read_text().splitlines()
+    assert "## The budget: resnet18 on cifar100, imp masks" in md
+    assert "| 5 epochs, 91.4% | 81.00 ± 1.00 | 83.00 ± 2.00 (+2.00 [-0.48, +4.48]) | 3 |" in md
+    assert "| 15 epochs, 91.4% | 86.00 ± 1.00 | 87.00 ± 2.00 (+1.00 [-1.48, +3.48]) | 3 |" in md
+    assert "- 15 epochs, 91.4%: LTH+AT − LTH: +1.00 [-1.48, +3.48] pp, 3 seeds" in md
+    assert "- 15 epochs, 97.2%: LTH+AT − LTH: -1.00 [-1.00, -1.00] pp, 3 seeds" in md
+    assert not any(line.startswith("- 5 epochs, 97.2%") for line in md)  # that rung has no 97.2% ticket
+    convergence = [line for line in md if line.startswith("| 5 epochs |")]  # dense and LTH 91.4%: the last epoch's
+    assert convergence == [  # train accuracy 90%, and 8 pp over the last epoch at the final lr (epochs 4 -> 5)
+        "| 5 epochs | 90.00 ± 0.00 | 90.00 ± 0.00 | 8.00 ± 0.00 | 81.00 ± 1.00 | 90.00 ± 0.00 | 8.00 ± 0.00 "
+        "| missing | missing | missing | 3 |"
+    ]
+    assert "| 15 epochs | 90.00 ± 0.00 | 90.00 ± 0.00 | 8.00 ± 0.00 |" in "\n".join(md)  # epochs 12 -> 15: 3 x 2.67
+    assert "## resnet18 on cifar100, imp masks, 15 epochs" in md  # each rung keeps its own tables and plots
+    assert (tmp_path / "rep" / "acc_cifar100_resnet18_imp_e15.png").exists()
+    rows = (tmp_path / "rep" / "budget_cifar100_resnet18_imp.csv").read_text().splitlines()
+    assert rows[0] == "epochs,target_sparsity,variant,seed,difference to LTH (pp)" and len(rows) == 1 + 9
+    assert {"5,0.914,LTH+AT,3,3.000", "15,0.914,LTH+AT,1,0.000", "15,0.972,LTH+AT,2,-1.000"} <= set(rows)
+    assert (tmp_path / "rep" / "budget_cifar100_resnet18_imp.png").stat().st_size > 10_000
+
+
+def test_report_explains_a_wrong_folder_writes_inside_the_runs_folder_and_clears_stale_files(tmp_path):
+    def report_py(*a):
+        return subprocess.run([sys.executable, os.path.join(HERE, "report.py"), *a], capture_output=True, text=True)
+
+    missing, empty = report_py(str(tmp_path / "nope")), report_py(str(tmp_path))
+    assert missing.returncode == empty.returncode == 2 and not missing.stdout and not empty.stdout
+    assert (
+        missing.stderr
+        == f"error: {tmp_path / 'nope'}: no such folder; give the folder train.py or run_all.sh wrote its runs to\n"
+    )
+    assert empty.stderr.startswith(
+        f"error: {tmp_path}: no finished run of train.py in it (a finished run has config.json"
+    )
+    assert not (tmp_path / "report").exists()  # nothing written for bad input
+    help_text = report_py("--help").stdout
+    assert "default: <runs>/report" in help_text and "a folder of train.py runs" in help_text
+    fake_run(tmp_path, 1, 0.914, 0.8)
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / ".tmp-abc123").write_text("half-written by a killed writer")
+    assert report_py(str(tmp_path)).returncode == 0
+    assert (tmp_path / "report" / "report.md").exists() and not (tmp_path / "report" / ".tmp-abc123").exists()
