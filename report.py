@@ -351,8 +351,8 @@ def final_lr_rise(r):
 def budget_section(groups, dense, out):
     """The budget view (the study's ladder), for each (dataset, arch, masks) trained at several budgets: how far from
     convergence each rung is (the dense network's and LTH's accuracy, their last epoch's train accuracy and its rise
-    at the final lr), then per sparsity each variant's paired difference to LTH against the budget (a table, one
-    sentence per variant and rung) and one plot with a panel per sparsity."""
+    at the final lr), then each variant's paired difference to LTH per sparsity and budget (a table, one sentence
+    per variant and rung) and one plot with a panel per sparsity."""
     ladders = {}
     for (dataset, arch, masks, epochs), runs in sorted(groups.items()):
         if epochs:
@@ -377,12 +377,8 @@ def budget_section(groups, dense, out):
             "the last epoch's; rise: its gain over the epochs at the final lr (near 0: converged).\n",
             table(trained, columns, "budget", lambda e: f"{e} epochs") + "\n",
         ]
-        for s in levels:
-            at = {(e, v): found for e, runs in rungs.items() for (t, v), found in runs.items() if t == s}
-            md += [
-                f"### {100 * s:.1f}% sparse\n",
-                table(at, None, "budget", lambda e, s=s: f"{e} epochs, {100 * s:.1f}%") + "\n",
-            ]
+        by_rung = {((s, e), v): found for e, runs in rungs.items() for (s, v), found in runs.items() if s > 0}
+        md.append(table(by_rung, None, "sparsity, budget", lambda key: f"{100 * key[0]:.1f}%, {key[1]} epochs") + "\n")
         budget_figure(rungs, levels, title, os.path.join(out, f"{name}.png"))
         md += [f"![{title}]({name}.png)\n"]
     return md

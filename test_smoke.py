@@ -907,11 +907,11 @@ def test_report_budget_view_pairs_each_rung_and_shows_convergence(tmp_path):
     report.main([str(tmp_path), "--out", str(tmp_path / "rep")])
     md = (tmp_path / "rep" / "report.md").read_text().splitlines()
     assert "## The budget: resnet18 on cifar100, imp masks" in md
-    assert "| 5 epochs, 91.4% | 81.00 ± 1.00 | 83.00 ± 2.00 (+2.00 [-0.48, +4.48]) | 3 |" in md
-    assert "| 15 epochs, 91.4% | 86.00 ± 1.00 | 87.00 ± 2.00 (+1.00 [-1.48, +3.48]) | 3 |" in md
-    assert "- 15 epochs, 91.4%: LTH+AT − LTH: +1.00 [-1.48, +3.48] pp, 3 seeds" in md
-    assert "- 15 epochs, 97.2%: LTH+AT − LTH: -1.00 [-1.00, -1.00] pp, 3 seeds" in md
-    assert not any(line.startswith("- 5 epochs, 97.2%") for line in md)  # that rung has no 97.2% ticket
+    assert "| 91.4%, 5 epochs | 81.00 ± 1.00 | 83.00 ± 2.00 (+2.00 [-0.48, +4.48]) | 3 |" in md
+    assert "| 91.4%, 15 epochs | 86.00 ± 1.00 | 87.00 ± 2.00 (+1.00 [-1.48, +3.48]) | 3 |" in md
+    assert "- 91.4%, 15 epochs: LTH+AT − LTH: +1.00 [-1.48, +3.48] pp, 3 seeds" in md
+    assert "- 97.2%, 15 epochs: LTH+AT − LTH: -1.00 [-1.00, -1.00] pp, 3 seeds" in md
+    assert not any(line.startswith("- 97.2%, 5 epochs") for line in md)  # that rung has no 97.2% ticket
     convergence = [line for line in md if line.startswith("| 5 epochs |")]  # dense and LTH 91.4%: the last epoch's
     assert convergence == [  # train accuracy 90%, and 8 pp over the last epoch at the final lr (epochs 4 -> 5)
         "| 5 epochs | 90.00 ± 0.00 | 90.00 ± 0.00 | 8.00 ± 0.00 | 81.00 ± 1.00 | 90.00 ± 0.00 | 8.00 ± 0.00 "
