@@ -237,17 +237,20 @@ def figure(runs, panels, metric, title, path, reference, paired_view=False):
     fig = Figure(figsize=(5.5 * (len(panels) + paired_view), 4.5), layout="constrained")
     axes = fig.subplots(1, len(panels) + paired_view, squeeze=False)[0]
     rows = sorted({row for ax, names in zip(axes, panels) for row in panel(ax, runs, names, metric, reference)})
-    if paired_view:
+    if paired_view:  # x: the sparsities (each variant a little apart), or at a single one the variants
         names, levels = [n for n in variants(runs) if n != "LTH"], sorted({s for s, _ in runs})
         series = []
         for i, name in enumerate(names):
-            offset = (i - (len(names) - 1) / 2) * 0.3  # pp: variants at one sparsity side by side
-            points = [(100 * s + offset, differences(values(runs, s, name), values(runs, s, "LTH"))) for s in levels]
-            if len(levels) == 1:
-                points = [(i, d) for _, d in points]
+            offset = (i - (len(names) - 1) / 2) * 0.8 / len(names) if len(levels) > 1 else i
+            points = [
+                (j + offset, differences(values(runs, s, name), values(runs, s, "LTH"))) for j, s in enumerate(levels)
+            ]
             series.append((name, f"C{i + 1}", [(x, d) for x, d in points if d]))
         paired_panel(axes[-1], series, "sparsity (%)" if len(levels) > 1 else "")
-        if len(levels) == 1:
+        if len(levels) > 1:
+            axes[-1].set(xlim=(-0.5, len(levels) - 0.5))
+            axes[-1].set_xticks(range(len(levels)), [f"{100 * s:.1f}" for s in levels])
+        else:
             axes[-1].set_xticks(range(len(names)), [n.replace("+", " + ") for n in names], rotation=30, ha="right")
     fig.suptitle(title)
     write(fig, "target_sparsity,variant,seed,sparsity_pct," + metric[0], rows, path)
