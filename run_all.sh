@@ -5,14 +5,20 @@
 #   ./run_all.sh --study        the CPU study (2 cores, offline, hours): every tweak vs LTH on the same tickets, 5 seeds
 #   ./run_all.sh --test         the test suite
 #   ./run_all.sh                the full reproduction on GPUs (ResNet-18, CIFAR-100, §4.1 recipe, 3 seeds)
-#   ./run_all.sh --dry-run      print the full job list and an estimate of GPU-hours (with --quick/--study: theirs)
+#   ./run_all.sh --dry-run      a summary per part (with --study: per rung) and in all: jobs, draws, epochs, GPU-hours
 #   ./run_all.sh --list         the job list alone, one train.py command line per line (for a cluster)
-#   ./run_all.sh --gpu-check    a few minutes on one GPU: environment, speed, memory, an end-to-end signature run
+#   ./run_all.sh --gpu-check    a few minutes on one GPU: environment, speed, runs per GPU, memory, an end-to-end run
 #   ./run_all.sh --jobs-from F  run the train.py argument lines of file F (your own grid) as the reproduction does
+#   ./run_all.sh --help         this text
 # Options (in any order): --jobs N (concurrent runs in all; default: GPUs x --per-gpu), --per-gpu K (runs at once
 #          on each GPU, default 1), --seeds "42 1099 5469" (--quick: 42; --study: 1 to 5), --parts "fig2 a4" (which
 #          tables/figures, default all: see PARTS), --arch A --dataset D (Fig. 5 cells to run), --epochs E (default
-#          180). Re-running skips every finished run and analysis output, so a killed reproduction resumes.
+#          180), --budget "15 5" (--study: the rungs of its ladder, default 45 15 5 epochs). Re-running skips every
+#          finished run and analysis output, so a killed reproduction resumes.
+# Each run's train.py output goes to train.log in its run folder (appended when it resumes); the runner prints a
+# line when a run starts and one when it ends: the jobs left, and the time they take at this runner's pace so far.
+# --dry-run's GPU-hours use EPOCH_SECONDS (GPU-seconds per epoch of a run) if set, else what --gpu-check measured
+# (runs/gpu_check/: seconds_per_epoch, one run at a time; packing, the best number of runs at once), else 10 s.
 # The first call sets up the environment: a .venv beside this file with requirements.txt (or PYTHON=python3 to
 # use an interpreter that has torch already), and Debian's dataset-fashion-mnist package where apt-get can.
 set -euo pipefail
@@ -22,12 +28,19 @@ cd "$(dirname "$0")"
 ALL_PARTS="a2 a3 a4 fig1 fig2 fig4 fig5 fig6 fig7 fig8 fig9 fig10 figA11 figA12 figA13 tableA1 skipproj"
 MODE=run SET=full SEEDS="" FULL_ONLY="" PARTS=$ALL_PARTS EPOCHS=180 JOBS="" PER_GPU=1 CELL_ARCH="" CELL_DATASET=""
 BUDGETS="45 15 5"  # the study's ladder: epochs per rung, longest first
-MEASURED=runs/gpu_check/seconds_per_epoch  # written by --gpu-check: ResNet-18, 45,000 CIFAR-shaped images, AT+TRT
-if [ -n "${EPOCH_SECONDS:-}" ]; then SOURCE="set by EPOCH_SECONDS"  # GPU seconds per epoch, for --dry-run
-elif [ -s $MEASURED ]; then EPOCH_SECONDS=$(cat $MEASURED) SOURCE="measured by --gpu-check, read from $MEASURED"
-else EPOCH_SECONDS=10 SOURCE="assumed, not measured: run --gpu-check on your GPU or set EPOCH_SECONDS"; fi
+MEASURED=runs/gpu_check/seconds_per_epoch  # by --gpu-check: ResNet-18 + AT + TRT, 45,000 CIFAR-shaped images, alone
+PACKED=runs/gpu_check/packing  # by --gpu-check's sweep (bench.py --concurrent): "K S mps|plain", the best K runs at
+                               # once per GPU and S GPU-seconds per epoch of a run there (with CUDA MPS or without)
+SELF=$(basename "$0")
+
+# is_seconds VALUE: whether VALUE is a number of seconds > 0 (3, 3.36, .5)
+is_seconds() { [[ $1 =~ ^[0-9]*[.]?[0-9]+$ && ! $1 =~ ^[0.]+$ ]]; }
+if [ -n "${EPOCH_SECONDS:-}" ] && ! is_seconds "$EPOCH_SECONDS"; then
+  echo "error: EPOCH_SECONDS=$EPOCH_SECONDS: give GPU-seconds per epoch of a run, a number > 0 (e.g. 3.4)" >&2; exit 2
+fi
 while [ $# -gt 0 ]; do
   case "$1" in
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$SELF"; exit 0 ;;  # the header
     --quick|--study) SET=${1#--} ;;  # which job list; --list and --dry-run print it
     --test|--dry-run|--list|--gpu-check) MODE=${1#--} ;;
     --jobs) JOBS=$2; shift ;;
@@ -161,11 +174,35 @@ study_jobs() {
   done
 }
 
+# gpu_seconds: the GPU-seconds per epoch of a run behind --dry-run's GPU-hours, ES, and where it came from, ES_FROM:
+# EPOCH_SECONDS if set, else --gpu-check's packing sweep (the best K runs at once per GPU), else its one run alone,
+# else an assumed 10 s. When ES is the sweep's, ES1 and ES1_FROM are one run at a time's. A damaged file: exit 2.
+gpu_seconds() {
+  ES=10 ES_FROM="assumed, not measured: run --gpu-check on your GPU or set EPOCH_SECONDS" ES1=""
+  if [ -n "${EPOCH_SECONDS:-}" ]; then ES=$EPOCH_SECONDS ES_FROM="set by EPOCH_SECONDS"; return; fi
+  local fix="as --gpu-check writes it: run ./run_all.sh --gpu-check again, or delete the file" found
+  if [ -e $MEASURED ]; then
+    found=$(head -c 100 $MEASURED | tr '\0' '?')  # a damaged file may hold anything
+    is_seconds "$found" || { echo "error: $MEASURED does not hold seconds per epoch (a number > 0) $fix" >&2; exit 2; }
+    ES=$found ES_FROM="measured by --gpu-check, one run on the GPU, read from $MEASURED"
+  fi
+  if [ -e $PACKED ]; then
+    found=$(head -c 100 $PACKED | tr '\0' '?')
+    local k="" seconds="" mps=""
+    if [[ $found =~ ^([1-9][0-9]*)\ ([0-9.]+)\ (mps|plain)$ ]]; then
+      k=${BASH_REMATCH[1]} seconds=${BASH_REMATCH[2]} mps=${BASH_REMATCH[3]/plain/}
+    fi
+    is_seconds "$seconds" || { echo "error: $PACKED does not hold \"K SECONDS mps|plain\" $fix" >&2; exit 2; }
+    ES1=$ES ES1_FROM=$ES_FROM ES=$seconds
+    ES_FROM="$k runs at once per GPU${mps:+ under CUDA MPS} (--per-gpu $k), the best of --gpu-check's packing sweep, read from $PACKED"
+  fi
+}
+
 # count LABEL < a job list: one line with its runs, spends and draws (an IMP draw trains its levels up to the highest
 # one listed; a draw is one dense network: dataset, arch, seed, epochs), epochs in all, and for the full list
 # GPU-hours at EPOCH_SECONDS per epoch.
 count() {
-  awk -v es="$EPOCH_SECONDS" -v label="$1" -v set=$SET '
+  awk -v es="${ES:-}" -v label="$1" -v set=$SET '
     function n(k, word) { return k " " word (k == 1 ? "" : "s") }
     { match($0, /--dataset [a-z0-9-]+ --arch [a-z0-9]+/); draw = substr($0, RSTART, RLENGTH)
       match($0, /--seed [0-9]+/); draw = draw substr($0, RSTART, RLENGTH) ($0 ~ /rewind/ ? " rewind" : "")
@@ -186,20 +223,77 @@ if [ $SET = study ] && [ -z "$JOBS" ] && [ "$GPUS" = 0 ]; then SLOTS=$(nproc); f
 
 # Run a job list (stdin) in $SLOTS concurrent slots, slot i on GPU i mod GPUs; finished runs are skipped. A queue:
 # a free slot takes the next job of the list (a counter under flock), so a long run never holds up the jobs behind it.
+# Each run's output goes to its train.log; the runner prints one line as a run starts and one as it ends.
 run_list() {
-  local jobs=(); mapfile -t jobs
-  local next i; next=$(mktemp); echo 0 > "$next"
+  local jobs=(); mapfile -t jobs < <(grep -Ev '^[[:space:]]*(#|$)')  # blank lines and comments are no jobs
+  local next tally i; next=$(mktemp) tally=$(mktemp); echo 0 > "$next"; echo "0 0 0" > "$tally"
   for ((slot = 0; slot < SLOTS; slot++)); do
     (while { flock 9; read -r i < "$next"; echo $((i + 1)) > "$next"; } 9< "$next"; ((i < ${#jobs[@]})); do
-       out=${jobs[i]##*--out }
-       [ -e "$out/results.json" ] && continue
+       [[ " ${jobs[i]} " =~ \ --out\ ([^ ]+)\  ]]  # every job names its folder (checked for --jobs-from)
+       out=${BASH_REMATCH[1]} tag="[$((i + 1))/${#jobs[@]}]"
        if [ "$GPUS" -gt 1 ]; then export CUDA_VISIBLE_DEVICES=$((slot % GPUS)); fi
-       mkdir -p "$out"  # another runner on this folder holds .runner while it trains the run: skip it, quietly
-       flock -n -E 75 "$out/.runner" $PY train.py ${jobs[i]} && continue
-       rc=$?; [ $rc = 75 ] || echo "FAILED ($rc): train.py ${jobs[i]}" >&2
+       if ! claim "$out"; then settle - > /dev/null; continue; fi  # finished, or another runner trains it: quietly
+       echo "$tag start: $out (log: $out/train.log)"
+       echo "# $(date '+%F %T') train.py ${jobs[i]}" >> "$out/train.log"
+       t0=$(date +%s)
+       if $PY train.py ${jobs[i]} >> "$out/train.log" 2>&1; then rc=0; else rc=$?; fi
+       exec 8>&-  # the run's lock (claim's)
+       took=$(( $(date +%s) - t0 ))
+       if [ $rc = 0 ]; then
+         read -r left eta < <(settle $took)
+         if [ "$left" = 0 ]; then echo "$tag done in $took s: $out; none left"
+         else echo "$tag done in $took s: $out; $(thousands "$left") left, about $(duration "$eta") at the measured pace"; fi
+       else
+         settle - > /dev/null
+         echo "$tag FAILED (exit $rc) after $took s: $out ($(tail -n 1 "$out/train.log")); log: $out/train.log" >&2
+       fi
      done) &
   done
-  wait; rm -f "$next"
+  wait; rm -f "$next" "$tally"
+}
+
+# claim OUT: hold OUT/.runner (file descriptor 8) for this runner, unless the run is finished or another runner on
+# this folder holds it (it trains the run); mkdir only once the run is known to be unfinished.
+claim() {
+  [ ! -e "$1/results.json" ] || return 1
+  mkdir -p "$1"
+  exec 8> "$1/.runner"
+  if flock -n 8 && [ ! -e "$1/results.json" ]; then return 0; fi  # finished while we waited for the lock: skip
+  exec 8>&-
+  return 1
+}
+
+# settle SECONDS|-: count one job of run_list's list as settled, trained in SECONDS (- if it was skipped or failed);
+# prints the jobs left and the seconds they take at this runner's pace (the mean trained run's, over the slots).
+settle() {
+  local settled trained seconds
+  {
+    flock 7
+    read -r settled trained seconds < "$tally"
+    settled=$((settled + 1))
+    if [ "$1" != - ]; then
+      trained=$((trained + 1))
+      seconds=$((seconds + $1))
+    fi
+    echo "$settled $trained $seconds" > "$tally"
+  } 7< "$tally"
+  local left=$((${#jobs[@]} - settled))
+  echo "$left $((trained > 0 ? left * seconds / trained / SLOTS : 0))"
+}
+
+thousands() {  # 2408 -> 2,408
+  local n=$1 grouped=""
+  while [ "$n" -ge 1000 ]; do
+    grouped=,$(printf %03d $((n % 1000)))$grouped
+    n=$((n / 1000))
+  done
+  echo "$n$grouped"
+}
+
+duration() {  # seconds as read: 45 s, 12 min, 3.4 h
+  if [ "$1" -lt 120 ]; then echo "$1 s"
+  elif [ "$1" -lt 7200 ]; then echo "$(($1 / 60)) min"
+  else awk -v s="$1" 'BEGIN { printf "%.1f h\n", s / 3600 }'; fi
 }
 
 # The analysis parts, after the trainings they read; an output that exists is skipped (a killed run resumes).
@@ -252,7 +346,12 @@ print('GPU:', torch.cuda.get_device_name() if c else 'none found (torch.cuda.is_
 }
 
 case $MODE in
-  jobs-from)
+  jobs-from)  # each job needs its --out: the runner keeps the run's log there and skips it once it is finished
+    [ -f "$JOBS_FROM" ] && [ -r "$JOBS_FROM" ] || { echo "error: --jobs-from $JOBS_FROM: no such readable file" >&2; exit 2; }
+    line=$(awk '!/^[[:space:]]*(#|$)/ && !/(^|[[:space:]])--out [^[:space:]]/ { print NR; exit }' "$JOBS_FROM")
+    if [ -n "$line" ]; then
+      echo "error: --jobs-from $JOBS_FROM: line $line has no --out FOLDER; give each run its folder" >&2; exit 2
+    fi
     setup
     run_list < "$JOBS_FROM" ;;
   gpu-check)
@@ -265,10 +364,17 @@ case $MODE in
   list)
     ${SET}_jobs ;;
   dry-run)  # the summary; --list prints the jobs
-    if [ $SET = full ]; then for p in $PARTS; do PARTS=$p full_jobs | count "$p: "; done; fi
+    if [ $SET = full ]; then gpu_seconds; for p in $PARTS; do PARTS=$p full_jobs | count "$p: "; done; fi
     if [ $SET = study ]; then for e in $BUDGETS; do BUDGETS=$e study_jobs | count "$e epochs: "; done; fi
-    ${SET}_jobs | count "in all: "
-    if [ $SET = full ]; then echo "# GPU-hours at $EPOCH_SECONDS s/epoch ($SOURCE), one run per GPU at a time; parts share runs: the total counts each once"
+    total=$(${SET}_jobs | count "in all: ")
+    echo "$total"
+    if [ $SET = full ]; then
+      echo "# GPU-hours at $ES GPU-seconds per epoch of a run ($ES_FROM); parts share runs: the total counts each once"
+      if [ -n "$ES1" ]; then  # the same epochs, one run per GPU at a time
+        [[ $total =~ ([0-9]+)\ epochs ]]
+        hours=$(awk -v e="${BASH_REMATCH[1]}" -v s="$ES1" 'BEGIN { printf "%.0f", e * s / 3600 }')
+        echo "# one run per GPU at a time: $hours GPU-hours at $ES1 s per epoch ($ES1_FROM)"
+      fi
     else echo "# the measured times of this list are in RESULTS.md"; fi
     if [ -n "$JOBS" ]; then how="set by --jobs"
     elif [ $SET = study ] && [ "$GPUS" = 0 ]; then how="one per CPU core"

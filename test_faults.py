@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -156,11 +157,14 @@ def test_two_runners_on_one_folder_train_each_run_once_and_as_one_runner_would(t
     first, second = runner("two"), runner("two")  # the same list, the same folders, at once
     outs = [p.communicate() for p in (first, second)]
     assert first.returncode == second.returncode == 0 and "FAILED" not in outs[0][1] + outs[1][1], outs
-    log = outs[0][0] + outs[1][0]
-    finished = [line for line in log.splitlines() if line.startswith("test acc")]  # train.py's summary of a run
-    assert all(
-        sum(line.endswith(f"-> {tmp_path / 'two' / f'v{i}'}") for line in finished) == 1 for i in range(len(variants))
-    ), log  # each run trained and finished once, by one of the runners
+    progress = (outs[0][0] + outs[1][0]).splitlines()  # the runners': a line as each run starts and ends
+    for i in range(len(variants)):
+        out = tmp_path / "two" / f"v{i}"
+        log = (out / "train.log").read_text()
+        finished = [line for line in log.splitlines() if line.startswith("test acc")]  # train.py's summary of a run
+        assert len(finished) == 1 and finished[0].endswith(f"-> {out}"), log  # trained and finished once
+        assert sum(line.endswith(f"] start: {out} (log: {out}/train.log)") for line in progress) == 1, progress
+        assert sum("] done in " in line and f" s: {out};" in line for line in progress) == 1, progress
     single = runner("one")
     single.communicate()
     for i in range(len(variants)):
@@ -186,6 +190,54 @@ def test_a_long_run_holds_up_no_job_behind_it(tmp_path):
     )
     assert r.returncode == 0 and not r.stderr, r.stderr
     assert (tmp_path / "done").read_text().split() == [str(outs[i]) for i in (1, 2, 3, 0)]
+
+
+def test_the_runner_logs_each_run_in_its_folder_and_shows_progress_and_failures(tmp_path):
+    """A stand-in train.py (prints to stdout and stderr, sleeps, fails for --sleep 2): each run's output goes to its own
+    train.log, appended when it runs again; the runner prints a line as each run starts and ends (its place in the
+    list, the jobs left and their time at the pace so far), and a failure on stderr with the path of its log."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/bash\nout=${@: -1}; echo training $out; echo a warning >&2; sleep $3\n"
+        'if [ $3 = 2 ]; then echo "error: it broke" >&2; exit 3; fi\ntouch $out/results.json\n'
+    )
+    fake.chmod(0o755)
+    outs = [tmp_path / f"j{i}" for i in range(4)]
+    (tmp_path / "jobs.txt").write_text("".join(f"--sleep {2 if i == 1 else 1} --out {o}\n" for i, o in enumerate(outs)))
+    command = ["bash", os.path.join(HERE, "run_all.sh"), "--jobs-from", str(tmp_path / "jobs.txt"), "--jobs", "1"]
+    r = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHON=str(fake)))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [line for line in lines if " start: " in line] == [
+        f"[{i + 1}/4] start: {o} (log: {o}/train.log)" for i, o in enumerate(outs)
+    ]
+    ends = [line for line in lines if " start: " not in line]
+    pattern = r"\[(\d)/4\] done in (\d+) s: (\S+); (?:none left|(\d+) left, about (\d+) s at the measured pace)"
+    trained = []  # the seconds of each run trained so far, as printed
+    for line, (place, left) in zip(ends, [(1, "3"), (3, "1"), (4, None)], strict=True):
+        done = re.fullmatch(pattern, line)
+        assert done and done.group(1, 3, 4) == (str(place), str(outs[place - 1]), left), line
+        trained.append(int(done.group(2)))
+        if left:  # the jobs not yet settled, at the mean time of this runner's trained runs (one slot)
+            assert int(done.group(5)) == int(left) * sum(trained) // len(trained), line
+    assert lines[-1].endswith("; none left")
+    failed = rf"\[2/4\] FAILED \(exit 3\) after \d+ s: {outs[1]} \(error: it broke\); log: {outs[1]}/train.log\n"
+    assert re.fullmatch(failed, r.stderr), r.stderr
+    for o in outs:  # stdout and stderr of train.py, after a line naming the command
+        log = (o / "train.log").read_text().splitlines()
+        assert log[0].startswith("# ") and log[0].endswith(f"train.py --sleep {2 if o == outs[1] else 1} --out {o}")
+        assert log[1:3] == [f"training {o}", "a warning"]
+    again = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHON=str(fake)))
+    assert again.stdout.splitlines()[0] == f"[2/4] start: {outs[1]} (log: {outs[1]}/train.log)"  # only the failed one
+    assert (outs[1] / "train.log").read_text().count("error: it broke") == 2  # appended
+    assert (outs[0] / "train.log").read_text().count("training") == 1  # finished runs are not run again
+    (tmp_path / "bad.txt").write_text(f"--sleep 1 --out {tmp_path / 'b0'}\n\n# a comment\n--sleep 1\n")
+    bad = subprocess.run([*command[:3], str(tmp_path / "bad.txt")], capture_output=True, text=True)
+    assert bad.returncode == 2 and not bad.stdout and not (tmp_path / "b0").exists()
+    assert (
+        bad.stderr
+        == f"error: --jobs-from {tmp_path / 'bad.txt'}: line 4 has no --out FOLDER; give each run its folder\n"
+    )
 
 
 def test_a_preempted_run_saves_at_the_next_step_exits_143_and_resumes_there_to_the_same_result(tmp_path):

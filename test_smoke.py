@@ -786,6 +786,74 @@ def test_run_all_study_spends_every_tweak_on_the_same_tickets_per_seed_and_budge
         assert bad.returncode == 2 and bad.stderr.startswith(message) and not bad.stdout
 
 
+def test_run_all_help_prints_the_usage_at_the_top_of_the_script_and_exits_0():
+    header = []
+    for line in open(os.path.join(HERE, "run_all.sh")).read().splitlines()[1:]:
+        if not line.startswith("#"):
+            break
+        header.append(line[2:] if line.startswith("# ") else line[1:])
+    for flag in ("--help", "-h"):
+        r = run_all("--quick", flag)
+        assert r.returncode == 0 and not r.stderr and r.stdout.splitlines() == header, r.stderr
+    assert "--budget" in r.stdout and "train.log" in r.stdout and "EPOCH_SECONDS" in r.stdout
+
+
+def test_dry_run_gpu_hours_come_from_the_measured_files_and_a_damaged_one_is_refused(tmp_path):
+    """--dry-run in a copy of run_all.sh: the GPU-hours follow runs/gpu_check/seconds_per_epoch (one run at a time)
+    and runs/gpu_check/packing (the best K runs at once: its seconds lead, K = 1's follow), each named; a damaged file
+    or a bad EPOCH_SECONDS is one line on stderr and exit code 2, no number."""
+    (tmp_path / "run_all.sh").write_bytes(open(os.path.join(HERE, "run_all.sh"), "rb").read())
+    measured = tmp_path / "runs" / "gpu_check"
+    measured.mkdir(parents=True)
+    unset = {k: v for k, v in os.environ.items() if k != "EPOCH_SECONDS"}
+
+    def dry_run(**env):
+        command = ["bash", str(tmp_path / "run_all.sh"), "--parts", "fig8 fig10", "--dry-run"]
+        return subprocess.run(command, capture_output=True, text=True, env=dict(unset, **env))
+
+    def hours(out):  # (epochs in all, GPU-hours in all)
+        epochs, gpu_hours = re.search(r"^# in all: .*, (\d+) epochs, (\d+) GPU-hours$", out, re.M).groups()
+        return int(epochs), int(gpu_hours)
+
+    assumed = dry_run()
+    epochs, at_10 = hours(assumed.stdout)
+    assert at_10 == round(epochs * 10 / 3600) and "(assumed, not measured" in assumed.stdout
+    for seconds in ("3.6", "7.2"):
+        (measured / "seconds_per_epoch").write_text(seconds + "\n")
+        r = dry_run()
+        assert hours(r.stdout) == (epochs, round(epochs * float(seconds) / 3600)), r.stdout + r.stderr
+        assert f"# GPU-hours at {seconds} GPU-seconds per epoch of a run (measured by --gpu-check" in r.stdout
+        assert "read from runs/gpu_check/seconds_per_epoch" in r.stdout and "one run per GPU at a time" not in r.stdout
+    (measured / "packing").write_text("4 0.9 mps\n")
+    r = dry_run()
+    assert hours(r.stdout) == (epochs, round(epochs * 0.9 / 3600)), r.stdout + r.stderr
+    assert "at 0.9 GPU-seconds per epoch of a run (4 runs at once per GPU under CUDA MPS (--per-gpu 4)" in r.stdout
+    one = re.search(r"^# one run per GPU at a time: (\d+) GPU-hours at 7.2 s per epoch \(measured", r.stdout, re.M)
+    assert one and int(one.group(1)) == round(epochs * 7.2 / 3600), r.stdout
+    r = dry_run(EPOCH_SECONDS="2")  # set by hand: the files are not read
+    assert hours(r.stdout) == (epochs, round(epochs * 2 / 3600)) and "(set by EPOCH_SECONDS)" in r.stdout
+    assert "one run per GPU at a time" not in r.stdout
+    for name, damaged in (
+        ("packing", "4 0.9\n"),
+        ("packing", "0 0.9 plain\n"),
+        ("packing", "4 abc plain\n"),
+        ("seconds_per_epoch", "abc\n"),
+        ("seconds_per_epoch", "3.3\0\0\n"),
+        ("seconds_per_epoch", ""),
+        ("seconds_per_epoch", "0\n"),
+    ):
+        for f in ("packing", "seconds_per_epoch"):
+            (measured / f).write_text("4 0.9 plain\n" if f == "packing" else "7.2\n")
+        (measured / name).write_text(damaged)
+        r = dry_run()
+        assert r.returncode == 2 and not r.stdout and r.stderr.count("\n") == 1, (name, damaged, r.stdout, r.stderr)
+        assert r.stderr.startswith(f"error: runs/gpu_check/{name} does not hold ") and "--gpu-check again" in r.stderr
+    for bad in ("abc", "0", "-3", "1e3"):
+        r = dry_run(EPOCH_SECONDS=bad)
+        assert r.returncode == 2 and not r.stdout and r.stderr.count("\n") == 1, (bad, r.stderr)
+        assert r.stderr.startswith(f"error: EPOCH_SECONDS={bad}: ")
+
+
 def test_gpu_check_without_a_gpu_says_so_and_runs_what_a_cpu_can(tmp_path):
     """`run_all.sh --gpu-check` on this CPU machine, in a copy of the project (it writes runs/gpu_check/)."""
     for f in os.listdir(HERE):

@@ -146,61 +146,122 @@ def lr_at(args, epoch):
 STOP = []  # the signals received: SIGTERM (a scheduler's preemption) or SIGINT stop training at the next step
 
 
-def train_epoch(model, ds, args, opt, masked, keep, loss_fn, epoch, max_steps=None, done=None):
-    """One epoch of SGD on the augmented training split, in bf16 autocast on a GPU (or --amp); pruned weights and their
-    gradients zeroed by fused foreach multiplies (no hooks); each torchrun rank takes its shard of the batch. Returns,
-    over all ranks: the summed loss and correct predictions (device tensors: no sync per step), the images, the first
-    step with a non-finite loss (-1 if none), and the batches taken if a signal (STOP) cut the epoch short, else None.
-    `done`, a cut epoch's totals, resumes it: its batches (set by (seed, epoch) alone) are skipped, its sums added."""
-    model.train()
-    cuda, rank, world = str(args.device).startswith("cuda"), runs.rank(), runs.world()
-    done = done or dict(loss_sum=0.0, correct=0, seen=0, batches=0)
+class MaskedSGD:
+    """What every training step needs (§4.1): SGD with momentum and weight decay on `model`, the loss(logits, x, y),
+    and the mask as fused multiplies (no hooks) on the masked weights. Under torchrun the model steps as DDP (gradients
+    averaged over ranks, BatchNorm statistics over the global batch); with --compile, compiled."""
+
+    def __init__(self, model, mask, loss_fn, args):
+        weights = dict(model.named_parameters())
+        self.model = model  # the weights a checkpoint keeps
+        self.masked = [weights[n] for n in mask]
+        self.keep = [mask[n].to(weights[n].dtype) for n in mask]
+        self.loss_fn = loss_fn
+        self.opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+        self.cuda = str(args.device).startswith("cuda")
+        self.amp = self.cuda if args.amp is None else args.amp
+        self.net = model  # what runs forward: the same weights, perhaps wrapped
+        if runs.world() > 1:
+            for m in model.modules():
+                if isinstance(m, models.BatchNorm):
+                    m.global_stats = True
+            device_ids = [args.device] if self.cuda else None
+            self.net = DDP(model, device_ids=device_ids, forward_sync_buffers=False)
+        if args.compile:
+            self.net = torch.compile(self.net)
+
+    def step(self, x, y, weight):
+        """One step on this rank's (x, y), its loss scaled by `weight`; returns (logits, loss) of the batch. The
+        pruned weights' gradients are zeroed before the optimizer's step and the weights after it."""
+        with torch.autocast("cuda" if self.cuda else "cpu", torch.bfloat16, enabled=self.amp):
+            logits = self.net(x)
+            loss = self.loss_fn(logits, x, y)  # autocast computes losses in float32
+        self.opt.zero_grad(set_to_none=True)
+        (loss * weight).backward()
+        torch._foreach_mul_([p.grad for p in self.masked], self.keep)
+        self.opt.step()
+        with torch.no_grad():
+            torch._foreach_mul_(self.masked, self.keep)
+        return logits, loss.detach()
+
+
+def signalled(steps, device):
+    """Whether a signal (STOP) asks training to stop after this step. Under torchrun ranks get it at different steps:
+    every 10 steps they agree."""
+    if runs.world() == 1:
+        return bool(STOP)
+    if steps % 10:
+        return False
+    count = torch.tensor(len(STOP), device=device)
+    dist.all_reduce(count, dist.ReduceOp.MAX)
+    return bool(count)
+
+
+def train_epoch(sgd, ds, args, epoch, resumed=None, max_steps=None):
+    """One epoch of masked SGD steps on the augmented training split, in bf16 autocast on a GPU (or --amp); each
+    torchrun rank takes its shard of a batch. `resumed`, the totals of an epoch a signal cut short, resumes it: its
+    batches (set by (seed, epoch) alone) are skipped, its sums added. Returns (the totals over all ranks: a dict as
+    `resumed`, the first step with a non-finite loss or -1, whether a signal cut the epoch short); the sums stay on the
+    device until then."""
+    sgd.net.train()
+    rank, world = runs.rank(), runs.world()
+    done = resumed or dict(loss_sum=0.0, correct=0, seen=0, batches=0)
     share = rank == 0  # a cut epoch's totals are over all ranks: rank 0 carries them, the all_reduce below adds them
-    loss_sum, correct = (torch.tensor(done[k] * share, device=args.device) for k in ("loss_sum", "correct"))
-    seen, steps, stopped = done["seen"] * share, done["batches"], None
-    first_bad = torch.tensor(-1, device=args.device)  # the first step with a non-finite loss, found without syncing
-    amp = cuda if args.amp is None else args.amp
-    for i, (x, y) in enumerate(data.batches(ds, "train", args.batch_size, args.seed * 1000 + epoch, augmented=True)):
-        if i < done["batches"] or len(y) < world:  # done before a stop; a last batch too small to give each rank one
+    loss_sum = torch.tensor(done["loss_sum"] * share, device=args.device)
+    correct = torch.tensor(done["correct"] * share, device=args.device)
+    seen = done["seen"] * share
+    steps = done["batches"]
+    first_bad = torch.tensor(-1, device=args.device)
+    stopped = False
+    order = data.batches(ds, "train", args.batch_size, args.seed * 1000 + epoch, augmented=True)
+    for i, (x, y) in enumerate(order):
+        if i < done["batches"]:  # done before the signal
+            continue
+        if len(y) < world:  # a last batch too small to give each rank one
             continue
         n = len(y)
         x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
-        with torch.autocast("cuda" if cuda else "cpu", torch.bfloat16, enabled=amp):
-            logits = model(x)
-            loss = loss_fn(logits, x, y)  # autocast computes losses in float32
-        opt.zero_grad(set_to_none=True)
-        (loss * (len(y) * world / n)).backward()  # DDP averages over ranks: this makes it the global batch's mean
-        torch._foreach_mul_([p.grad for p in masked], keep)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_mul_(masked, keep)
-        loss_sum += loss.detach() * len(y)
+        # DDP averages over ranks: weighted by its share, a rank's loss makes the step the global batch's mean
+        logits, loss = sgd.step(x, y, len(y) * world / n)
+        loss_sum += loss * len(y)
         correct += (logits.argmax(1) == y).sum()
-        seen, steps = seen + len(y), steps + 1
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), steps, first_bad)
+        seen += len(y)
+        steps += 1
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), steps, first_bad)
         if steps == max_steps:
             break
-        if world > 1 and steps % 10 == 0:  # ranks get a signal at different steps: every 10 steps they agree
-            stop = torch.tensor(len(STOP), device=args.device)
-            dist.all_reduce(stop, dist.ReduceOp.MAX)
-        else:
-            stop = STOP and world == 1
-        if stop:
-            stopped = i + 1
+        if signalled(steps, args.device):
+            stopped = True
             break
     if world > 1:
-        totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=args.device).double()])
-        dist.all_reduce(totals)
+        sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=args.device).double()])
+        dist.all_reduce(sums)
         dist.all_reduce(first_bad, dist.ReduceOp.MAX)
-        loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
-    return loss_sum, correct, seen, int(first_bad), stopped
+        loss_sum, correct, seen = sums[0], sums[1], int(sums[2])
+    totals = dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen, batches=steps)
+    return totals, int(first_bad), stopped
 
 
-def checkpoint_state(state, model, opt):
+def checkpoint_state(state, sgd):
     """What a checkpoint holds: the loop's state, the weights, the momentum and torch's generators (the data order
     and augmentation need none: they are seeded by epoch)."""
     rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all())
-    return dict(state, model=model.state_dict(), optimizer=opt.state_dict(), rng=rng)
+    return dict(state, model=sgd.model.state_dict(), optimizer=sgd.opt.state_dict(), rng=rng)
+
+
+def resume(checkpoint, sgd, args, label):
+    """The loop's state from `checkpoint`, the weights, momentum and torch's generators restored in place."""
+    state = load(checkpoint, args.device)
+    sgd.model.load_state_dict(state.pop("model"))
+    sgd.opt.load_state_dict(state.pop("optimizer"))
+    rng = state.pop("rng")
+    torch.set_rng_state(rng["torch"].cpu())  # loaded onto --device with the rest; the generators take CPU bytes
+    torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+    where = f"epoch {state['epoch']}"
+    if state.get("done"):  # a signal cut the next epoch short
+        where += f", batch {state['done']['batches']}"
+    print(f"{label} resuming after {where} from {checkpoint}", flush=True)
+    return state
 
 
 def fit(model, ds, args, mask, loss_fn, label, checkpoint):
@@ -209,53 +270,31 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
     (weights, momentum, best weights, metrics, RNG; the data order needs none) goes to `checkpoint`: a rerun resumes."""
     if str(args.device).startswith("cuda"):
         torch.backends.cudnn.benchmark = not args.deterministic
-    weights = dict(model.named_parameters())
-    masked = [weights[n] for n in mask]
-    keep = [mask[n].to(weights[n].dtype) for n in mask]
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
-    step_model = model
-    if runs.world() > 1:  # torchrun: gradients averaged over ranks, BatchNorm statistics over the global batch
-        for m in model.modules():
-            if isinstance(m, models.BatchNorm):
-                m.global_stats = True
-        step_model = DDP(
-            model, device_ids=[args.device] if str(args.device).startswith("cuda") else None, forward_sync_buffers=False
-        )
-    step_model = torch.compile(step_model) if args.compile else step_model
+    sgd = MaskedSGD(model, mask, loss_fn, args)
     state = dict(epoch=0, best_val=-1.0, best_epoch=0, best_state=None, rows=[])
     if exists(checkpoint):
-        state = load(checkpoint, args.device)
-        model.load_state_dict(state.pop("model"))
-        opt.load_state_dict(state.pop("optimizer"))
-        rng = state.pop("rng")  # torch's generators (data order and augmentation have their own, seeded by epoch)
-        torch.set_rng_state(rng["torch"].cpu())  # loaded onto --device with the rest; the generators take CPU bytes
-        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        print(
-            f"{label} resuming after epoch {state['epoch']}"
-            + (f", batch {state['done']['batches']}" if state.get("done") else "")
-            + f" from {checkpoint}",
-            flush=True,
-        )
-    start, first = time.time(), state["epoch"] + 1
+        state = resume(checkpoint, sgd, args, label)
+    start = time.time()
+    first = state["epoch"] + 1
     for epoch in range(first, args.epochs + 1):
-        t0, lr = time.time(), lr_at(args, epoch)
-        for group in opt.param_groups:
+        t0 = time.time()
+        lr = lr_at(args, epoch)
+        for group in sgd.opt.param_groups:
             group["lr"] = lr
-        loss_sum, correct, seen, bad_step, stopped = train_epoch(
-            step_model, ds, args, opt, masked, keep, loss_fn, epoch, done=state.pop("done", None)
-        )
+        totals, bad_step, stopped = train_epoch(sgd, ds, args, epoch, resumed=state.pop("done", None))
         if stopped:  # preempted: the step's state, the epoch's totals so far, and a distinct exit code
-            state["done"] = dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen, batches=stopped)
-            save(checkpoint_state(state, model, opt), checkpoint)
+            state["done"] = totals
+            save(checkpoint_state(state, sgd), checkpoint)
             if runs.rank() == 0:  # one line, not one per torchrun rank
                 print(
-                    f"{label} stopped by a signal in epoch {epoch} after batch {stopped}: saved {checkpoint}; "
-                    f"the same command resumes from there",
+                    f"{label} stopped by a signal in epoch {epoch} after batch {totals['batches']}: "
+                    f"saved {checkpoint}; the same command resumes from there",
                     file=sys.stderr,
                     flush=True,
                 )
             sys.exit(143)
-        train_loss = float(loss_sum) / seen
+        train_loss = totals["loss_sum"] / totals["seen"]
+        train_acc = totals["correct"] / totals["seen"]
         if bad_step >= 0 or not math.isfinite(train_loss):  # the last good checkpoint (previous epoch) is left as is
             print(
                 f"error: {label}: the loss became {train_loss} in epoch {epoch}, step {bad_step}: the run "
@@ -265,43 +304,37 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
             sys.exit(3)
         val_acc, val_loss = data.evaluate(model, ds, "val")
         if val_acc > state["best_val"]:
-            state.update(
-                best_val=val_acc,
-                best_epoch=epoch,
-                best_state={k: v.detach().clone() for k, v in model.state_dict().items()},
-            )
+            state["best_val"] = val_acc
+            state["best_epoch"] = epoch
+            state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         secs = time.time() - t0
-        state["rows"].append(
-            dict(
-                epoch=epoch,
-                train_loss=round(train_loss, 5),
-                train_acc=round(int(correct) / seen, 5),
-                val_loss=round(val_loss, 5),
-                val_acc=round(val_acc, 5),
-                lr=lr,
-                seconds=round(secs, 2),
-            )
+        row = dict(
+            epoch=epoch,
+            train_loss=round(train_loss, 5),
+            train_acc=round(train_acc, 5),
+            val_loss=round(val_loss, 5),
+            val_acc=round(val_acc, 5),
+            lr=lr,
+            seconds=round(secs, 2),
         )
         if args.hessian_every:  # Fig. A11: the mean top eigenvalue of 3 fixed training batches, along training
-            top = (
-                hessian.per_batch(model, F.cross_entropy, hessian.fixed_batches(ds, 3, 128, args.seed), masks=mask)[:2]
-                if epoch % args.hessian_every == 0
-                else ("", "")
-            )
-            state["rows"][-1].update(top_eigenvalue=top[0], top_eigenvalue_std=top[1])
+            value, std = "", ""  # blank in the epochs between
+            if epoch % args.hessian_every == 0:
+                batches = hessian.fixed_batches(ds, 3, 128, args.seed)
+                value, std, _, _ = hessian.per_batch(model, F.cross_entropy, batches, masks=mask)
+            row.update(top_eigenvalue=value, top_eigenvalue_std=std)
+        state["rows"].append(row)
         eta = (time.time() - start) / (epoch - first + 1) * (args.epochs - epoch)
         print(
-            f"{label} epoch {epoch:3d}/{args.epochs}  loss {train_loss:.4f}  train {correct / seen:.2%}  "
+            f"{label} epoch {epoch:3d}/{args.epochs}  loss {train_loss:.4f}  train {train_acc:.2%}  "
             f"val {val_acc:.2%}  lr {lr:.4g}  {secs:.1f}s  eta {eta / 60:.1f}m",
             flush=True,
         )
         if epoch in args.keep_epochs:  # Fig. 4 looks at the landscape after epoch 5; LTH-Rewind restarts from one
-            save(
-                {k: v.cpu() for k, v in model.state_dict().items()},
-                os.path.join(os.path.dirname(checkpoint), f"epoch{epoch}.pt"),
-            )
+            weights = {k: v.cpu() for k, v in model.state_dict().items()}
+            save(weights, os.path.join(os.path.dirname(checkpoint), f"epoch{epoch}.pt"))
         state["epoch"] = epoch
-        save(checkpoint_state(state, model, opt), checkpoint)
+        save(checkpoint_state(state, sgd), checkpoint)
     final_test, _ = data.evaluate(model, ds, "test")
     best = copy.deepcopy(model)
     best.load_state_dict(state["best_state"])
@@ -316,6 +349,12 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
     return summary, state["rows"], state["best_state"]
 
 
+def metrics_csv(rows):
+    """metrics.csv: a header of the rows' keys, then one line per epoch."""
+    lines = [",".join(rows[0])] + [",".join(map(str, row.values())) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def train_ticket(args, ds, mask, reset_state, out, label, teacher=None):
     """Build the ticket (reset weights * mask), apply the spend's tweaks, train it with `fit`, write `out`."""
     model = new_model(args, ds)
@@ -324,25 +363,24 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None):
     tweaks.apply(model, args)
     checkpoint = os.path.join(out, "checkpoint.pt")
     if args.scale_init and not exists(checkpoint):  # on resume the checkpoint has the scaled weights
-        scales = tweaks.scale_init(
-            model, mask, forever(ds, args.batch_size, args.seed), args.scale_init_iters, args.scale_init_lr
-        )
+        batches = forever(ds, args.batch_size, args.seed)
+        scales = tweaks.scale_init(model, mask, batches, args.scale_init_iters, args.scale_init_lr)
         print(f"{label} scale_init: scales in [{min(scales.values()):.3f}, {max(scales.values()):.3f}]")
     loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
     start = time.time()
     summary, rows, best_state = fit(model, ds, args, mask, loss_fn, label, checkpoint)
-    total = sum(p.numel() for p in model.parameters())
-    images = landscape.fixed_images(ds, "test", 500)
-    weights, every = dict(model.named_parameters()), prune.prunable(model, linear=True)  # every conv/linear weight
+    images, _ = landscape.fixed_images(ds, "test", 500)
+    weights = dict(model.named_parameters())
+    every = prune.prunable(model, linear=True)  # every conv/linear weight
     pruned = [weights[n] for n in mask]  # the layers the mask covers: the paper's sparsity is theirs
     results = dict(
         summary,
         sparsity=prune.sparsity(pruned),
         sparsity_all=prune.sparsity(every.values()),
-        params_total=total,
+        params_total=sum(p.numel() for p in model.parameters()),
         params_nonzero=sum(int(p.count_nonzero()) for p in model.parameters()),
-        activation_sparsity=landscape.activation_sparsity(model, images[0]),  # Table A1: |a| <= 1e-2
-        activation_zeros=landscape.activation_sparsity(model, images[0], threshold=0),
+        activation_sparsity=landscape.activation_sparsity(model, images),  # Table A1: |a| <= 1e-2
+        activation_zeros=landscape.activation_sparsity(model, images, threshold=0),
         weights_total=sum(w.numel() for w in pruned),
         weights_nonzero=sum(int(w.count_nonzero()) for w in pruned),
         unmasked_weights=sum(w.numel() for n, w in every.items() if n not in mask),  # trained, never pruned
@@ -354,10 +392,7 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None):
         save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
     save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
     save({k: v.cpu() for k, v in best_state.items()}, os.path.join(out, "best.pt"))
-    save(
-        "".join(",".join(map(str, row)) + "\n" for row in [rows[0], *(r.values() for r in rows)]),
-        os.path.join(out, "metrics.csv"),
-    )
+    save(metrics_csv(rows), os.path.join(out, "metrics.csv"))
     write_json(results, os.path.join(out, "results.json"))  # written last: its presence means finished
     if runs.rank() == 0:
         os.remove(checkpoint)
@@ -423,22 +458,25 @@ class Draw:
         """Draw a ticket's mask, returned on the CPU: IMP from the previous level's trained weights, OMP from the dense
         network's, random from the seed, pruning at initialization from theta_0 and the data."""
         method, value = ticket.split("_")
-        model, linear = new_model(self.args, self.ds), self.args.prune_classifier
+        model = new_model(self.args, self.ds)
+        linear = self.args.prune_classifier
         names = list(prune.prunable(model, linear))
         if ticket == "imp_00":
             mask = prune.ones_mask(model, linear)
-        elif method in ("imp", "omp"):  # by magnitude: the previous level's trained weights (IMP), the dense ones (OMP)
-            prev = f"imp_{int(value) - 1:02d}" if method == "imp" else "imp_00"
+        elif method == "imp":  # by magnitude: 20% of what the previous level kept, from its trained weights
+            prev = f"imp_{int(value) - 1:02d}"
             weights = {n: w for n, w in self.trained_weights(prev).items() if n in names}
-            mask = prune.imp_step(weights, self.mask(prev)) if method == "imp" else prune.omp(weights, float(value))
+            mask = prune.imp_step(weights, self.mask(prev))
+        elif method == "omp":  # by magnitude, in one shot from the dense network's trained weights
+            weights = {n: w for n, w in self.trained_weights("imp_00").items() if n in names}
+            mask = prune.omp(weights, float(value))
         elif method == "random":
             mask = prune.random_prune(prune.prunable(model, linear), float(value), self.args.seed)
         else:  # pruning at initialization (Table A4): scored on theta_0
             model.load_state_dict(self.init())
             if method == "synflow":
-                mask = prune.synflow(
-                    model, float(value), input_shape=tuple(self.ds["train"][0].shape[1:]), linear=linear
-                )
+                input_shape = tuple(self.ds["train"][0].shape[1:])
+                mask = prune.synflow(model, float(value), input_shape=input_shape, linear=linear)
             elif method == "snip":  # one batch, as the official code
                 batch = next(data.batches(self.ds, "train", self.args.batch_size, seed=self.args.seed))
                 mask = prune.snip(model, [batch], float(value), linear)
@@ -484,15 +522,30 @@ def summarize(results, out):
     )
 
 
+def ticket_name(args):
+    """The draw's ticket a spend takes: IMP level L (imp_LL); other pruners one per sparsity (omp_S, ...); or --mask."""
+    if args.mask:
+        return "mask"
+    s = args.sparsity or 0.0
+    if args.prune == "imp" or s == 0:
+        return f"imp_{prune.imp_level(s):02d}"
+    return f"{args.prune}_{s:.4f}"
+
+
+def variant_name(args):
+    """The spend's tweaks, joined by +, label smoothing with its alpha (skip+swish+scale_init+ls0.1); "" if none."""
+    tweaks_on = [k for k in TWEAKS if k != "ls" and getattr(args, k)]
+    if args.ls:
+        tweaks_on.append(f"ls{args.ls}")
+    return "+".join(tweaks_on)
+
+
 def run(args):
     config = {k: v for k, v in vars(args).items() if k not in HOW}
-    s = args.sparsity or 0.0  # the draw's ticket: IMP level L (imp_LL); other pruners one per sparsity; or --mask
-    ticket = f"imp_{prune.imp_level(s):02d}" if args.prune == "imp" or s == 0 else f"{args.prune}_{s:.4f}"
-    ticket = "mask" if args.mask else ticket
-    variant = "+".join([k for k in TWEAKS if k != "ls" and getattr(args, k)] + ([f"ls{args.ls}"] if args.ls else []))
-    out = args.out or os.path.join(
-        args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}", f"{ticket}_{variant or 'lth'}_{short_hash(config)}"
-    )
+    ticket = ticket_name(args)
+    variant = variant_name(args)
+    folder = f"{ticket}_{variant or 'lth'}_{short_hash(config)}"
+    out = args.out or os.path.join(args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}", folder)
     if exists(os.path.join(out, "config.json")):
         if runs.read_json(os.path.join(out, "config.json")) != config:
             raise BadInput(f"{out} holds a run with another config; choose another --out")
@@ -503,7 +556,9 @@ def run(args):
         torch.use_deterministic_algorithms(True, warn_only=True)  # CUDA: a few ops (pooling backward) only warn
     ds = data.load(args.dataset, args.data_dir, args.subset, args.seed, args.device)
     draw = Draw(args, ds)
-    user_mask = args.mask and prune.check_mask(load(args.mask), new_model(args, ds), args.mask, args.prune_classifier)
+    user_mask = None
+    if args.mask:
+        user_mask = prune.check_mask(load(args.mask), new_model(args, ds), args.mask, args.prune_classifier)
     with runs.locked(out, wait=False):
         write_json(config, os.path.join(out, "config.json"))
         spend(args, ds, draw, ticket, variant, user_mask, out)
@@ -537,7 +592,11 @@ def main(argv=None):
         dist.destroy_process_group()
 
 
+def note_signal(signum, frame):
+    STOP.append(signum)  # training stops at its next step (`signalled`)
+
+
 if __name__ == "__main__":
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: STOP.append(signum))
+        signal.signal(sig, note_signal)
     main()
