@@ -268,7 +268,7 @@ def paired_panel(ax, series, xlabel):
             means.append((x, mean))
         if means:
             ax.plot(*zip(*means), "-", color=color, lw=1, label=name.replace("+", " + "))
-    if xlabel:
+    if xlabel and any(points for _, _, points in series):
         ax.legend(fontsize=7)
     ax.axhline(0, color="gray", lw=0.8)
     ax.set(xlabel=xlabel, ylabel="test accuracy − LTH, same ticket (pp)", title="paired: seeds, mean, 95% interval")
