@@ -309,7 +309,7 @@ has() { case " $PARTS " in *" $1 "*) ;; *) return 1 ;; esac; }
 # --gpu-check: each part under its own time limit; a failed part is named and the next one runs. Prints plain
 # lines for the README. Without a GPU it says so, runs the parts a CPU can (smaller), and exits 0.
 gpu_check() {
-  local dir=runs/gpu_check/work failed="" t0 device=cuda arch=resnet18
+  local dir=runs/gpu_check/work failed="" t0 device=cuda arch=resnet18 gpu=yes
   part() {  # part NAME SECONDS COMMAND...
     echo "== $1"; t0=$(date +%s)
     if timeout "$2" "${@:3}"; then echo "-- $1: ok, $(( $(date +%s) - t0 )) s"
@@ -329,13 +329,20 @@ print('GPU:', torch.cuda.get_device_name() if c else 'none found (torch.cuda.is_
       tail -1 $dir/epoch/metrics.csv | cut -d, -f7 | tr -d '\r' > $MEASURED
       echo "seconds per epoch, ResNet-18 + AT + TRT at 91% on 45,000 CIFAR-shaped images, batch 128: $(cat $MEASURED)"
     fi
+    part evaluation-bf16 120 $PY bench.py --compare-eval $dir/epoch --device cuda  # its test accuracy, float32 vs bf16
+    # K runs at once on the GPU (CUDA MPS too where it is installed): each the setting above, 100 timed steps
+    part packing 480 $PY bench.py --arch resnet18 --dataset synthetic-cifar100 --subset 0 --batch-size 128 \
+      --device cuda --steps 100 --concurrent 1 2 4 8 --out $PACKED
   else
-    device="cpu --subset 300" arch=resnet20
+    device="cpu --subset 300" arch=resnet20 gpu=""
     echo "no GPU found: skipping the GPU benchmarks; the end-to-end parts run on the CPU (ResNet-20, 270 images)"
   fi
   local small="--dataset synthetic --arch $arch --device $device --runs $dir/runs"
   part signature 240 $PY train.py $small --epochs 1 --sparsity 0.91 --skip --swish --ls 0.1 --out $dir/signature
   part signature-zeros 5 grep '"pruned_nonzero": 0,' $dir/signature/results.json  # pruned weights exactly zero
+  if [ -z "$gpu" ]; then  # the GPU compares on the run of the paper's setting above; here the code path, on the CPU
+    part evaluation-bf16 120 $PY bench.py --compare-eval $dir/signature --device cpu
+  fi
   local same="--epochs 2 --prune random --sparsity 0.5 --at --deterministic"
   export CUBLAS_WORKSPACE_CONFIG=:4096:8  # what --deterministic needs of cuBLAS
   part plain 240 $PY train.py $small $same --out $dir/plain

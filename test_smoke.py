@@ -866,7 +866,16 @@ def test_gpu_check_without_a_gpu_says_so_and_runs_what_a_cpu_can(tmp_path):
         env=dict(os.environ, PYTHON=sys.executable, CUDA_VISIBLE_DEVICES=""),
     )
     assert r.returncode == 0 and "no GPU found" in r.stdout, r.stdout + r.stderr
-    for part in ("environment", "signature", "signature-zeros", "plain", "torchrun-1", "torchrun-like-plain"):
+    parts = (
+        "environment",
+        "signature",
+        "signature-zeros",
+        "evaluation-bf16",
+        "plain",
+        "torchrun-1",
+        "torchrun-like-plain",
+    )
+    for part in parts:
         assert f"-- {part}: ok" in r.stdout, part
     assert r.stdout.rstrip().endswith("every part passed") and "FAILED" not in r.stdout
 
@@ -882,6 +891,59 @@ def test_bench_times_the_three_loops_and_the_hessian_vector_product():
     for loop in ours:
         assert re.search(re.escape(loop) + r": one Hessian-vector product = \d+\.\d\d training steps", r.stdout), loop
     assert float(re.search(r"^sparse/bare throughput ratio: (\d+\.\d\d)$", r.stdout, re.M).group(1)) > 0
+
+
+def test_bench_help_lists_only_the_flags_it_honours_with_their_defaults():
+    r = cli("--help", script="bench.py")
+    assert r.returncode == 0, r.stderr
+    flags = set(re.findall(r"^  (?:-h, )?(--[a-z-]+)", r.stdout, re.M))
+    honoured = {"--arch", "--dataset", "--subset", "--batch-size", "--device", "--data-dir", "--steps", "--compile"}
+    assert flags == honoured | {"--help", "--concurrent", "--out", "--compare-eval"}, flags
+    for default in ("resnet20", "synthetic-cifar100", "3000", "128", "data", "10"):
+        assert f"(default: {default})" in " ".join(r.stdout.split()), default  # as argparse wraps it
+    for flag, value in (("--sparsity", "0.5"), ("--lr", "1"), ("--epochs", "3"), ("--at", None)):
+        bad = cli(flag, *([value] if value else []), script="bench.py")  # train.py's flags: refused, not ignored
+        assert bad.returncode == 2 and bad.stderr.startswith("error: unrecognized arguments: " + flag), bad.stderr
+    bad = cli("--out", "x", script="bench.py")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--concurrent" in bad.stderr
+
+
+def test_bench_packing_sweep_runs_k_processes_at_once_and_writes_the_best_k(tmp_path):
+    """`bench.py --concurrent 1 2` on the CPU, a tiny ResNet-20: per K a line with each run's epoch split into training
+    and evaluation, the images/s of all K and the memory per run; the least device time per epoch of a run (the
+    epoch / K) is the best K, written to --out as "K SECONDS plain" (no CUDA: MPS is not used, and says so)."""
+    out = tmp_path / "gpu_check" / "packing"
+    tiny = ["--arch", "resnet20", "--dataset", "synthetic", "--subset", "300", "--batch-size", "16", "--device", "cpu"]
+    r = cli(*tiny, "--steps", "2", "--concurrent", "1", "2", "--out", str(out), script="bench.py")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "CUDA MPS: not used" in r.stdout
+    number = r"(\d+\.\d\d)"
+    per_k = {}
+    for k in (1, 2):
+        line = re.search(
+            rf"^K={k}: {number} s per epoch per run \(training {number} s \+ evaluation {number} s\), (\d+) images/s "
+            rf"in all, peak (\d+) MiB RSS per run; {number} s of the device per epoch of a run$",
+            r.stdout,
+            re.M,
+        )
+        assert line, (k, r.stdout)
+        epoch, training, evaluation, images, peak, device_time = map(float, line.groups())
+        assert abs(epoch - training - evaluation) <= 0.011 and evaluation > 0 and images > 0 and peak > 100
+        assert abs(device_time - epoch / k) <= 0.011
+        per_k[k] = device_time
+    best = min(per_k, key=per_k.get)
+    k, seconds, mps = out.read_text().split()
+    assert (int(k), mps) == (best, "plain") and abs(float(seconds) - per_k[best]) <= 0.005, (out.read_text(), per_k)
+    assert f"best: K={best}: {per_k[best]:.2f} s of the device per epoch of a run" in r.stdout
+
+
+def test_evaluate_runs_in_bf16_autocast_when_asked_and_float32_by_default_on_a_cpu():
+    ds = data.load("synthetic", subset=300)
+    torch.manual_seed(0)
+    model = models.get_model("resnet20", ds["classes"], 3)
+    default, fp32, bf16 = (data.evaluate(model, ds, "test", amp=amp) for amp in (None, False, True))
+    assert default == fp32  # the CPU path as it was
+    assert bf16 != fp32 and bf16[1] == pytest.approx(fp32[1], rel=0.05)  # rounded logits: near, not equal
 
 
 # ---------------------------------------------------------------- multi-process (torchrun, DDP)
