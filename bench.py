@@ -254,7 +254,7 @@ def parser():
     a("--compile", action="store_true", help="torch.compile our loops (the bare loop stays eager)")
     a("--concurrent", type=int, nargs="+", metavar="K", help="instead: the packing sweep, K runs at once for each K")
     a("--out", help="with --concurrent: the file to write the best K to")
-    a("--compare-eval", metavar="RUN", help="instead: evaluate a finished train.py run in float32 and in bf16")
+    a("--compare-eval", metavar="RUN", help="instead: a finished run (its own data) in float32 and bf16")
     p.set_defaults(seed=42, lr=0.01, momentum=0.9, wd=2e-4, amp=None)  # not flags: a small lr keeps steps finite
     return p
 
@@ -264,8 +264,8 @@ def main(argv=None):
     args = parser().parse_args(argv)
     if args.batch_size < 1 or args.steps < 1 or min(args.concurrent or [1]) < 1 or 0 < args.subset < 10:
         raise BadInput("--batch-size, --steps and each K of --concurrent must be >= 1, --subset 0 (all) or >= 10")
-    if args.out and not args.concurrent:
-        raise BadInput("--out is where --concurrent writes its best K: give --concurrent K...")
+    if args.out and not args.concurrent or args.compare_eval and args.concurrent:
+        raise BadInput("--out goes with --concurrent K... (where it writes the best K); --compare-eval goes alone")
     if args.compare_eval:
         compare_eval(args)
     elif args.concurrent:

@@ -904,8 +904,9 @@ def test_bench_help_lists_only_the_flags_it_honours_with_their_defaults():
     for flag, value in (("--sparsity", "0.5"), ("--lr", "1"), ("--epochs", "3"), ("--at", None)):
         bad = cli(flag, *([value] if value else []), script="bench.py")  # train.py's flags: refused, not ignored
         assert bad.returncode == 2 and bad.stderr.startswith("error: unrecognized arguments: " + flag), bad.stderr
-    bad = cli("--out", "x", script="bench.py")
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--concurrent" in bad.stderr
+    for mixed in (["--out", "x"], ["--compare-eval", "x", "--concurrent", "1"]):  # which mode: never guessed
+        bad = cli(*mixed, script="bench.py")
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and mixed[0] in bad.stderr, bad.stderr
 
 
 def test_bench_packing_sweep_runs_k_processes_at_once_and_writes_the_best_k(tmp_path):
