@@ -191,17 +191,23 @@ def present(runs, names, value):
     return [n for n in names if any(values(runs, s, n, value) for s, v in runs if v == n)]
 
 
-def panel(ax, runs, names, metric, reference=False):
-    """Draw `metric` of each variant against sparsity: the mean over seeds as a line, +-std shaded, each seed a dot;
-    the dense network (0%) as a dashed level line (Fig. 1, 5); with reference, the paper's line dotted. At a single
-    sparsity the variants stand side by side (Fig. A13). Returns the csv rows of what it drew."""
+def panel(ax, runs, names, metric, reference=False, budget=False):
+    """Draw `metric` of each variant against sparsity (or with budget, against the epochs that key the runs): the
+    mean over seeds as a line, +-std shaded, each seed a dot; the dense network (0%) as a dashed level line (Fig. 1,
+    5); with reference, the paper's line dotted. At a single sparsity the variants stand side by side (Fig. A13).
+    Returns the csv rows of what it drew."""
     (label, value), reference = metric, reference and metric is ACCURACY
     names, rows = present(runs, names, value), []
     levels = sorted({s for s, v in runs if s > 0 and v in names})
     for i, name in enumerate(names):
         points = [(s, values(runs, s, name, value)) for s in levels]
-        points = [(100 * statistics.mean(r["sparsity"] for r in runs[s, name]), found) for s, found in points if found]
-        x = [p for p, _ in points] if len(levels) > 1 else [i] * len(points)
+        points = [(s, found) for s, found in points if found]
+        if budget:
+            x = [e for e, _ in points]
+        elif len(levels) > 1:
+            x = [100 * statistics.mean(r["sparsity"] for r in runs[s, name]) for s, _ in points]
+        else:
+            x = [i] * len(points)
         means = [statistics.mean(found.values()) for _, found in points]
         spread = [statistics.stdev(found.values()) if len(found) > 1 else 0 for _, found in points]
         ax.plot(x, means, "o-", label=name.replace("+", " + "), color=f"C{i}")
@@ -220,7 +226,12 @@ def panel(ax, runs, names, metric, reference=False):
             for r in runs.get((s, name), [])
             if value(r) is not None
         ]
-    if len(levels) > 1:
+    if budget:
+        ax.set(xlabel="epochs", xscale="log", xlim=(min(levels) / 1.3, max(levels) * 1.3))
+        ax.set_xticks(levels, [str(e) for e in levels])
+        ax.minorticks_off()
+        ax.legend(fontsize=7)
+    elif len(levels) > 1:
         ax.set(xlabel="sparsity (%); dashed: the dense network" + ("; dotted: the paper" if reference else ""))
         ax.legend(fontsize=7)
     else:
@@ -231,12 +242,13 @@ def panel(ax, runs, names, metric, reference=False):
     return rows
 
 
-def figure(runs, panels, metric, title, path, reference, paired_view=False):
+def figure(runs, panels, metric, title, path, reference, paired_view=False, budget=False):
     """Panels side by side, one per list of variants (`panel`), and with paired_view one more: each variant's paired
-    difference to LTH (same ticket) against sparsity, or side by side at a single sparsity. Its numbers go beside."""
+    difference to LTH (same ticket) against sparsity (or the budget), or side by side at a single sparsity. Its
+    numbers go beside."""
     fig = Figure(figsize=(5.5 * (len(panels) + paired_view), 4.5), layout="constrained")
     axes = fig.subplots(1, len(panels) + paired_view, squeeze=False)[0]
-    rows = sorted({row for ax, names in zip(axes, panels) for row in panel(ax, runs, names, metric, reference)})
+    rows = sorted({row for ax, names in zip(axes, panels) for row in panel(ax, runs, names, metric, reference, budget)})
     if paired_view:  # x: the sparsities (each variant a little apart), or at a single one the variants
         names, levels = [n for n in variants(runs) if n != "LTH"], sorted({s for s, _ in runs})
         series = []
@@ -246,14 +258,14 @@ def figure(runs, panels, metric, title, path, reference, paired_view=False):
                 (j + offset, differences(values(runs, s, name), values(runs, s, "LTH"))) for j, s in enumerate(levels)
             ]
             series.append((name, f"C{i + 1}", [(x, d) for x, d in points if d]))
-        paired_panel(axes[-1], series, "sparsity (%)" if len(levels) > 1 else "")
+        paired_panel(axes[-1], series, ("epochs" if budget else "sparsity (%)") if len(levels) > 1 else "")
         if len(levels) > 1:
             axes[-1].set(xlim=(-0.5, len(levels) - 0.5))
-            axes[-1].set_xticks(range(len(levels)), [f"{100 * s:.1f}" for s in levels])
+            axes[-1].set_xticks(range(len(levels)), [str(s) if budget else f"{100 * s:.1f}" for s in levels])
         else:
             axes[-1].set_xticks(range(len(names)), [n.replace("+", " + ") for n in names], rotation=30, ha="right")
     fig.suptitle(title)
-    write(fig, "target_sparsity,variant,seed,sparsity_pct," + metric[0], rows, path)
+    write(fig, ("epochs" if budget else "target_sparsity") + ",variant,seed,sparsity_pct," + metric[0], rows, path)
 
 
 def paired_panel(ax, series, xlabel):
@@ -382,34 +394,12 @@ def budget_section(groups, dense, out):
         ]
         by_rung = {((s, e), v): found for e, runs in rungs.items() for (s, v), found in runs.items() if s > 0}
         md.append(table(by_rung, None, "sparsity, budget", lambda key: f"{100 * key[0]:.1f}%, {key[1]} epochs") + "\n")
-        budget_figure(rungs, levels, title, os.path.join(out, f"{name}.png"))
-        md += [f"![{title}]({name}.png)\n"]
+        for s in levels:  # one figure per sparsity: accuracy and the paired differences against the budget
+            at = {(e, v): found for e, runs in rungs.items() for (t, v), found in runs.items() if t == s}
+            png, shown = f"{name}_s{100 * s:.1f}.png", f"{title}, {100 * s:.1f}% sparse"
+            figure(at, [variants(at)], ACCURACY, f"the budget: {shown}", os.path.join(out, png), False, True, True)
+            md.append(f"![the budget: {shown}]({png})\n")
     return md
-
-
-def budget_figure(rungs, levels, title, path):
-    """The paired differences to LTH against the budget (epochs, log scale), one panel per sparsity."""
-    fig = Figure(figsize=(5.5 * len(levels), 4.5), layout="constrained")
-    names = [n for n in variants({k: 0 for runs in rungs.values() for k in runs}) if n != "LTH"]
-    rows = []
-    for ax, s in zip(fig.subplots(1, len(levels), squeeze=False)[0], levels):
-        series = []
-        for i, name in enumerate(names):
-            points = []
-            for e, runs in rungs.items():
-                accs, base = values(runs, s, name), values(runs, s, "LTH")
-                d = differences(accs, base)
-                rows += [f"{e},{s},{name},{seed},{x:.3f}" for seed, x in zip(sorted(set(accs) & set(base)), d)]
-                if d:
-                    points.append((e * 1.04 ** (i - (len(names) - 1) / 2), d))  # variants side by side
-            series.append((name, f"C{i + 1}", points))
-        paired_panel(ax, series, "epochs: the dense network, its ticket and each spend")
-        ax.set(xscale="log", title=f"{100 * s:.1f}% sparse: seeds, mean, 95% interval")
-        ax.set(xlim=(min(rungs) / 1.3, max(rungs) * 1.3))
-        ax.set_xticks(list(rungs), [str(e) for e in rungs])
-        ax.minorticks_off()
-    fig.suptitle(f"the budget: {title}")
-    write(fig, "epochs,target_sparsity,variant,seed,difference to LTH (pp)", rows, path)
 
 
 @command

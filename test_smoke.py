@@ -1051,10 +1051,13 @@ def test_report_budget_view_pairs_each_rung_and_shows_convergence(tmp_path):
     assert "| 15 epochs | 90.00 ± 0.00 | 90.00 ± 0.00 | 8.00 ± 0.00 |" in "\n".join(md)  # epochs 12 -> 15: 3 x 2.67
     assert "## resnet18 on cifar100, imp masks, 15 epochs" in md  # each rung keeps its own tables and plots
     assert (tmp_path / "rep" / "acc_cifar100_resnet18_imp_e15.png").exists()
-    rows = (tmp_path / "rep" / "budget_cifar100_resnet18_imp.csv").read_text().splitlines()
-    assert rows[0] == "epochs,target_sparsity,variant,seed,difference to LTH (pp)" and len(rows) == 1 + 9
-    assert {"5,0.914,LTH+AT,3,3.000", "15,0.914,LTH+AT,1,0.000", "15,0.972,LTH+AT,2,-1.000"} <= set(rows)
-    assert (tmp_path / "rep" / "budget_cifar100_resnet18_imp.png").stat().st_size > 10_000
+    rows = (tmp_path / "rep" / "budget_cifar100_resnet18_imp_s91.4.csv").read_text().splitlines()
+    assert rows[0] == "epochs,variant,seed,sparsity_pct,test accuracy (%)" and len(rows) == 1 + 2 * 2 * 3
+    assert {"5,LTH+AT,3,91.500,85.000", "15,LTH+AT,1,91.500,85.000", "15,LTH,2,91.500,86.000"} <= set(rows)
+    high = (tmp_path / "rep" / "budget_cifar100_resnet18_imp_s97.2.csv").read_text().splitlines()
+    assert len(high) == 1 + 2 * 3 and "15,LTH+AT,2,97.300,69.000" in high
+    assert (tmp_path / "rep" / "budget_cifar100_resnet18_imp_s91.4.png").stat().st_size > 10_000
+    assert "![the budget: resnet18 on cifar100, imp masks, 97.2% sparse](budget_cifar100_resnet18_imp_s97.2.png)" in md
 
 
 def test_report_explains_a_wrong_folder_writes_inside_the_runs_folder_and_clears_stale_files(tmp_path):
