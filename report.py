@@ -9,7 +9,6 @@ Fig. A11) and the landscape.py plots in --out. ResNet-18 on CIFAR-100 carries th
 """
 
 import csv
-import functools
 import glob
 import io
 import math
@@ -18,6 +17,7 @@ import pathlib
 import statistics
 
 from matplotlib.figure import Figure  # no pyplot: headless, no global state
+from scipy.stats import t as student_t
 
 from models import BadInput
 from runs import Parser, command, read_json, save, variant
@@ -85,29 +85,6 @@ def gather(root):
     return groups, curves, dense
 
 
-@functools.cache
-def t_quantile(p, df):
-    """The p-quantile (p > 0.5) of Student's t with df degrees of freedom, by bisection on its CDF: the density
-    Gamma((df+1)/2) / (sqrt(df pi) Gamma(df/2)) * (1 + x^2/df)^(-(df+1)/2), integrated from 0 by Simpson's rule."""
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def density(x):
-        return math.exp(log_c - (df + 1) / 2 * math.log1p(x * x / df))
-
-    def cdf(x, n=2000):
-        weights = [1 if i in (0, n) else 4 if i % 2 else 2 for i in range(n + 1)]
-        return 0.5 + x / n / 3 * sum(w * density(i * x / n) for i, w in enumerate(weights))
-
-    lo, hi = 0.0, 1000.0
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        if cdf(mid) < p:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
 def differences(accs, base):
     """Paired by seed, i.e. by ticket: acc_i - acc_LTH_i for each seed i both {seed: accuracy} dicts have."""
     return [accs[seed] - base[seed] for seed in sorted(set(accs) & set(base))]
@@ -117,7 +94,7 @@ def paired(d):
     """The mean d of the paired differences d_i and the half-width of its 95% confidence interval,
     t(0.975, n - 1) * s_d / sqrt(n), s_d the sample std of the n differences: (d, half-width or None for n = 1, n)."""
     if d:
-        half = t_quantile(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None
+        half = student_t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None
         return statistics.mean(d), half, len(d)
 
 

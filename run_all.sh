@@ -75,7 +75,7 @@ PY=${PYTHON:-.venv/bin/python}
 
 setup() {
   if [ -n "${PYTHON:-}" ]; then return; fi  # the caller's interpreter: nothing to install
-  if [ ! -x $PY ] || ! $PY -c "import torch, torchvision, matplotlib, pytest, ruff" 2>/dev/null; then
+  if [ ! -x $PY ] || ! $PY -c "import torch, torchvision, matplotlib, scipy, pytest, ruff" 2>/dev/null; then
     echo "setting up .venv (first run only)..."
     python3 -m venv .venv
     .venv/bin/pip install -q -r requirements.txt
