@@ -13,7 +13,7 @@
 # Options (in any order): --jobs N (concurrent runs in all; default: GPUs x --per-gpu), --per-gpu K (runs at once
 #          on each GPU, default 1), --seeds "42 1099 5469" (--quick: 42; --study: 1 to 5), --parts "fig2 a4" (which
 #          tables/figures, default all: see PARTS), --arch A --dataset D (Fig. 5 cells to run), --epochs E (default
-#          180), --budget "15 5" (--study: the rungs of its ladder, default 45 15 5 epochs). Re-running skips every
+#          180), --budget "15 5" (--study: the rungs of its ladder, default 30 15 5 epochs). Re-running skips every
 #          finished run and analysis output, so a killed reproduction resumes.
 # Each run's train.py output goes to train.log in its run folder (appended when it resumes); the runner prints a
 # line when a run starts and one when it ends: the jobs left, and the time they take at this runner's pace so far.
@@ -27,7 +27,7 @@ cd "$(dirname "$0")"
 # The paper's tables and figures, one part each (README, "Reproduction": figure -> part -> command -> output file)
 ALL_PARTS="a2 a3 a4 fig1 fig2 fig4 fig5 fig6 fig7 fig8 fig9 fig10 figA11 figA12 figA13 tableA1 skipproj"
 MODE=run SET=full SEEDS="" FULL_ONLY="" PARTS=$ALL_PARTS EPOCHS=180 JOBS="" PER_GPU=1 CELL_ARCH="" CELL_DATASET=""
-BUDGETS="45 15 5"  # the study's ladder: epochs per rung, longest first
+BUDGETS="30 15 5"  # the study's ladder: epochs per rung, longest first (RESULTS.md: why 30, not 45)
 MEASURED=runs/gpu_check/seconds_per_epoch  # by --gpu-check: ResNet-18 + AT + TRT, 45,000 CIFAR-shaped images, alone
 PACKED=runs/gpu_check/packing  # by --gpu-check's sweep (bench.py --concurrent): "K S mps|plain", the best K runs at
                                # once per GPU and S GPU-seconds per epoch of a run there (with CUDA MPS or without)
@@ -158,17 +158,18 @@ quick_jobs() {  # the study's kind of ticket (one-shot, 91.4%), smaller: LTH vs 
 
 # The CPU study (RESULTS.md, "The CPU study"): every tweak against LTH on the same OMP tickets per seed, Fashion-MNIST,
 # ResNet-20, on a ladder of budgets (--budget E: the dense network, its tickets and every spend trained E epochs).
-# Two tickets per seed and rung, one-shot from the same dense network: 91.4% (IMP level 11) and 97.2% (level 16).
+# Tickets one-shot from the same dense network: 91.4% (IMP level 11) at every rung, 97.2% (level 16) at 15 epochs.
 STUDY_914=("--at --trt" "--trt" "--scale-init" "" "--skip-proj" "--at" "--skip" "--swish" "--ls 0.1")  # longest first
 STUDY_972=("--at --trt" "--trt" "" "--at" "--ls 0.1")
-STUDY_914_AT_45=("--at --trt" "--trt" "" "--skip-proj" "--at" "--ls 0.1")  # what the 45-epoch rung affords
+STUDY_914_AT_30=("--at --trt" "--trt" "" "--skip-proj" "--at" "--ls 0.1")  # what the 30-epoch rung affords
 study_jobs() {
   local e v seed RUNG
   for e in $BUDGETS; do
     local base="--dataset fashionmnist --arch resnet20 --epochs $e --subset 10000 --prune omp"
     RUNG=$([ "$e" = 5 ] || echo "e$e/")  # the 5-epoch rung keeps its folders: its finished runs are reused
-    local at914=("${STUDY_914[@]}") at972=("${STUDY_972[@]}")
-    if [ "$e" = 45 ]; then at914=("${STUDY_914_AT_45[@]}") at972=(); fi
+    local at914=("${STUDY_914[@]}") at972=()
+    if [ "$e" = 15 ]; then at972=("${STUDY_972[@]}"); fi
+    if [ "$e" = 30 ]; then at914=("${STUDY_914_AT_30[@]}"); fi
     for v in "${at914[@]}"; do for seed in $SEEDS; do job "$seed" 0.914 "$base" $v; done; done  # seeds interleaved:
     for v in "${at972[@]}"; do for seed in $SEEDS; do job "$seed" 0.972 "$base" $v; done; done  # each core its draw
   done
