@@ -57,11 +57,9 @@ SKIP_COLUMNS = [
 
 
 def gather(root):
-    """({(dataset, arch, masks, epochs): {(target sparsity, variant): [each seed's results]}}, the same for Fig. A11's
-    runs, {(dataset, arch, epochs): [each draw's dense network's results]}), each result with its seed, its
-    metrics.csv rows and the hessian.json of `landscape.py eigenvalue`, if any. A run that recorded the Hessian every
-    epoch (--hessian-every) is a re-training for Fig. A11, not one more seed. Runs without epochs in config.json have
-    0 there."""
+    """({(dataset, arch, masks, epochs or 0): {(target sparsity, variant): [each seed's results]}}, the same for Fig.
+    A11's runs, {(dataset, arch, epochs): [the draws' dense networks' results]}), each result with its seed, metrics.csv
+    rows and `landscape.py eigenvalue`'s hessian.json. A --hessian-every run is Fig. A11's, not one more seed."""
     groups, curves, dense = {}, {}, {}
     for path in sorted(glob.glob(os.path.join(root, "**", "results.json"), recursive=True)):
         folder = pathlib.Path(path).parent
@@ -153,10 +151,8 @@ def table(runs, columns=None, rows="sparsity", label=None):
 def activation_columns(runs, key):
     """Table A1's columns: per stage, LTH (ReLU) and LTH+Swish, the % of activations counted by `key` in results.json
     (activation_sparsity: |a| <= 1e-2, the paper's count; activation_zeros: exactly 0)."""
-    stages = sorted(
-        {stage for found in runs.values() for r in found for stage in r.get(key, {})},
-        key=lambda stage: (stage != "stem", stage),
-    )  # stem, layer1, layer2, ...
+    found = {stage for results in runs.values() for r in results for stage in r.get(key, {})}
+    stages = sorted(found, key=lambda stage: (stage != "stem", stage))  # stem, layer1, layer2, ...
     return [
         (f"{stage} {act}", v, lambda r, stage=stage: 100 * r[key][stage])
         for stage in stages
@@ -169,10 +165,9 @@ def present(runs, names, value):
 
 
 def panel(ax, runs, names, metric, reference=False, budget=False):
-    """Draw `metric` of each variant against sparsity (or with budget, against the epochs that key the runs): the
-    mean over seeds as a line, +-std shaded, each seed a dot; the dense network (0%) as a dashed level line (Fig. 1,
-    5); with reference, the paper's line dotted. At a single sparsity the variants stand side by side (Fig. A13).
-    Returns the csv rows of what it drew."""
+    """Draw `metric` of each variant against sparsity (with budget: the epochs that key the runs): the mean over seeds
+    as a line, +-std shaded, each seed a dot; the dense network (0%) a dashed level line (Fig. 1, 5); with reference
+    the paper's line dotted; at one sparsity the variants side by side (Fig. A13). Returns the csv rows it drew."""
     (label, value), reference = metric, reference and metric is ACCURACY
     names, rows = present(runs, names, value), []
     levels = sorted({s for s, v in runs if s > 0 and v in names})
@@ -221,8 +216,7 @@ def panel(ax, runs, names, metric, reference=False, budget=False):
 
 def figure(runs, panels, metric, title, path, reference, paired_view=False, budget=False):
     """Panels side by side, one per list of variants (`panel`), and with paired_view one more: each variant's paired
-    difference to LTH (same ticket) against sparsity (or the budget), or side by side at a single sparsity. Its
-    numbers go beside."""
+    difference to LTH (same ticket) by sparsity (or budget), or side by side at one sparsity. Its numbers beside."""
     fig = Figure(figsize=(5.5 * (len(panels) + paired_view), 4.5), layout="constrained")
     axes = fig.subplots(1, len(panels) + paired_view, squeeze=False)[0]
     rows = sorted({row for ax, names in zip(axes, panels) for row in panel(ax, runs, names, metric, reference, budget)})
@@ -341,18 +335,15 @@ def final_lr_rise(r):
 
 
 def budget_section(groups, dense, out):
-    """The budget view (the study's ladder), for each (dataset, arch, masks) trained at several budgets: how far from
-    convergence each rung is (the dense network's and LTH's accuracy, their last epoch's train accuracy and its rise
-    at the final lr), then each variant's paired difference to LTH per sparsity and budget (a table, one sentence
-    per variant and rung) and one plot with a panel per sparsity."""
+    """The budget view (the study's ladder) of each (dataset, arch, masks) trained at several budgets: how converged
+    each rung is (dense network and LTH), each variant's paired difference to LTH per sparsity and budget (a table
+    and a sentence each), and per sparsity a figure against the budget."""
     ladders = {}
     for (dataset, arch, masks, epochs), runs in sorted(groups.items()):
         if epochs:
             ladders.setdefault((dataset, arch, masks), {})[epochs] = runs
     md = []
-    for (dataset, arch, masks), rungs in ladders.items():
-        if len(rungs) < 2:
-            continue
+    for (dataset, arch, masks), rungs in [(key, rungs) for key, rungs in ladders.items() if len(rungs) > 1]:
         title, name = f"{arch} on {dataset}, {masks} masks", f"budget_{dataset}_{arch}_{masks}"
         levels = sorted({s for runs in rungs.values() for s, _ in runs if s > 0})
         lth = {s: f"LTH {100 * s:.1f}%" for s in levels}
@@ -390,15 +381,13 @@ def main(argv=None):
     out = args.out or os.path.join(args.runs, "report")
     groups, curve_groups, dense = gather(args.runs)
     if not groups and not curve_groups:
-        raise BadInput(
-            f"{args.runs}: no finished run of train.py in it (a finished run has config.json and results.json)"
-        )
+        raise BadInput(f"{args.runs}: no finished train.py run in it (one with config.json and results.json)")
     for stale in glob.glob(os.path.join(out, ".tmp-*")):
         os.remove(stale)  # half-written by a killed report.py or landscape.py
     md = [
         f"# Results gathered from {args.runs}\n",
-        "Test accuracy (%) of the best-validation checkpoint, mean ± std "
-        "over seeds, (paired difference to LTH on the same ticket, seed by seed [95% t-interval over seeds]).\n",
+        "Test accuracy (%) of the best-validation checkpoint, mean ± std over "
+        "seeds, (paired difference to LTH on the same ticket, seed by seed [95% t-interval over seeds]).\n",
     ]
     for key, runs in sorted(groups.items()):
         md += group_section(key, runs, out)
