@@ -219,6 +219,8 @@ count() {
 }
 
 GPUS=$( (nvidia-smi -L 2>/dev/null || true) | grep -c GPU || true)
+VISIBLE=($(seq 0 $((GPUS - 1))))
+if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then VISIBLE=(${CUDA_VISIBLE_DEVICES//,/ }) GPUS=${#VISIBLE[@]}; fi  # the caller's GPUs
 SLOTS=${JOBS:-$(( (GPUS > 0 ? GPUS : 1) * PER_GPU ))}
 if [ $SET = study ] && [ -z "$JOBS" ] && [ "$GPUS" = 0 ]; then SLOTS=$(nproc); fi  # CPU: one run per core
 
@@ -232,7 +234,7 @@ run_list() {
     (while { flock 9; read -r i < "$next"; echo $((i + 1)) > "$next"; } 9< "$next"; ((i < ${#jobs[@]})); do
        [[ " ${jobs[i]} " =~ \ --out\ ([^ ]+)\  ]]  # every job names its folder (checked for --jobs-from)
        out=${BASH_REMATCH[1]} tag="[$((i + 1))/${#jobs[@]}]"
-       if [ "$GPUS" -gt 1 ]; then export CUDA_VISIBLE_DEVICES=$((slot % GPUS)); fi
+       if [ "$GPUS" -gt 1 ]; then export CUDA_VISIBLE_DEVICES=${VISIBLE[slot % GPUS]}; fi
        if ! claim "$out"; then settle - > /dev/null; continue; fi  # finished, or another runner trains it: quietly
        echo "$tag start: $out (log: $out/train.log)"
        echo "# $(date '+%F %T') train.py ${jobs[i]}" >> "$out/train.log"
@@ -310,7 +312,12 @@ has() { case " $PARTS " in *" $1 "*) ;; *) return 1 ;; esac; }
 # --gpu-check: each part under its own time limit; a failed part is named and the next one runs. Prints plain
 # lines for the README. Without a GPU it says so, runs the parts a CPU can (smaller), and exits 0.
 gpu_check() {
-  local dir=runs/gpu_check/work failed="" t0 device=cuda arch=resnet18 gpu=yes
+  local dir=runs/gpu_check/work failed="" t0 device=cuda arch=resnet18
+  pack() {  # pack K NAME: K runs of $setting at once on GPU 0 through the runner, in $dir/packing/NAME/run<i>
+    local i
+    for ((i = 1; i <= $1; i++)); do echo "$setting --runs $dir/packing/runs --out $dir/packing/$2/run$i"; done > $dir/$2
+    part "packing-$2" 300 env CUDA_VISIBLE_DEVICES=0 ./run_all.sh --jobs-from $dir/$2 --jobs "$1"
+  }
   part() {  # part NAME SECONDS COMMAND...
     echo "== $1"; t0=$(date +%s)
     if timeout "$2" "${@:3}"; then echo "-- $1: ok, $(( $(date +%s) - t0 )) s"
@@ -330,20 +337,28 @@ print('GPU:', torch.cuda.get_device_name() if c else 'none found (torch.cuda.is_
       tail -1 $dir/epoch/metrics.csv | cut -d, -f7 | tr -d '\r' > $MEASURED
       echo "seconds per epoch, ResNet-18 + AT + TRT at 91% on 45,000 CIFAR-shaped images, batch 128: $(cat $MEASURED)"
     fi
-    part evaluation-bf16 120 $PY bench.py --compare-eval $dir/epoch --device cuda  # its test accuracy, float32 vs bf16
-    # K runs at once on the GPU (CUDA MPS too where it is installed): each the setting above, 100 timed steps
-    part packing 480 $PY bench.py --arch resnet18 --dataset synthetic-cifar100 --subset 0 --batch-size 128 \
-      --device cuda --steps 100 --concurrent 1 2 4 8 --out $PACKED
+    part evaluation-bf16 5 grep -E '"test_acc(_float32)?"' $dir/epoch/results.json  # its test accuracy in bf16, float32
+    # the packing sweep: K runs of that setting at once on one GPU through the runner, as --per-gpu K trains
+    local setting="--dataset synthetic-cifar100 --arch resnet18 --epochs 2 --prune random --sparsity 0.91 --at --trt" k
+    for k in 1 2 4 8; do pack "$k" "K$k"; done
+    if command -v nvidia-cuda-mps-control >/dev/null; then  # again under CUDA MPS, with a daemon of the check's own
+      export CUDA_MPS_PIPE_DIRECTORY=$dir/mps CUDA_MPS_LOG_DIRECTORY=$dir/mps
+      mkdir -p $dir/mps
+      if nvidia-cuda-mps-control -d; then
+        echo "CUDA MPS: used for K2-mps, K4-mps, K8-mps"
+        for k in 2 4 8; do pack "$k" "K$k-mps"; done
+        echo quit | nvidia-cuda-mps-control
+      else echo "CUDA MPS: not used (nvidia-cuda-mps-control -d failed)"; fi
+      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    else echo "CUDA MPS: not used (no nvidia-cuda-mps-control)"; fi
+    part packing 60 $PY bench.py --packing $dir/packing $PACKED
   else
-    device="cpu --subset 300" arch=resnet20 gpu=""
+    device="cpu --subset 300" arch=resnet20
     echo "no GPU found: skipping the GPU benchmarks; the end-to-end parts run on the CPU (ResNet-20, 270 images)"
   fi
   local small="--dataset synthetic --arch $arch --device $device --runs $dir/runs"
   part signature 240 $PY train.py $small --epochs 1 --sparsity 0.91 --skip --swish --ls 0.1 --out $dir/signature
   part signature-zeros 5 grep '"pruned_nonzero": 0,' $dir/signature/results.json  # pruned weights exactly zero
-  if [ -z "$gpu" ]; then  # the GPU compares on the run of the paper's setting above; here the code path, on the CPU
-    part evaluation-bf16 120 $PY bench.py --compare-eval $dir/signature --device cpu
-  fi
   local same="--epochs 2 --prune random --sparsity 0.5 --at --deterministic"
   export CUBLAS_WORKSPACE_CONFIG=:4096:8  # what --deterministic needs of cuBLAS
   part plain 240 $PY train.py $small $same --out $dir/plain
