@@ -36,10 +36,8 @@ def hessian_operator(model, loss_fn, batches, params, keep):
     def matvec(v):
         v, out = project(v, keep), [torch.zeros_like(p) for p in params]
         for g in grads:  # d(g.v)/dw = H v
-            out = [
-                o + h
-                for o, h in zip(out, torch.autograd.grad(dot(g, v), params, retain_graph=True, materialize_grads=True))
-            ]
+            hv = torch.autograd.grad(dot(g, v), params, retain_graph=True, materialize_grads=True)
+            out = [o + h for o, h in zip(out, hv)]
         return project(out, keep)
 
     return matvec

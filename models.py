@@ -117,12 +117,8 @@ def network(layers, width, num_classes, stem=None):
     """The network: stages layer1..layerN (after a ResNet's stem + ReLU), average pooling, a linear classifier."""
     head = [("stem", stem), ("act", nn.ReLU())] if stem is not None else []
     named = head + [(f"layer{i + 1}", stage) for i, stage in enumerate(layers)]
-    return nn.Sequential(
-        OrderedDict(
-            named
-            + [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(width, num_classes))]
-        )
-    )
+    tail = [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(width, num_classes))]
+    return nn.Sequential(OrderedDict(named + tail))
 
 
 def conv_act(cin, cout, kernel, stride=1, groups=1, skippable=True):

@@ -54,9 +54,8 @@ def keep_count(weights, sparsity):
 def imp_step(weights, mask):
     """One IMP level (Frankle & Carbin 2019; §3): prune 20% of the surviving weights by global magnitude."""
     alive = sum(int(m.sum()) for m in mask.values())  # global magnitude: the largest |w| the mask still keeps
-    return keep_top(
-        {n: torch.where(mask[n], w.detach().abs(), -1.0) for n, w in weights.items()}, round(alive * (1 - IMP_RATE))
-    )
+    scores = {n: torch.where(mask[n], w.detach().abs(), -1.0) for n, w in weights.items()}
+    return keep_top(scores, round(alive * (1 - IMP_RATE)))
 
 
 def omp(weights, sparsity):
@@ -86,9 +85,8 @@ def snip(model, batches, sparsity, linear=False):
     net = copy.deepcopy(model).eval().requires_grad_(True)
     weights = prunable(net, linear)
     g = loss_grad(net, weights, batches)
-    return keep_top(
-        {n: (gi * w).abs().detach() for (n, w), gi in zip(weights.items(), g)}, keep_count(weights, sparsity)
-    )
+    scores = {n: (gi * w).abs().detach() for (n, w), gi in zip(weights.items(), g)}
+    return keep_top(scores, keep_count(weights, sparsity))
 
 
 def grasp(model, batches, sparsity, linear=False):
@@ -122,10 +120,8 @@ def synflow(model, sparsity, rounds=100, input_shape=(3, 32, 32), linear=False):
         grads = torch.autograd.grad(net(x).sum(), list(weights.values()))
         scores = {n: (g * w).abs().detach() for (n, w), g in zip(weights.items(), grads)}
         top = max(float(s.max()) for s in scores.values()) or 1.0  # keep_top ranks in fp32: rescale to [0, 1]
-        mask = keep_top(
-            {n: torch.where(mask[n], s / top, -1.0) for n, s in scores.items()},
-            keep_count(weights, 1 - (1 - sparsity) ** (k / rounds)),
-        )
+        alive = {n: torch.where(mask[n], s / top, -1.0) for n, s in scores.items()}
+        mask = keep_top(alive, keep_count(weights, 1 - (1 - sparsity) ** (k / rounds)))
     return mask
 
 

@@ -63,9 +63,9 @@ def scale_init(model, mask, batches, iters=180, lr=1e-2, eta=0.1, gamma=1.0, min
     steps, was_training = [0, 0], model.training
     model.train()
     for _ in range(iters):
-        objective, branch = gradinit_objective(
-            model, params, scales, mask, next(batches), next(batches), lambda: next(batches), eta, gamma
-        )
+        first, second = next(batches), next(batches)
+        fresh = functools.partial(next, batches)  # a third batch, drawn only if the objective needs one
+        objective, branch = gradinit_objective(model, params, scales, mask, first, second, fresh, eta, gamma)
         grads = torch.autograd.grad(objective, list(scales.values()))
         steps[branch] += 1
         with torch.no_grad():
@@ -91,9 +91,8 @@ def gradinit_objective(model, params, scales, mask, first, second, fresh, eta, g
     g/|g|, over eta, the step held constant (first order, as the reference detaches it): only w's scales move it."""
     weights = {n: p * scales[n] if n in scales else p for n, p in params.items()}
     x, y = torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
-    grads = torch.autograd.grad(
-        F.cross_entropy(functional_call(model, weights, (x,)), y), list(weights.values()), create_graph=True
-    )
+    loss = F.cross_entropy(functional_call(model, weights, (x,)), y)
+    grads = torch.autograd.grad(loss, list(weights.values()), create_graph=True)
     grads = [g * mask[n] if n in mask else g for n, g in zip(weights, grads)]
     gnorm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
     if gnorm > gamma:
@@ -106,15 +105,9 @@ def gradinit_objective(model, params, scales, mask, first, second, fresh, eta, g
 
 def kd_loss(student_logits, teacher_logits, temp):
     """Hinton et al. 2015: KL(teacher || student) of the softened distributions, scaled by temp^2."""
-    return (
-        F.kl_div(
-            F.log_softmax(student_logits / temp, 1),
-            F.log_softmax(teacher_logits / temp, 1),
-            reduction="batchmean",
-            log_target=True,
-        )
-        * temp**2
-    )
+    student = F.log_softmax(student_logits / temp, 1)
+    teacher = F.log_softmax(teacher_logits / temp, 1)
+    return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temp**2
 
 
 def make_loss(ls=0.0, teacher=None, kd_temp=4.0, kd_alpha=0.9):
