@@ -49,16 +49,11 @@ def plane_directions(model, mask, seed=0):
     """Two seeded Gaussian directions (drawn on the CPU: alike on every device), masked, filter-normalized."""
     gen = torch.Generator().manual_seed(seed)
     weights = {n: p.detach() for n, p in model.named_parameters()}
-    return [
-        filter_normalize(
-            {
-                n: torch.randn(w.shape, generator=gen).to(w.device) * mask.get(n, 1)  # so the plane
-                for n, w in weights.items()
-            },
-            weights,
-        )
-        for _ in range(2)
-    ]  # keeps the ticket's zeros
+    directions = []
+    for _ in range(2):  # masked: the plane keeps the ticket's zeros
+        direction = {n: torch.randn(w.shape, generator=gen).to(w.device) * mask.get(n, 1) for n, w in weights.items()}
+        directions.append(filter_normalize(direction, weights))
+    return directions
 
 
 def losses_along(model, steps, x, y):
@@ -109,7 +104,7 @@ def activation_sparsity(model, x, threshold=1e-2):
 
 def load_runs(args):
     """[(label, model, mask, ds, test x, y)] per run, and their dataset; bad folders and mixed datasets stop early."""
-    configs = [runs.read_json(os.path.join(r, "config.json")) for r in args.runs]
+    configs = [runs.run_config(r) for r in args.runs]
     datasets = sorted({c["dataset"] for c in configs})
     if len(datasets) > 1:
         raise BadInput(f"the runs are of different datasets ({', '.join(datasets)}): compare runs of one dataset")
@@ -123,25 +118,24 @@ def load_runs(args):
     return loaded, datasets[0]
 
 
+def output_folder(args):
+    """--out's folder, locked while this writes it: the lock's holder removes what a killed writer left (.tmp-*)."""
+    return runs.locked(os.path.dirname(os.path.abspath(args.out)), wait=True)
+
+
 def save_figure(fig, args, loaded, dataset, cost, **arrays):
     """The PNG, and beside it the raw numbers as .npz with what they were measured on; written atomically."""
-    n, png, npz = len(loaded[0][4]), io.BytesIO(), io.BytesIO()
+    n = len(loaded[0][4])
     cost = f"{len(loaded)} runs x {cost} x {n} images"
     fig.suptitle(f"{dataset}: loss on {n} fixed test images")
+    png = io.BytesIO()
     fig.savefig(png, format="png", dpi=120)
-    np.savez(
-        npz,
-        cost=cost,
-        runs=args.runs,
-        labels=[r[0] for r in loaded],
-        dataset=dataset,
-        split="test",
-        images=n,
-        seed=args.seed,
-        **arrays,
-    )
-    for path, buf in ((args.out, png), (os.path.splitext(args.out)[0] + ".npz", npz)):
-        runs.save(buf.getvalue(), path)
+    measured_on = dict(runs=args.runs, labels=[r[0] for r in loaded], dataset=dataset, split="test", images=n)
+    npz = io.BytesIO()
+    np.savez(npz, cost=cost, **measured_on, seed=args.seed, **arrays)
+    with output_folder(args):
+        for path, buf in ((args.out, png), (os.path.splitext(args.out)[0] + ".npz", npz)):
+            runs.save(buf.getvalue(), path)
     print(f"cost: {cost}\nwrote {args.out} and its raw numbers, {os.path.splitext(args.out)[0]}.npz")
 
 
@@ -172,9 +166,8 @@ def eigen(args):
     ax = Figure(figsize=(6.5, 4.3), layout="constrained").subplots()
     for name, model, mask, ds, x, y in loaded:
         batches = hessian.fixed_batches(ds, seed=args.seed)  # training images, as the eigenvalues of Fig. 2, A13
-        value, vector, iters = hessian.top_eigen(
-            model, F.cross_entropy, batches, args.iters, masks=mask, return_iters=True
-        )  # unit norm, zero where the mask prunes
+        top = hessian.top_eigen(model, F.cross_entropy, batches, args.iters, masks=mask, return_iters=True)
+        value, vector, iters = top  # the eigenvector: unit norm, zero where the mask prunes
         products += iters * sum(len(b[1]) for b in batches)
         direction = dict(zip((n for n, _ in model.named_parameters()), vector))  # in model.parameters() order
         lines.append(losses_along(model, [[(float(a), direction)] for a in alphas], x, y))
@@ -182,17 +175,9 @@ def eigen(args):
         ax.plot(alphas, lines[-1], marker=".", label=f"{name}, top eigenvalue {value:.3g}")
     ax.set(xlabel="distance along the top Hessian eigenvector (unit norm)", ylabel="loss (cross-entropy)")
     ax.legend(fontsize=8)
-    save_figure(
-        ax.figure,
-        args,
-        loaded,
-        dataset,
-        f"{args.points} points",
-        alphas=alphas,
-        losses=np.stack(lines),
-        eigenvalues=values,
-        hessian_cost=f"{products:,} image Hessian-vector products (power iterations x images)",
-    )
+    hessian_cost = f"{products:,} image Hessian-vector products (power iterations x images)"
+    arrays = dict(alphas=alphas, losses=np.stack(lines), eigenvalues=values, hessian_cost=hessian_cost)
+    save_figure(ax.figure, args, loaded, dataset, f"{args.points} points", **arrays)
 
 
 def eigenvalue(args):
@@ -203,19 +188,10 @@ def eigenvalue(args):
     model, mask, ds, _ = runs.load_run(args.runs[0], args.data_dir, args.device, args.weights)
     batches = hessian.fixed_batches(ds, args.batches, args.batch_size)
     value, std, values, iters = hessian.per_batch(model, F.cross_entropy, batches, args.iters, args.tol, mask)
-    runs.write_json(
-        dict(
-            top_eigenvalue=value,
-            std=std,
-            per_batch=values,
-            iterations=iters,
-            batches=len(batches),
-            images=sum(len(y) for _, y in batches),
-            run=args.runs[0],
-            weights=args.weights,
-        ),
-        args.out,
-    )
+    images = sum(len(y) for _, y in batches)
+    found = dict(top_eigenvalue=value, std=std, per_batch=values, iterations=iters, batches=len(batches), images=images)
+    with output_folder(args):
+        runs.write_json(dict(found, run=args.runs[0], weights=args.weights), args.out)
     print(f"{args.runs[0]}: top eigenvalue {value:.4g} +- {std:.2g} over {len(batches)} batches -> {args.out}")
 
 
@@ -239,15 +215,10 @@ def parse_args(argv=None):
     a("--weights", default="model.pt", help="which weights of each run: model.pt (final), epoch5.pt (Fig. 4), ...")
     a("--data-dir", default="data")
     args = p.parse_args(argv)
-    if (
-        min(args.images, args.iters, args.batches, args.batch_size) < 1
-        or min(args.grid, args.points) < 2
-        or min(args.span, args.radius, args.tol) <= 0
-    ):
-        p.error(
-            "--images, --iters, --batches, --batch-size must be >= 1, --grid, --points >= 2, and "
-            "--span, --radius, --tol > 0"
-        )
+    if min(args.images, args.iters, args.batches, args.batch_size) < 1:
+        p.error("--images, --iters, --batches, --batch-size must be >= 1")
+    if min(args.grid, args.points) < 2 or min(args.span, args.radius, args.tol) <= 0:
+        p.error("--grid, --points must be >= 2, and --span, --radius, --tol > 0")
     return args
 
 

@@ -1,5 +1,5 @@
 """A run folder on disk and the plumbing around it: atomic writes, safe loads, JSON, the folder lock, rebuilding a
-finished spend, the scripts' Parser, and the helpers that keep torchrun's ranks in step.
+finished spend, the scripts' Parser, signals, and the helpers that keep torchrun's ranks in step.
 
     runs.save(state, "runs/x/model.pt"); state = runs.load("runs/x/model.pt")
     model, mask, ds, config = runs.load_run("runs/x")      # a finished spend of train.py, ready for analysis
@@ -14,8 +14,11 @@ import glob
 import io
 import json
 import os
+import signal
 import sys
 import tempfile
+import textwrap
+import time
 from types import SimpleNamespace
 
 import torch
@@ -35,14 +38,38 @@ class Parser(argparse.ArgumentParser):
         raise BadInput(message)
 
 
+STOP = []  # the signals received (SIGTERM: a scheduler's preemption; SIGINT: Ctrl-C): work stops at its next step
+
+
+class Stopped(Exception):
+    """Work stopped by a signal, what it had done saved where it can be: `command` prints why and exits 143."""
+
+
+def note_signal(signum, frame):
+    if STOP:  # the second signal: stop at once (`save` still removes its temporary file)
+        sys.exit(128 + signum)
+    STOP.append(signum)
+
+
+def stop_on_signals():
+    """SIGTERM and SIGINT ask for a stop (STOP) that training, GradInit and lock waits honour at their next step."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, note_signal)
+
+
 def command(main):
     """Decorates a script's main: a user error (BadInput) or a file it cannot read or write (OSError: missing,
-    read-only, a full disk) is one line on stderr and exit code 2, no traceback; `save` leaves nothing half-written."""
+    read-only, a full disk) is one line on stderr and exit code 2, no traceback; `save` leaves nothing half-written.
+    A stop for a signal (Stopped) is one line (rank 0's) and exit code 143."""
 
     @functools.wraps(main)
     def guarded(*args, **kwargs):
         try:
             return main(*args, **kwargs)
+        except Stopped as e:
+            if rank() == 0:
+                print(e, file=sys.stderr, flush=True)
+            sys.exit(143)
         except (BadInput, OSError) as e:
             message = str(e) if isinstance(e, BadInput) else f"cannot read or write: {e}"
         print(f"error: {message}", file=sys.stderr)
@@ -91,17 +118,17 @@ def save(obj, path):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
+        umask = os.umask(0)  # reading the umask sets it: set it back
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # the umask's mode: mkstemp's 0600, kept by the rename, shuts a group out
         with os.fdopen(fd, "wb") as f:
             f.write(obj.encode() if isinstance(obj, str) else obj)
         os.replace(tmp, path)
     except BaseException as e:
         os.unlink(tmp)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise OSError(
-                e.errno,
-                f"the disk is full: {path} not written (what was written before is intact; "
-                f"free space and run the same command again)",
-            ) from None
+            advice = "what was written before is intact; free space and run the same command again"
+            raise OSError(e.errno, f"the disk is full: {path} not written ({advice})") from None
         raise
     barrier()
 
@@ -122,10 +149,9 @@ def load(path, device="cpu"):
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
     except Exception as e:
-        raise BadInput(
-            f"{path}: not a readable checkpoint of tensors ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:120] if str(e) else ''})"
-        ) from None
+        reason = str(e).split("WeightsUnpickler error:")[-1]  # torch's refusal of pickled code: why, not its advice
+        reason = textwrap.shorten(reason.split(". ")[0], 160, placeholder=" ...")  # one line, cut between words
+        raise BadInput(f"{path}: not a readable checkpoint of tensors ({type(e).__name__}: {reason})") from None
 
 
 def read_json(path):
@@ -141,19 +167,29 @@ def write_json(obj, path):
     save(json.dumps(obj, indent=1, sort_keys=True) + "\n", path)
 
 
+def try_lock(f):
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def locked(folder, wait):
-    """Hold an exclusive lock on a run folder (released by the OS if the process dies). A draw's ticket is
-    waited for (parallel spends share draws); a spend's own folder is refused if another process has it."""
+    """Hold an exclusive lock on a folder (released by the OS if the process dies). A draw's ticket or an output
+    folder is waited for, saying so once, until its holder ends or a signal stops the wait; a spend's own folder is
+    refused if another process has it."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, ".lock"), "w") as f:
-        try:
-            if rank() == 0:  # under torchrun rank 0 holds it for all
-                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise BadInput(
-                f"{folder} is being written by another process; let it finish or choose another --out"
-            ) from None
+        if rank() == 0 and not try_lock(f):  # under torchrun rank 0 holds it for all
+            if not wait:
+                raise BadInput(f"{folder} is being written by another process; let it finish or choose another --out")
+            print(f"waiting for {folder}: another process holds its lock and is writing it", flush=True)
+            while not try_lock(f):
+                if STOP:
+                    raise Stopped(f"stopped by a signal while waiting for {folder}; the same command waits again")
+                time.sleep(1)
         for stale in glob.glob(os.path.join(folder, ".tmp-*")) if rank() == 0 else []:
             os.remove(stale)  # half-written by a killed holder of this lock (SIGKILL skips save's clean-up)
         yield
@@ -171,19 +207,27 @@ def variant(c):
     return (pruner or "LTH") + "".join("+" + p for p in parts) + (" Rewind" if c["rewind_epoch"] is not None else "")
 
 
+def run_config(run_dir):
+    """The config.json of a finished train.py spend; anything else is refused, saying what the folder is."""
+    expected = "expected the --out folder of a finished train.py spend (config.json, results.json, model.pt)"
+    if not os.path.isdir(run_dir):
+        raise BadInput(f"{run_dir}: no such folder; {expected}")
+    if os.path.exists(os.path.join(run_dir, "..", "draw.json")):
+        raise BadInput(f"{run_dir} is a ticket of a draw (its vanilla-LTH training), not a spend: {expected}")
+    if not os.path.exists(os.path.join(run_dir, "config.json")):
+        raise BadInput(f"{run_dir}: not a train.py run (no config.json); {expected}")
+    if not os.path.exists(os.path.join(run_dir, "results.json")):
+        raise BadInput(f"{run_dir}: an unfinished train.py run (no results.json): its command, run again, finishes it")
+    return read_json(os.path.join(run_dir, "config.json"))
+
+
 def load_run(run_dir, data_dir="data", device="cpu", weights="model.pt"):
     """(model with its tweaks and trained weights, in eval mode; mask; dataset; config) of a finished train.py spend."""
-    if not os.path.exists(os.path.join(run_dir, "results.json")):
-        raise BadInput(f"{run_dir}: not a finished run of train.py (no results.json)")
-    config = read_json(os.path.join(run_dir, "config.json"))
+    config = run_config(run_dir)
     ds = data.load(config["dataset"], data_dir, config["subset"], config["seed"], device)
     model = models.get_model(config["arch"], ds["classes"], ds["train"][0].shape[1])
-    mask = prune.check_mask(
-        load(os.path.join(run_dir, "mask.pt"), device),
-        model,
-        f"{run_dir}/mask.pt",
-        config.get("prune_classifier", True),
-    )  # runs older than the option pruned it
+    linear = config.get("prune_classifier", True)  # runs older than the option pruned it
+    mask = prune.check_mask(load(os.path.join(run_dir, "mask.pt"), device), model, f"{run_dir}/mask.pt", linear)
     tweaks.apply(model, SimpleNamespace(**config))  # after the check: a tweak may add weights the mask never covers
     try:
         model.load_state_dict(load(os.path.join(run_dir, weights)))

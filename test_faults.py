@@ -4,8 +4,10 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -282,3 +284,100 @@ def test_a_preempted_run_saves_at_the_next_step_exits_143_and_resumes_there_to_t
     ).read_text().split("\n")[2].split(",")[:6]  # epoch 2's train loss too
     a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("cut", "whole"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- issue 25: every fault has a way out
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 cores shared with other jobs: one thread each is faster
+LTH = ["--epochs", "1", "--prune", "random", "--sparsity", "0.5"]
+
+
+def run(script, *args, env=ONE_THREAD, umask=None):
+    return subprocess.run(
+        [sys.executable, os.path.join(HERE, script), *map(str, args)],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
+    )
+
+
+def start(*args):
+    """train.py in the background, its stdout read line by line."""
+    command = [sys.executable, os.path.join(HERE, "train.py"), *SMALL, *map(str, args)]
+    return subprocess.Popen(
+        command, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD
+    )
+
+
+def read_until(p, text, timeout=300):
+    """Read p's stdout until a line containing `text`; p is killed if it takes longer than `timeout` seconds."""
+    import threading
+
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    try:
+        for line in p.stdout:
+            if text in line:
+                return line
+    finally:
+        timer.cancel()
+    raise AssertionError(f"{text!r} never printed: {p.stderr.read()}")
+
+
+def exit_code_within(p, seconds):
+    """p's exit code if it ends within `seconds`; else None, and p is killed."""
+    try:
+        return p.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        return None
+
+
+def results_without_seconds(path):
+    found = json.loads(path.read_text())
+    return {k: v for k, v in found.items() if "seconds" not in k}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A vanilla LTH spend of a random ticket, trained under umask 022: the draw's ticket folder and the spend."""
+    root = tmp_path_factory.mktemp("finished")
+    r = run("train.py", *SMALL, *LTH, "--runs", root / "runs", "--out", root / "lth", umask=0o022)
+    assert r.returncode == 0, r.stderr
+    return root
+
+
+def test_files_are_created_with_the_umasks_mode(finished):
+    ticket = next((finished / "runs" / "draws").glob("*/random_0.5000"))
+    for f in [*ticket.iterdir(), *(finished / "lth").iterdir()]:
+        if not f.name.startswith("."):
+            assert f.stat().st_mode & 0o777 == 0o644, f
+
+
+def test_a_second_signal_stops_at_once():
+    code = "import runs, time\nruns.stop_on_signals()\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.01)\n"
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=HERE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "ready\n"
+    p.send_signal(signal.SIGINT)  # the first asks for a stop at the next step: this loop has none
+    time.sleep(1)
+    assert p.poll() is None
+    p.send_signal(signal.SIGINT)
+    assert exit_code_within(p, 10) == 130
+
+
+def test_landscape_says_what_a_wrong_folder_is(finished, tmp_path):
+    r = run("landscape.py", "eigenvalue", tmp_path / "missing", "--out", tmp_path / "h.json")
+    assert one_line_error(r, "missing: no such folder", "expected the --out folder of a finished train.py spend")
+    (ticket,) = (finished / "runs" / "draws").glob("*/random_0.5000")
+    r = run("landscape.py", "eigenvalue", ticket, "--out", tmp_path / "h.json")
+    assert one_line_error(r, "is a ticket of a draw", "not a spend"), r.stderr
+
+
+def test_landscape_removes_what_a_killed_writer_left_in_its_output_folder(finished, tmp_path):
+    (tmp_path / ".tmp-killed").write_bytes(b"half")
+    args = ["--batches", "1", "--batch-size", "8", "--iters", "2", "--out", tmp_path / "h.json"]
+    r = run("landscape.py", "eigenvalue", finished / "lth", *args)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "h.json").exists() and not (tmp_path / ".tmp-killed").exists()
