@@ -367,6 +367,13 @@ def test_a_second_signal_stops_at_once():
     assert exit_code_within(p, 10) == 130
 
 
+def test_flags_that_cannot_be_honoured_are_refused(tmp_path):
+    runs_dir = ["--runs", tmp_path / "runs"]
+    assert one_line_error(train(*LTH, "--keep-epochs", "9", *runs_dir), "--keep-epochs", "[1, --epochs=1]")
+    assert one_line_error(train(*LTH, "--hessian-every", "-1", *runs_dir), "--hessian-every")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_landscape_says_what_a_wrong_folder_is(finished, tmp_path):
     r = run("landscape.py", "eigenvalue", tmp_path / "missing", "--out", tmp_path / "h.json")
     assert one_line_error(r, "missing: no such folder", "expected the --out folder of a finished train.py spend")
@@ -381,3 +388,26 @@ def test_landscape_removes_what_a_killed_writer_left_in_its_output_folder(finish
     r = run("landscape.py", "eigenvalue", finished / "lth", *args)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "h.json").exists() and not (tmp_path / ".tmp-killed").exists()
+
+
+def test_help_shows_the_defaults():
+    r = run("train.py", "--help")
+    assert r.returncode == 0
+    assert "(default: 180)" in r.stdout and "(default: 0.1)" in r.stdout and "(default: resnet18)" in r.stdout
+
+
+def test_grasp_scores_each_class_sorted_sample_as_two_halves_as_the_official_code(tmp_path):
+    """alecwangcq/GraSP, pruner/GraSP.py: inputs[:N//2] and inputs[N//2:], each a batch for train-mode BatchNorm."""
+    import data
+    import prune
+    import train as train_module
+
+    args = train_module.parse_args([*SMALL, "--prune", "grasp", "--sparsity", "0.9", "--runs", str(tmp_path)])
+    ds = data.load("synthetic", subset=256)
+    drawn = train_module.Draw(args, ds).draw_mask("grasp_0.9000")
+    model = train_module.new_model(args, ds)
+    x, y = data.balanced_batch(ds, 10, args.seed)
+    halves = prune.grasp(model, [(x[:50], y[:50]), (x[50:], y[50:])], 0.9)
+    whole = prune.grasp(model, [(x, y)], 0.9)
+    assert all(torch.equal(drawn[n], halves[n]) for n in halves)
+    assert not all(torch.equal(drawn[n], whole[n]) for n in whole)  # the two ways differ here: the test can tell

@@ -54,7 +54,13 @@ HOW = ["device", "out", "runs", "data_dir", "deterministic", "compile", "amp", "
 
 def parser():
     p = runs.Parser(description=__doc__.split("\n")[0])
-    a = p.add_argument
+
+    def a(*flags, **options):  # add_argument; --help shows the default where there is one (not a switch's or a list's)
+        if options.get("default") not in (None, []):
+            shown = "(default: %(default)s)"
+            options["help"] = f"{options['help']} {shown}" if "help" in options else shown
+        p.add_argument(*flags, **options)
+
     a("--dataset", default="cifar100", choices=list(data.DATASETS))
     a("--arch", default="resnet18", choices=list(models.ARCHS))
     a("--data-dir", default="data", help="where datasets are found or downloaded")
@@ -119,6 +125,10 @@ def parse_args(argv=None, p=None):
         raise BadInput("--epochs and --batch-size must be >= 1, --subset >= 10")
     if args.rewind_epoch is not None and not 0 <= args.rewind_epoch <= args.epochs:
         raise BadInput(f"--rewind-epoch must be in [0, --epochs={args.epochs}], got {args.rewind_epoch}")
+    if not all(1 <= e <= args.epochs for e in args.keep_epochs):
+        raise BadInput(f"--keep-epochs must be in [1, --epochs={args.epochs}], got {args.keep_epochs}")
+    if args.hessian_every < 0:
+        raise BadInput(f"--hessian-every must be >= 0 (0: never), got {args.hessian_every}")
     if not 0 <= args.ls < 1 or not 0 <= args.kd_alpha <= 1 or args.kd_temp <= 0:
         raise BadInput("--ls must be in [0, 1), --kd-alpha in [0, 1], --kd-temp > 0")
     return args
@@ -482,7 +492,11 @@ class Draw:
                 mask = prune.snip(model, [batch], float(value), linear)
             else:  # GraSP's official configs: 10 images per class; 5 per class, twice, for 100 classes
                 per_class, fetches = (10, 1) if self.ds["classes"] <= 10 else (5, 2)
-                batches = [data.balanced_batch(self.ds, per_class, self.args.seed + i) for i in range(fetches)]
+                batches = []
+                for i in range(fetches):  # each class-sorted sample scored as two batches, as the official code
+                    x, y = data.balanced_batch(self.ds, per_class, self.args.seed + i)
+                    half = len(y) // 2
+                    batches += [(x[:half], y[:half]), (x[half:], y[half:])]
                 mask = prune.grasp(model, batches, float(value), linear)
         return {n: m.cpu() for n, m in mask.items()}
 
