@@ -356,6 +356,100 @@ def test_files_are_created_with_the_umasks_mode(finished):
             assert f.stat().st_mode & 0o777 == 0o644, f
 
 
+def test_a_damaged_results_json_of_the_draw_is_not_copied_and_repair_measures_it_again(tmp_path):
+    common = [*LTH, "--deterministic", "--runs", tmp_path / "runs"]
+    assert train(*common, "--out", tmp_path / "first").returncode == 0
+    (ticket,) = (tmp_path / "runs" / "draws").glob("*/random_0.5000")
+    good = (ticket / "results.json").read_bytes()
+    (ticket / "results.json").write_bytes(good[:50])
+    r = train(*common, "--out", tmp_path / "again")
+    assert one_line_error(r, f"{ticket}/results.json", "--repair"), r.stderr
+    assert not (tmp_path / "again" / "results.json").exists()  # nothing damaged is copied
+    r = train(*common, "--out", tmp_path / "again", "--repair")
+    assert r.returncode == 0, r.stderr
+    assert (ticket / "results.json.damaged").read_bytes() == good[:50]
+    measured = {k: v for k, v in json.loads(good).items() if "seconds" not in k}
+    assert results_without_seconds(ticket / "results.json") == measured  # all as training measured it
+    assert results_without_seconds(tmp_path / "again" / "results.json") == measured
+
+
+def test_a_damaged_checkpoint_is_one_whole_line_and_repair_restarts_the_training(tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"model": torch.ones(1000)}, buf)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "checkpoint.pt").write_bytes(buf.getvalue()[:500])  # cut short by a kill
+    spend = [*LTH, "--ls", "0.1", "--runs", tmp_path / "runs", "--out", tmp_path / "out"]
+    r = train(*spend)
+    assert one_line_error(r, "checkpoint.pt", "failed finding central directory", "--repair"), r.stderr
+    assert "If yo" not in r.stderr  # torch's message, no longer cut mid-word
+    r = train(*spend, "--repair")
+    assert r.returncode == 0 and "trains from the start" in r.stderr, r.stderr
+    assert (tmp_path / "out" / "checkpoint.pt.damaged").exists() and (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_last_batch_too_small_for_batchnorm_is_dropped_and_a_batch_size_too_small_refused(tmp_path):
+    """VGG-16 on 16x16 images runs its last stage's BatchNorm at 1x1: a batch of one image cannot be normalized."""
+    vgg = [*LTH, "--arch", "vgg16", "--ls", "0.1", "--runs", tmp_path / "runs"]
+    r = train(*vgg, "--batch-size", "230", "--out", tmp_path / "last1")  # 231 training images: 230, then 1
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = train(*LTH, "--arch", "vgg16", "--batch-size", "1", "--runs", tmp_path / "r1", "--out", tmp_path / "b1")
+    assert one_line_error(r, "--batch-size 1", "vgg16", ">= 2"), r.stderr
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "b1").exists()
+
+
+def test_a_mask_that_keeps_no_weight_in_a_layer_is_refused(tmp_path):
+    import models
+    import prune
+
+    mask = prune.ones_mask(models.get_model("resnet20", 10))
+    mask["layer2.0.unit1.conv.weight"][:] = False
+    torch.save(mask, tmp_path / "one_empty.pt")
+    torch.save({n: torch.zeros_like(m) for n, m in mask.items()}, tmp_path / "all_empty.pt")
+    r = train("--epochs", "1", "--mask", tmp_path / "one_empty.pt", "--runs", tmp_path / "runs")
+    assert one_line_error(r, "keeps no weight of layer2.0.unit1.conv.weight:"), r.stderr
+    r = train("--epochs", "1", "--mask", tmp_path / "all_empty.pt", "--runs", tmp_path / "runs")
+    assert one_line_error(r, "keeps no weight of any of its layers"), r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_divergence_in_the_first_epoch_names_no_checkpoint(tmp_path):
+    r = train("--epochs", "1", "--lr", "1e30", "--runs", tmp_path / "runs", "--out", tmp_path / "run")
+    assert r.returncode == 3 and "diverged" in r.stderr, r.stderr
+    assert "checkpoint is" not in r.stderr and "no checkpoint was saved" in r.stderr
+
+
+def test_a_signal_stops_gradinit_at_once(tmp_path):
+    p = start(
+        *LTH, "--scale-init", "--scale-init-iters", "100000", "--runs", tmp_path / "runs", "--out", tmp_path / "o"
+    )
+    read_until(p, "=== spend")
+    time.sleep(2)  # inside GradInit
+    p.terminate()
+    assert exit_code_within(p, 60) == 143
+    stderr = p.stderr.read()
+    assert stderr.count("\n") == 1 and "during GradInit" in stderr, stderr
+
+
+def test_a_spend_waiting_for_its_draw_says_so_and_a_signal_stops_the_wait(tmp_path):
+    import fcntl
+
+    import train as train_module
+
+    args = train_module.parse_args([*SMALL, *LTH, "--runs", str(tmp_path / "runs")])
+    key = {k: getattr(args, k) for k in train_module.RECIPE}
+    ticket = tmp_path / "runs" / "draws" / f"synthetic_resnet20_seed42_{train_module.short_hash(key)}" / "random_0.5000"
+    ticket.mkdir(parents=True)
+    with open(ticket / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process trains the ticket
+        p = start(*LTH, "--runs", tmp_path / "runs", "--out", tmp_path / "o")
+        assert str(ticket) in read_until(p, "waiting for")
+        p.terminate()
+        assert exit_code_within(p, 30) == 143
+    assert "while waiting for" in p.stderr.read()
+
+
 def test_a_second_signal_stops_at_once():
     code = "import runs, time\nruns.stop_on_signals()\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.01)\n"
     p = subprocess.Popen([sys.executable, "-c", code], cwd=HERE, stdout=subprocess.PIPE, text=True)
@@ -367,11 +461,70 @@ def test_a_second_signal_stops_at_once():
     assert exit_code_within(p, 10) == 130
 
 
+def test_a_stop_during_the_final_evaluation_exits_143_and_the_rerun_finishes(tmp_path, monkeypatch):
+    import data
+    import runs
+    import train as train_module
+
+    monkeypatch.setattr(runs, "STOP", [])
+    evaluate = data.evaluate
+
+    def signalled_at_test(model, ds, split, *args, **kwargs):  # a SIGTERM that arrives during the test evaluation
+        if split == "test":
+            runs.STOP.append(signal.SIGTERM)
+        return evaluate(model, ds, split, *args, **kwargs)
+
+    monkeypatch.setattr(data, "evaluate", signalled_at_test)
+    spend = [*SMALL, *LTH, "--ls", "0.1", "--deterministic", "--runs", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit) as stopped:
+        train_module.main([*spend, "--out", str(tmp_path / "cut")])
+    assert stopped.value.code == 143
+    assert (tmp_path / "cut" / "checkpoint.pt").exists() and not (tmp_path / "cut" / "results.json").exists()
+    monkeypatch.setattr(data, "evaluate", evaluate)
+    runs.STOP.clear()
+    train_module.main([*spend, "--out", str(tmp_path / "cut")])
+    train_module.main([*spend, "--out", str(tmp_path / "whole")])
+    cut, whole = (results_without_seconds(tmp_path / d / "results.json") for d in ("cut", "whole"))
+    assert cut == whole
+
+
+def test_seconds_count_gradinit_and_give_its_time_beside_them(tmp_path):
+    r = train(*LTH, "--scale-init", "--scale-init-iters", "20", "--runs", tmp_path / "runs", "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    epochs = sum(float(line.split(",")[6]) for line in (tmp_path / "o" / "metrics.csv").read_text().split("\n")[1:-1])
+    assert results["scale_init_seconds"] > 0 and results["seconds"] >= results["scale_init_seconds"] + epochs
+
+
+def test_a_mask_flag_given_weights_or_json_says_what_the_file_is(finished):
+    r = train("--mask", finished / "lth" / "model.pt", "--runs", finished / "elsewhere")
+    assert one_line_error(r, "holds model weights", "not a mask", "mask.pt"), r.stderr
+    r = train("--mask", finished / "lth" / "results.json", "--runs", finished / "elsewhere")
+    assert one_line_error(r, "--mask", "results.json", "a mask is the mask.pt"), r.stderr
+
+
 def test_flags_that_cannot_be_honoured_are_refused(tmp_path):
     runs_dir = ["--runs", tmp_path / "runs"]
     assert one_line_error(train(*LTH, "--keep-epochs", "9", *runs_dir), "--keep-epochs", "[1, --epochs=1]")
     assert one_line_error(train(*LTH, "--hessian-every", "-1", *runs_dir), "--hessian-every")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_subset_too_small_for_a_validation_split_is_refused(tmp_path):
+    r = train(*LTH, "--runs", tmp_path / "runs", "--subset", "50")  # a validation split of 5 images for 10 classes
+    assert one_line_error(r, "--subset 50", "5 validation images for 10 classes", ">= 100"), r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_file_as_out_and_missing_data_offline_create_nothing(tmp_path):
+    (tmp_path / "afile.txt").write_text("mine")
+    r = train(*LTH, "--runs", tmp_path / "runs", "--out", tmp_path / "afile.txt")
+    assert one_line_error(r, "--out", "afile.txt", "is a file"), r.stderr
+    assert not (tmp_path / "runs").exists() and (tmp_path / "afile.txt").read_text() == "mine"
+    offline = {**ONE_THREAD, "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    r = run("train.py", "--dataset", "cifar10", "--data-dir", tmp_path / "data", "--runs", tmp_path / "r", env=offline)
+    assert one_line_error(r, "CIFAR-10"), r.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "r").exists()
 
 
 def test_landscape_says_what_a_wrong_folder_is(finished, tmp_path):

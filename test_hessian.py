@@ -143,7 +143,7 @@ def test_the_start_vector_is_seeded():
 
 
 def test_cli_on_a_real_run_and_on_bad_input(tmp_path):
-    # a random mask trains once (IMP would train every level), on 45 images
+    # a random mask trains once (IMP would train every level), on 90 images (10 left to validate: one per class)
     train = subprocess.run(
         [
             sys.executable,
@@ -159,7 +159,7 @@ def test_cli_on_a_real_run_and_on_bad_input(tmp_path):
             "--prune",
             "random",
             "--subset",
-            "50",
+            "100",
             "--batch-size",
             "32",
             "--device",

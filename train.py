@@ -11,11 +11,12 @@ spend writes --out: config.json, metrics.csv, mask.pt, model.pt (final), best.pt
 
 import argparse
 import copy
+import csv
+import functools
 import hashlib
 import json
 import math
 import os
-import signal
 import sys
 import time
 
@@ -69,7 +70,7 @@ def parser():
     a("--seed", type=int, default=42)
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a("--deterministic", action="store_true", help="deterministic kernels: a resumed run repeats exactly (on a CPU)")
-    a("--repair", action="store_true", help="move a damaged draw file aside (*.damaged) and derive it again")
+    a("--repair", action="store_true", help="keep a damaged derived file as *.damaged and derive it again")
     a("--compile", action="store_true", help="torch.compile the model for training")
     a("--amp", action=argparse.BooleanOptionalAction, help="train in bf16 autocast (default: on with CUDA, off on CPU)")
     # the §4.1 recipe, for the draw and the spend alike
@@ -143,9 +144,26 @@ def new_model(args, ds):
     return models.get_model(args.arch, ds["classes"], ds["train"][0].shape[1]).to(args.device)
 
 
-def forever(ds, batch_size, seed):  # augmented training batches without end (for scale_init), a new shuffle each pass
+def forever(ds, batch_size, seed):
+    """Augmented training batches without end, a new shuffle each pass, for GradInit: a signal stops it (nothing saved:
+    it is cheap to redo)."""
     for rnd in range(sys.maxsize):
-        yield from data.batches(ds, "train", batch_size, seed=seed + rnd, augmented=True)
+        for batch in data.batches(ds, "train", batch_size, seed=seed + rnd, augmented=True):
+            if runs.STOP:
+                raise runs.Stopped("[spend] stopped by a signal during GradInit: the same command starts it again")
+            yield batch
+
+
+def smallest_batch(model, ds):
+    """The fewest images a training batch needs on each rank: 2 where a BatchNorm runs at 1x1 (the last stage of
+    VGG-16 and MobileNet on 16x16 images), since train mode needs more than one value per channel; else 1."""
+    image = torch.zeros(1, *ds["train"][0].shape[1:], device=ds["train"][0].device)
+    try:
+        with torch.no_grad():
+            copy.deepcopy(model).train()(image)
+    except ValueError:  # torch's "Expected more than 1 value per channel when training"
+        return 2
+    return 1
 
 
 def lr_at(args, epoch):
@@ -153,20 +171,19 @@ def lr_at(args, epoch):
     return args.lr * 0.1 ** sum(epoch > math.ceil(args.epochs * f) for f in (0.5, 0.75))
 
 
-STOP = []  # the signals received: SIGTERM (a scheduler's preemption) or SIGINT stop training at the next step
-
-
 class MaskedSGD:
     """What every training step needs (§4.1): SGD with momentum and weight decay on `model`, the loss(logits, x, y),
     and the mask as fused multiplies (no hooks) on the masked weights. Under torchrun the model steps as DDP (gradients
     averaged over ranks, BatchNorm statistics over the global batch); with --compile, compiled."""
 
-    def __init__(self, model, mask, loss_fn, args):
+    def __init__(self, model, mask, loss_fn, args, smallest_batch=1):
         weights = dict(model.named_parameters())
         self.model = model  # the weights a checkpoint keeps
+        self.mask = mask
         self.masked = [weights[n] for n in mask]
         self.keep = [mask[n].to(weights[n].dtype) for n in mask]
         self.loss_fn = loss_fn
+        self.smallest_batch = smallest_batch  # images per rank: a smaller last batch is dropped
         self.opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
         self.cuda = str(args.device).startswith("cuda")
         self.amp = self.cuda if args.amp is None else args.amp
@@ -196,23 +213,22 @@ class MaskedSGD:
 
 
 def signalled(steps, device):
-    """Whether a signal (STOP) asks training to stop after this step. Under torchrun ranks get it at different steps:
-    every 10 steps they agree."""
+    """Whether a signal (runs.STOP) asks training to stop after this step. Under torchrun ranks get it at different
+    steps: every 10 steps they agree."""
     if runs.world() == 1:
-        return bool(STOP)
+        return bool(runs.STOP)
     if steps % 10:
         return False
-    count = torch.tensor(len(STOP), device=device)
+    count = torch.tensor(len(runs.STOP), device=device)
     dist.all_reduce(count, dist.ReduceOp.MAX)
     return bool(count)
 
 
 def train_epoch(sgd, ds, args, epoch, resumed=None, max_steps=None):
-    """One epoch of masked SGD steps on the augmented training split, in bf16 autocast on a GPU (or --amp); each
-    torchrun rank takes its shard of a batch. `resumed`, the totals of an epoch a signal cut short, resumes it: its
-    batches (set by (seed, epoch) alone) are skipped, its sums added. Returns (the totals over all ranks: a dict as
-    `resumed`, the first step with a non-finite loss or -1, whether a signal cut the epoch short); the sums stay on the
-    device until then."""
+    """One epoch of masked SGD steps on the augmented training split; each torchrun rank takes its shard of a batch.
+    `resumed`, the totals of an epoch a signal cut short, resumes it: its batches (set by (seed, epoch) alone) are
+    skipped, its sums added. Returns (the totals over all ranks, as `resumed`; the first step with a non-finite loss,
+    or -1; whether a signal cut the epoch short). The sums stay on the device until then: no sync per step."""
     sgd.net.train()
     rank, world = runs.rank(), runs.world()
     done = resumed or dict(loss_sum=0.0, correct=0, seen=0, batches=0)
@@ -227,7 +243,7 @@ def train_epoch(sgd, ds, args, epoch, resumed=None, max_steps=None):
     for i, (x, y) in enumerate(order):
         if i < done["batches"]:  # done before the signal
             continue
-        if len(y) < world:  # a last batch too small to give each rank one
+        if len(y) < world * sgd.smallest_batch:  # a last batch too small for each rank's BatchNorm: dropped
             continue
         n = len(y)
         x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
@@ -259,9 +275,24 @@ def checkpoint_state(state, sgd):
     return dict(state, model=sgd.model.state_dict(), optimizer=sgd.opt.state_dict(), rng=rng)
 
 
-def resume(checkpoint, sgd, args, label):
-    """The loop's state from `checkpoint`, the weights, momentum and torch's generators restored in place."""
-    state = load(checkpoint, args.device)
+def read_or_repair(path, read, args, repair):
+    """read(path), or None if there is no such file. A damaged one stops the run, naming --repair, which keeps it as
+    *.damaged (never deleted) and returns None: the caller derives it again, the way `repair` says."""
+    if not exists(path):
+        return None
+    try:
+        return read(path)
+    except BadInput as e:
+        if not args.repair:
+            raise BadInput(f"{e}; the same command with --repair keeps it as *.damaged and {repair}") from None
+    if runs.rank() == 0:
+        os.replace(path, path + ".damaged")
+    print(f"note: {path} was damaged, kept as {path}.damaged; {repair}", file=sys.stderr)
+    return None
+
+
+def restore(state, sgd, label, checkpoint):
+    """A checkpoint's weights, momentum and torch's generators restored in place; returns the loop's state."""
     sgd.model.load_state_dict(state.pop("model"))
     sgd.opt.load_state_dict(state.pop("optimizer"))
     rng = state.pop("rng")
@@ -274,16 +305,15 @@ def resume(checkpoint, sgd, args, label):
     return state
 
 
-def fit(model, ds, args, mask, loss_fn, label, checkpoint):
+def fit(sgd, ds, args, state, label, checkpoint):
     """The one training loop (§4.1), for the dense draw, every IMP level and every spend: SGD with momentum and weight
     decay, the step lr schedule, masked steps (`train_epoch`), the best-validation weights kept. Every epoch the state
-    (weights, momentum, best weights, metrics, RNG; the data order needs none) goes to `checkpoint`: a rerun resumes."""
+    (weights, momentum, best weights, metrics, RNG, seconds so far; the data order needs none) goes to `checkpoint`:
+    a rerun resumes. Returns the state."""
     if str(args.device).startswith("cuda"):
         torch.backends.cudnn.benchmark = not args.deterministic
-    sgd = MaskedSGD(model, mask, loss_fn, args)
-    state = dict(epoch=0, best_val=-1.0, best_epoch=0, best_state=None, rows=[])
-    if exists(checkpoint):
-        state = resume(checkpoint, sgd, args, label)
+    model = sgd.model
+    clock = time.time() - state.get("seconds", 0.0)  # what earlier processes spent counts too
     start = time.time()
     first = state["epoch"] + 1
     for epoch in range(first, args.epochs + 1):
@@ -292,23 +322,21 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
         for group in sgd.opt.param_groups:
             group["lr"] = lr
         totals, bad_step, stopped = train_epoch(sgd, ds, args, epoch, resumed=state.pop("done", None))
-        if stopped:  # preempted: the step's state, the epoch's totals so far, and a distinct exit code
+        if stopped:  # preempted: the step's state and the epoch's totals so far; `runs.command` exits 143
             state["done"] = totals
+            state["seconds"] = time.time() - clock
             save(checkpoint_state(state, sgd), checkpoint)
-            if runs.rank() == 0:  # one line, not one per torchrun rank
-                print(
-                    f"{label} stopped by a signal in epoch {epoch} after batch {totals['batches']}: "
-                    f"saved {checkpoint}; the same command resumes from there",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            sys.exit(143)
+            raise runs.Stopped(
+                f"{label} stopped by a signal in epoch {epoch} after batch {totals['batches']}: "
+                f"saved {checkpoint}; the same command resumes from there"
+            )
         train_loss = totals["loss_sum"] / totals["seen"]
         train_acc = totals["correct"] / totals["seen"]
         if bad_step >= 0 or not math.isfinite(train_loss):  # the last good checkpoint (previous epoch) is left as is
+            kept = f"the last good checkpoint is {checkpoint}" if exists(checkpoint) else "no checkpoint was saved"
             print(
                 f"error: {label}: the loss became {train_loss} in epoch {epoch}, step {bad_step}: the run "
-                f"diverged; the last good checkpoint is {checkpoint}",
+                f"diverged (a lower --lr may help); {kept}",
                 file=sys.stderr,
             )
             sys.exit(3)
@@ -331,7 +359,7 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
             value, std = "", ""  # blank in the epochs between
             if epoch % args.hessian_every == 0:
                 batches = hessian.fixed_batches(ds, 3, 128, args.seed)
-                value, std, _, _ = hessian.per_batch(model, F.cross_entropy, batches, masks=mask)
+                value, std, _, _ = hessian.per_batch(model, F.cross_entropy, batches, masks=sgd.mask)
             row.update(top_eigenvalue=value, top_eigenvalue_std=std)
         state["rows"].append(row)
         eta = (time.time() - start) / (epoch - first + 1) * (args.epochs - epoch)
@@ -344,47 +372,24 @@ def fit(model, ds, args, mask, loss_fn, label, checkpoint):
             weights = {k: v.cpu() for k, v in model.state_dict().items()}
             save(weights, os.path.join(os.path.dirname(checkpoint), f"epoch{epoch}.pt"))
         state["epoch"] = epoch
+        state["seconds"] = time.time() - clock
         save(checkpoint_state(state, sgd), checkpoint)
-    final_test, _ = data.evaluate(model, ds, "test")
-    best = copy.deepcopy(model)
-    best.load_state_dict(state["best_state"])
-    test_acc, _ = data.evaluate(best, ds, "test")
-    summary = dict(
-        test_acc=test_acc,
-        final_test_acc=final_test,
-        best_val_acc=state["best_val"],
-        best_epoch=state["best_epoch"],
-        final_val_acc=state["rows"][-1]["val_acc"],
-    )
-    return summary, state["rows"], state["best_state"]
+    return state
 
 
-def metrics_csv(rows):
-    """metrics.csv: a header of the rows' keys, then one line per epoch."""
-    lines = [",".join(rows[0])] + [",".join(map(str, row.values())) for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def train_ticket(args, ds, mask, reset_state, out, label, teacher=None):
-    """Build the ticket (reset weights * mask), apply the spend's tweaks, train it with `fit`, write `out`."""
-    model = new_model(args, ds)
-    model.load_state_dict(reset_state)
-    prune.apply_mask(model, mask)
-    tweaks.apply(model, args)
-    checkpoint = os.path.join(out, "checkpoint.pt")
-    if args.scale_init and not exists(checkpoint):  # on resume the checkpoint has the scaled weights
-        batches = forever(ds, args.batch_size, args.seed)
-        scales = tweaks.scale_init(model, mask, batches, args.scale_init_iters, args.scale_init_lr)
-        print(f"{label} scale_init: scales in [{min(scales.values()):.3f}, {max(scales.values()):.3f}]")
-    loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
-    start = time.time()
-    summary, rows, best_state = fit(model, ds, args, mask, loss_fn, label, checkpoint)
+def results_of(model, best, state, mask, ds):
+    """What results.json records of a trained ticket: test accuracy of the best-validation weights (the paper's) and
+    of the final ones, fit's `state`'s best epoch, sparsity measured from the weights, Table A1's activations."""
     images, _ = landscape.fixed_images(ds, "test", 500)
     weights = dict(model.named_parameters())
     every = prune.prunable(model, linear=True)  # every conv/linear weight
     pruned = [weights[n] for n in mask]  # the layers the mask covers: the paper's sparsity is theirs
-    results = dict(
-        summary,
+    return dict(
+        test_acc=data.evaluate(best, ds, "test")[0],
+        final_test_acc=data.evaluate(model, ds, "test")[0],
+        best_val_acc=state["best_val"],
+        best_epoch=state["best_epoch"],
+        final_val_acc=state["rows"][-1]["val_acc"],
         sparsity=prune.sparsity(pruned),
         sparsity_all=prune.sparsity(every.values()),
         params_total=sum(p.numel() for p in model.parameters()),
@@ -395,14 +400,63 @@ def train_ticket(args, ds, mask, reset_state, out, label, teacher=None):
         weights_nonzero=sum(int(w.count_nonzero()) for w in pruned),
         unmasked_weights=sum(w.numel() for n, w in every.items() if n not in mask),  # trained, never pruned
         pruned_nonzero=sum(int(weights[n][~m].count_nonzero()) for n, m in mask.items()),
-        seconds=round(time.time() - start, 1),
-        device=str(args.device),
     )
+
+
+def metrics_csv(rows):
+    """metrics.csv: a header of the rows' keys, then one line per epoch."""
+    lines = [",".join(rows[0])] + [",".join(map(str, row.values())) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def read_metrics(path):
+    """metrics.csv's rows as `fit` made them (numbers; Fig. A11's blanks ""); a damaged file is a BadInput."""
+    try:
+        with open(path) as f:
+            rows = [{k: json.loads(v) if v else "" for k, v in row.items()} for row in csv.DictReader(f)]
+    except (OSError, ValueError, TypeError) as e:  # TypeError: a row with fewer or more values than the header
+        raise BadInput(f"{path}: unreadable ({e})") from None
+    if not rows:
+        raise BadInput(f"{path}: unreadable (no epoch in it)")
+    return rows
+
+
+def train_ticket(args, ds, mask, reset_state, out, label, teacher=None):
+    """Build the ticket (reset weights * mask), apply the spend's tweaks, train it with `fit`, write `out`. Its
+    seconds count GradInit (also given alone) and what earlier processes spent on it."""
+    start = time.time()
+    model = new_model(args, ds)
+    model.load_state_dict(reset_state)
+    prune.apply_mask(model, mask)
+    tweaks.apply(model, args)
+    checkpoint = os.path.join(out, "checkpoint.pt")
+    saved = read_or_repair(checkpoint, functools.partial(load, device=args.device), args, "trains from the start")
+    state = dict(epoch=0, best_val=-1.0, best_epoch=0, best_state=None, rows=[], seconds=0.0, scale_init_seconds=0.0)
+    if args.scale_init and saved is None:  # a checkpoint has the scaled weights
+        batches = forever(ds, args.batch_size, args.seed)
+        scales = tweaks.scale_init(model, mask, batches, args.scale_init_iters, args.scale_init_lr)
+        state["seconds"] = time.time() - start
+        state["scale_init_seconds"] = round(state["seconds"], 1)
+        print(f"{label} scale_init: scales in [{min(scales.values()):.3f}, {max(scales.values()):.3f}]")
+    loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
+    sgd = MaskedSGD(model, mask, loss_fn, args, smallest_batch(model, ds))
+    if saved:
+        state = restore(saved, sgd, label, checkpoint)
+    state = fit(sgd, ds, args, state, label, checkpoint)
+    measured = time.time()
+    best = copy.deepcopy(model)
+    best.load_state_dict(state["best_state"])
+    results = results_of(model, best, state, mask, ds)
+    results["seconds"] = round(state["seconds"] + time.time() - measured, 1)
+    results["scale_init_seconds"] = state.get("scale_init_seconds", 0.0)  # older checkpoints have none
+    results["device"] = str(args.device)
+    if runs.STOP:  # a signal during the final evaluation: the checkpoint stays, and a rerun measures again
+        raise runs.Stopped(f"{label} stopped by a signal after its last epoch: the same command writes its results")
     if not exists(os.path.join(out, "mask.pt")):  # a draw's ticket folder has it already
         save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
     save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
-    save({k: v.cpu() for k, v in best_state.items()}, os.path.join(out, "best.pt"))
-    save(metrics_csv(rows), os.path.join(out, "metrics.csv"))
+    save({k: v.cpu() for k, v in state["best_state"].items()}, os.path.join(out, "best.pt"))
+    save(metrics_csv(state["rows"]), os.path.join(out, "metrics.csv"))
     write_json(results, os.path.join(out, "results.json"))  # written last: its presence means finished
     if runs.rank() == 0:
         os.remove(checkpoint)
@@ -424,31 +478,60 @@ class Draw:
     def derived(self, path, derive):
         """A draw file derivable again exactly (init.pt from the seed, a mask from what it is drawn from): derived once,
         then read. A damaged one stops the run, naming --repair, which keeps it as *.damaged and derives it again."""
-        if exists(path):
-            try:
-                return load(path)
-            except BadInput as e:
-                if not self.args.repair:
-                    raise BadInput(
-                        f"{e}; it can be derived again exactly: run the same command with --repair"
-                    ) from None
-                if runs.rank() == 0:
-                    os.replace(path, path + ".damaged")
-                print(f"note: {path} was damaged, kept as {path}.damaged; deriving it again", file=sys.stderr)
+        found = read_or_repair(path, load, self.args, "derives it again exactly")
+        if found is not None:
+            return found
         save(derive(), path)
         return load(path)
 
     def trained_weights(self, ticket, name="model.pt"):
-        """A file of the ticket's vanilla training. A damaged one cannot be derived again exactly (training is not
-        bit-exact on every device): the message says which runs to redo."""
+        """A file of the ticket's vanilla training (weights, or metrics.csv's rows). A damaged one cannot be derived
+        again exactly (training is not bit-exact on every device): the message says which runs to redo."""
         path = os.path.join(self.trained(ticket), name)
         try:
+            if name == "metrics.csv":
+                return read_metrics(path)
             return load(path, self.args.device)
         except BadInput as e:
             raise BadInput(
                 f"{e}; a trained network cannot be derived again exactly: move {os.path.dirname(path)} "
                 f"aside and run again (it retrains; redo also every IMP level drawn after it)"
             ) from None
+
+    def results(self, ticket):
+        """A trained ticket's results.json; --repair measures a damaged one again from the ticket's weights and
+        metrics.csv, all as training measured it but seconds (the epochs' own, summed)."""
+        path = os.path.join(self.trained(ticket), "results.json")
+        found = read_or_repair(path, runs.read_json, self.args, "measures it again from the weights beside it")
+        if found is not None:
+            return found
+        model = new_model(self.args, self.ds)  # a draw's ticket has no tweak
+        model.load_state_dict(self.trained_weights(ticket))
+        best = new_model(self.args, self.ds)
+        best.load_state_dict(self.trained_weights(ticket, "best.pt"))
+        rows = self.trained_weights(ticket, "metrics.csv")
+        val = [row["val_acc"] for row in rows]
+        best_val, _ = data.evaluate(best, self.ds, "val")
+        state = dict(rows=rows, best_epoch=rows[val.index(max(val))]["epoch"], best_val=best_val)
+        results = results_of(model, best, state, self.mask(ticket), self.ds)
+        results["seconds"] = round(sum(row["seconds"] for row in rows), 1)
+        results["device"] = str(self.args.device)
+        write_json(results, path)
+        return results
+
+    def vanilla_files(self, ticket, kept):
+        """{name: bytes} of the files a vanilla spend copies from the ticket's training, each checked first so that
+        nothing damaged spreads: a damaged one stops the run, naming the draw's file and what to do."""
+        folder = self.trained(ticket)
+        self.mask(ticket)
+        for name in ("model.pt", "best.pt", "metrics.csv", *kept):
+            self.trained_weights(ticket, name)
+        self.results(ticket)
+        files = {}
+        for name in ("mask.pt", "model.pt", "best.pt", "metrics.csv", "results.json", *kept):
+            with open(os.path.join(folder, name), "rb") as f:
+                files[name] = f.read()
+        return files
 
     def init(self):
         return self.derived(os.path.join(self.dir, "init.pt"), lambda: new_model(self.args, self.ds).state_dict())
@@ -509,10 +592,8 @@ class Draw:
             if exists(os.path.join(out, "results.json")):  # another process trained it meanwhile
                 return out
             mask = self.mask(ticket)
-            print(
-                f"=== draw {ticket}: {prune.sparsity(mask.values()):.2%} sparse, vanilla LTH training -> {out}",
-                flush=True,
-            )
+            sparsity = prune.sparsity(mask.values())
+            print(f"=== draw {ticket}: {sparsity:.2%} sparse, vanilla LTH training -> {out}", flush=True)
             dense, vanilla = ticket == "imp_00", copy.copy(self.vanilla)
             if dense and self.args.rewind_epoch:  # LTH-Rewind's theta_k: the dense training keeps epoch k
                 vanilla.keep_epochs = [*vanilla.keep_epochs, self.args.rewind_epoch]
@@ -554,12 +635,66 @@ def variant_name(args):
     return "+".join(tweaks_on)
 
 
+def load_data(args):
+    """The dataset; if it is missing and cannot be downloaded, the --data-dir folders the attempt made are removed."""
+    fresh = not os.path.exists(args.data_dir)
+    try:
+        return data.load(args.dataset, args.data_dir, args.subset, args.seed, args.device)
+    except BadInput:
+        if fresh:  # a failed download leaves the folders it made: removed where empty (a file never is)
+            for folder, _, _ in reversed(list(os.walk(args.data_dir))):
+                if not os.listdir(folder):
+                    os.rmdir(folder)
+        raise
+
+
+def refuse_file(flag, folder):
+    """Refuse a folder to use or create if it, or the nearest part of its path that exists, is a file."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise BadInput(f"{flag} {folder}: {path} is a file, not a folder; choose another {flag}")
+
+
+def check_data(args, ds, model):
+    """Refuse a --subset too small for a validation split, and a --batch-size too small for the arch's BatchNorm."""
+    n_val, classes = len(ds["val"][1]), ds["classes"]
+    if n_val < classes:
+        split = f"{n_val} validation images for {classes} classes"
+        raise BadInput(f"--subset {args.subset} is too small: {split}; use --subset >= {10 * classes}")
+    least = smallest_batch(model, ds) * runs.world()  # under torchrun: per process
+    if args.batch_size < least:
+        raise BadInput(f"--batch-size {args.batch_size} is too small for {args.arch}'s BatchNorm: use >= {least}")
+
+
+def user_mask(args, model):
+    """--mask's file on the device, refused unless it is a mask of this model's prunable weights that keeps some
+    weights in every layer."""
+    try:
+        mask = load(args.mask)
+    except BadInput as e:
+        raise BadInput(f"--mask: {e}; a mask is the mask.pt of a run or of a draw's ticket") from None
+    if isinstance(mask, dict) and any(str(n).endswith("running_mean") for n in mask):
+        where = "a run keeps its mask as mask.pt beside its model.pt"
+        raise BadInput(f"--mask {args.mask} holds model weights (BatchNorm statistics too), not a mask: {where}")
+    prune.check_mask(mask, model, args.mask, args.prune_classifier)
+    empty = [n for n, m in mask.items() if not m.any()]
+    if empty:
+        layers = "any of its layers" if len(empty) == len(mask) else ", ".join(empty)
+        raise BadInput(f"--mask {args.mask} keeps no weight of {layers}: a ticket needs weights in every layer")
+    return {n: m.to(args.device) for n, m in mask.items()}
+
+
 def run(args):
     config = {k: v for k, v in vars(args).items() if k not in HOW}
     ticket = ticket_name(args)
     variant = variant_name(args)
     folder = f"{ticket}_{variant or 'lth'}_{short_hash(config)}"
     out = args.out or os.path.join(args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}", folder)
+    refuse_file("--out" if args.out else "--runs", out)
+    refuse_file("--runs", args.runs)
+    refuse_file("--data-dir", args.data_dir)
     if exists(os.path.join(out, "config.json")):
         if runs.read_json(os.path.join(out, "config.json")) != config:
             raise BadInput(f"{out} holds a run with another config; choose another --out")
@@ -568,28 +703,30 @@ def run(args):
             return
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)  # CUDA: a few ops (pooling backward) only warn
-    ds = data.load(args.dataset, args.data_dir, args.subset, args.seed, args.device)
-    draw = Draw(args, ds)
-    user_mask = None
-    if args.mask:
-        user_mask = prune.check_mask(load(args.mask), new_model(args, ds), args.mask, args.prune_classifier)
+    ds = load_data(args)
+    model = new_model(args, ds)
+    check_data(args, ds, model)
+    mask = user_mask(args, model) if args.mask else None
+    draw = Draw(args, ds)  # the first file written: every input is known good
     with runs.locked(out, wait=False):
         write_json(config, os.path.join(out, "config.json"))
-        spend(args, ds, draw, ticket, variant, user_mask, out)
+        spend(args, ds, draw, ticket, variant, mask, out)
 
 
-def spend(args, ds, draw, ticket, variant, user_mask, out):
-    """Spend the ticket into `out`: vanilla LTH is the draw's own training, copied, unless it asks for records that
-    training may not have (--hessian-every, weights of --keep-epochs: Fig. A11, 4); anything else trains."""
+def spend(args, ds, draw, ticket, variant, mask, out):
+    """Spend the ticket (or --mask's `mask`) into `out`: vanilla LTH is the draw's own training, copied, unless it
+    asks for records that training may not have (--hessian-every, weights of --keep-epochs: Fig. A11, 4); anything
+    else trains."""
     kept = [f"epoch{e}.pt" for e in args.keep_epochs]
-    source = None if user_mask or variant or args.hessian_every else draw.trained(ticket)
+    source = None
+    if not (mask or variant or args.hessian_every):
+        source = draw.trained(ticket)
     if source and all(os.path.exists(os.path.join(source, f)) for f in kept):
-        for f in ("mask.pt", "model.pt", "best.pt", "metrics.csv", "results.json", *kept):
-            with open(os.path.join(source, f), "rb") as src:
-                save(src.read(), os.path.join(out, f))
+        for name, content in draw.vanilla_files(ticket, kept).items():
+            save(content, os.path.join(out, name))
         results = runs.read_json(os.path.join(out, "results.json"))
     else:
-        mask = {n: m.to(args.device) for n, m in user_mask.items()} if user_mask else draw.mask(ticket)
+        mask = mask or draw.mask(ticket)
         teacher = draw.teacher() if args.kd else None
         print(f"=== spend {ticket} with {variant or 'no tweaks'} -> {out}", flush=True)
         results = train_ticket(args, ds, mask, draw.reset_state(), out, "[spend]", teacher)
@@ -606,11 +743,6 @@ def main(argv=None):
         dist.destroy_process_group()
 
 
-def note_signal(signum, frame):
-    STOP.append(signum)  # training stops at its next step (`signalled`)
-
-
 if __name__ == "__main__":
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, note_signal)
+    runs.stop_on_signals()
     main()
