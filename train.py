@@ -322,6 +322,7 @@ def fit(sgd, ds, args, state, label, checkpoint):
         for group in sgd.opt.param_groups:
             group["lr"] = lr
         totals, bad_step, stopped = train_epoch(sgd, ds, args, epoch, resumed=state.pop("done", None))
+        train_secs = time.time() - t0  # --gpu-check splits an epoch into training and the rest
         if stopped:  # preempted: the step's state and the epoch's totals so far; `runs.command` exits 143
             state["done"] = totals
             state["seconds"] = time.time() - clock
@@ -354,6 +355,7 @@ def fit(sgd, ds, args, state, label, checkpoint):
             val_acc=round(val_acc, 5),
             lr=lr,
             seconds=round(secs, 2),
+            train_seconds=round(train_secs, 2),
         )
         if args.hessian_every:  # Fig. A11: the mean top eigenvalue of 3 fixed training batches, along training
             value, std = "", ""  # blank in the epochs between
@@ -384,8 +386,10 @@ def results_of(model, best, state, mask, ds):
     weights = dict(model.named_parameters())
     every = prune.prunable(model, linear=True)  # every conv/linear weight
     pruned = [weights[n] for n in mask]  # the layers the mask covers: the paper's sparsity is theirs
+    cuda = next(model.parameters()).is_cuda  # evaluation runs in bf16 there: float32's accuracy shows what it costs
     return dict(
         test_acc=data.evaluate(best, ds, "test")[0],
+        test_acc_float32=data.evaluate(best, ds, "test", amp=False)[0] if cuda else None,
         final_test_acc=data.evaluate(model, ds, "test")[0],
         best_val_acc=state["best_val"],
         best_epoch=state["best_epoch"],
@@ -400,6 +404,8 @@ def results_of(model, best, state, mask, ds):
         weights_nonzero=sum(int(w.count_nonzero()) for w in pruned),
         unmasked_weights=sum(w.numel() for n, w in every.items() if n not in mask),  # trained, never pruned
         pruned_nonzero=sum(int(weights[n][~m].count_nonzero()) for n, m in mask.items()),
+        train_images=len(ds["train"][1]),
+        peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20) if cuda else 0,
     )
 
 
