@@ -20,7 +20,7 @@ from matplotlib.figure import Figure  # no pyplot: headless, no global state
 from scipy.stats import t as student_t
 
 from models import BadInput
-from runs import Parser, command, read_json, save, variant
+from runs import Parser, command, locked, read_json, save, variant
 
 # Tables A2, A3: {variant: [(sparsity %, test acc. %)]}, ResNet-18 on CIFAR-100, mean of seeds 42, 1099, 5469
 _header, *_rows = csv.reader(pathlib.Path(__file__).with_name("paper.csv").read_text().splitlines())
@@ -382,27 +382,26 @@ def main(argv=None):
     groups, curve_groups, dense = gather(args.runs)
     if not groups and not curve_groups:
         raise BadInput(f"{args.runs}: no finished train.py run in it (one with config.json and results.json)")
-    for stale in glob.glob(os.path.join(out, ".tmp-*")):
-        os.remove(stale)  # half-written by a killed report.py or landscape.py
-    md = [
-        f"# Results gathered from {args.runs}\n",
-        "Test accuracy (%) of the best-validation checkpoint, mean ± std over "
-        "seeds, (paired difference to LTH on the same ticket, seed by seed [95% t-interval over seeds]).\n",
-    ]
-    for key, runs in sorted(groups.items()):
-        md += group_section(key, runs, out)
-    md += budget_section(groups, dense, out)
-    for (dataset, arch, method, _), runs in sorted(curve_groups.items()):
-        for seed in sorted({r["seed"] for found in runs.values() for r in found}):
-            png = f"figA11_{dataset}_{arch}_{method}_seed{seed}.png"
-            found = [(v, r) for (_, v), results in sorted(runs.items()) for r in results if r["seed"] == seed]
-            curves(found, f"figA11: {arch} on {dataset}, {method} masks, seed {seed}", os.path.join(out, png))
-            md += [f"### figA11, seed {seed}\n", f"![figA11]({png})\n"]
-    made = {line[line.index("(") + 1 : -2] for line in md if line.startswith("![")}
-    for png in sorted(glob.glob(os.path.join(out, "fig*.png"))):  # landscape.py's plots
-        if os.path.basename(png) not in made:
-            md.append(f"### {os.path.basename(png)[:-4]} (landscape.py)\n\n![]({os.path.basename(png)})\n")
-    save("\n".join(md), os.path.join(out, "report.md"))
+    with locked(out, wait=True):  # landscape.py writes here too; the lock clears what a killed writer left
+        md = [
+            f"# Results gathered from {args.runs}\n",
+            "Test accuracy (%) of the best-validation checkpoint, mean ± std over "
+            "seeds, (paired difference to LTH on the same ticket, seed by seed [95% t-interval over seeds]).\n",
+        ]
+        for key, runs in sorted(groups.items()):
+            md += group_section(key, runs, out)
+        md += budget_section(groups, dense, out)
+        for (dataset, arch, method, _), runs in sorted(curve_groups.items()):
+            for seed in sorted({r["seed"] for found in runs.values() for r in found}):
+                png = f"figA11_{dataset}_{arch}_{method}_seed{seed}.png"
+                found = [(v, r) for (_, v), results in sorted(runs.items()) for r in results if r["seed"] == seed]
+                curves(found, f"figA11: {arch} on {dataset}, {method} masks, seed {seed}", os.path.join(out, png))
+                md += [f"### figA11, seed {seed}\n", f"![figA11]({png})\n"]
+        made = {line[line.index("(") + 1 : -2] for line in md if line.startswith("![")}
+        for png in sorted(glob.glob(os.path.join(out, "fig*.png"))):  # landscape.py's plots
+            if os.path.basename(png) not in made:
+                md.append(f"### {os.path.basename(png)[:-4]} (landscape.py)\n\n![]({os.path.basename(png)})\n")
+        save("\n".join(md), os.path.join(out, "report.md"))
     print("\n".join(md))
 
 
