@@ -12,17 +12,14 @@ import time
 import pytest
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from conftest import HERE, ONE_THREAD, run_script
+
+LTH = "--epochs 1 --prune random --sparsity 0.5".split()
 SMALL = ["--dataset", "synthetic", "--arch", "resnet20", "--subset", "256", "--batch-size", "64", "--device", "cpu"]
 
 
 def train(*args):
-    return subprocess.run(
-        [sys.executable, os.path.join(HERE, "train.py"), *SMALL, *map(str, args)],
-        cwd=HERE,
-        capture_output=True,
-        text=True,
-    )
+    return run_script("train.py", *SMALL, *args)
 
 
 def one_line_error(r, *words):
@@ -42,19 +39,7 @@ def test_a_full_disk_is_one_line_and_the_same_command_finishes_once_space_is_fre
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(fs)], capture_output=True).returncode:
         pytest.skip("this machine does not let root mount a tmpfs")
     try:
-        cmd = [
-            "--epochs",
-            "1",
-            "--prune",
-            "random",
-            "--sparsity",
-            "0.5",
-            "--at",
-            "--runs",
-            fs / "runs",
-            "--out",
-            fs / "out",
-        ]
+        cmd = [*LTH, "--at", "--runs", fs / "runs", "--out", fs / "out"]
         r = train(*cmd)  # init.pt (1 MB) fits, the first checkpoint (3 MB) does not
         assert one_line_error(r, "disk is full", "checkpoint.pt"), r.stderr
         assert not list(fs.rglob(".tmp-*"))  # no temporary file left behind
@@ -101,18 +86,7 @@ def torch_equal_masks(a, b):
 
 
 def test_a_damaged_config_is_one_line_and_a_dead_holders_lock_is_free(tmp_path):
-    cmd = [
-        "--epochs",
-        "1",
-        "--prune",
-        "random",
-        "--sparsity",
-        "0.5",
-        "--runs",
-        tmp_path / "runs",
-        "--out",
-        tmp_path / "r",
-    ]
+    cmd = [*LTH, "--runs", tmp_path / "runs", "--out", tmp_path / "r"]
     (tmp_path / "r").mkdir()
     holder = subprocess.Popen(
         [
@@ -287,19 +261,6 @@ def test_a_preempted_run_saves_at_the_next_step_exits_143_and_resumes_there_to_t
 
 
 # ---------------------------------------------------------------- issue 25: every fault has a way out
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 cores shared with other jobs: one thread each is faster
-LTH = ["--epochs", "1", "--prune", "random", "--sparsity", "0.5"]
-
-
-def run(script, *args, env=ONE_THREAD, umask=None):
-    return subprocess.run(
-        [sys.executable, os.path.join(HERE, script), *map(str, args)],
-        cwd=HERE,
-        capture_output=True,
-        text=True,
-        env=env,
-        preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
-    )
 
 
 def start(*args):
@@ -344,7 +305,7 @@ def results_without_seconds(path):
 def finished(tmp_path_factory):
     """A vanilla LTH spend of a random ticket, trained under umask 022: the draw's ticket folder and the spend."""
     root = tmp_path_factory.mktemp("finished")
-    r = run("train.py", *SMALL, *LTH, "--runs", root / "runs", "--out", root / "lth", umask=0o022)
+    r = run_script("train.py", *SMALL, *LTH, "--runs", root / "runs", "--out", root / "lth", umask=0o022)
     assert r.returncode == 0, r.stderr
     return root
 
@@ -522,29 +483,31 @@ def test_a_file_as_out_and_missing_data_offline_create_nothing(tmp_path):
     assert one_line_error(r, "--out", "afile.txt", "is a file"), r.stderr
     assert not (tmp_path / "runs").exists() and (tmp_path / "afile.txt").read_text() == "mine"
     offline = {**ONE_THREAD, "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
-    r = run("train.py", "--dataset", "cifar10", "--data-dir", tmp_path / "data", "--runs", tmp_path / "r", env=offline)
+    r = run_script(
+        "train.py", "--dataset", "cifar10", "--data-dir", tmp_path / "data", "--runs", tmp_path / "r", env=offline
+    )
     assert one_line_error(r, "CIFAR-10"), r.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "r").exists()
 
 
 def test_landscape_says_what_a_wrong_folder_is(finished, tmp_path):
-    r = run("landscape.py", "eigenvalue", tmp_path / "missing", "--out", tmp_path / "h.json")
+    r = run_script("landscape.py", "eigenvalue", tmp_path / "missing", "--out", tmp_path / "h.json")
     assert one_line_error(r, "missing: no such folder", "expected the --out folder of a finished train.py spend")
     (ticket,) = (finished / "runs" / "draws").glob("*/random_0.5000")
-    r = run("landscape.py", "eigenvalue", ticket, "--out", tmp_path / "h.json")
+    r = run_script("landscape.py", "eigenvalue", ticket, "--out", tmp_path / "h.json")
     assert one_line_error(r, "is a ticket of a draw", "not a spend"), r.stderr
 
 
 def test_landscape_removes_what_a_killed_writer_left_in_its_output_folder(finished, tmp_path):
     (tmp_path / ".tmp-killed").write_bytes(b"half")
     args = ["--batches", "1", "--batch-size", "8", "--iters", "2", "--out", tmp_path / "h.json"]
-    r = run("landscape.py", "eigenvalue", finished / "lth", *args)
+    r = run_script("landscape.py", "eigenvalue", finished / "lth", *args)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "h.json").exists() and not (tmp_path / ".tmp-killed").exists()
 
 
 def test_help_shows_the_defaults():
-    r = run("train.py", "--help")
+    r = run_script("train.py", "--help")
     assert r.returncode == 0
     assert "(default: 180)" in r.stdout and "(default: 0.1)" in r.stdout and "(default: resnet18)" in r.stdout
 

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,9 +13,7 @@ import landscape
 import models
 import prune
 import tweaks
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+from conftest import run_script
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -126,14 +122,8 @@ def test_activation_sparsity_reports_every_stage_of_every_arch_and_restores_trai
 
 
 # ---------------------------------------------------------------- the command line, on tiny real runs
-def cli(*args, script="landscape.py"):
-    return subprocess.run(
-        [sys.executable, os.path.join(HERE, script), *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=HERE,
-        env=ONE_THREAD,
-    )
+def cli(*args):
+    return run_script("landscape.py", *args)
 
 
 def in_process(capsys, *args):
@@ -152,26 +142,9 @@ def runs(tmp_path_factory):
     """A vanilla LTH run and an AT run of one draw: 2 epochs on 180 synthetic images (--subset keeps it quick),
     each keeping its epoch-1 weights (as Fig. 4 keeps epoch 5's)."""
     tmp = tmp_path_factory.mktemp("runs")
-    common = [
-        "--dataset",
-        "synthetic",
-        "--arch",
-        "resnet20",
-        "--epochs",
-        "2",
-        "--sparsity",
-        "0.5",
-        "--subset",
-        "200",
-        "--device",
-        "cpu",
-        "--runs",
-        tmp,
-        "--keep-epochs",
-        "1",
-    ]
+    common = "--dataset synthetic --arch resnet20 --epochs 2 --sparsity 0.5 --subset 200 --device cpu --keep-epochs 1"
     for name, extra in (("lth", []), ("at", ["--at"])):
-        done = cli(*common, "--out", tmp / name, *extra, script="train.py")
+        done = run_script("train.py", *common.split(), "--runs", tmp, "--out", tmp / name, *extra)
         assert done.returncode == 0, done.stderr
     return tmp
 

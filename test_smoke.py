@@ -21,27 +21,14 @@ import prune
 import runs
 import train
 import tweaks
+from conftest import HERE, ONE_THREAD, run_script
 from models import BadInput
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TINY = [
-    "--dataset",
-    "synthetic",
-    "--arch",
-    "resnet20",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "64",
-    "--device",
-    "cpu",
-    "--scale-init-iters",
-    "5",
-]
+TINY = "--dataset synthetic --arch resnet20 --epochs 2 --batch-size 64 --device cpu --scale-init-iters 5".split()
 
 
-def cli(*args, cwd=None, script="train.py"):
-    return subprocess.run([sys.executable, os.path.join(HERE, script), *args], capture_output=True, text=True, cwd=cwd)
+def cli(*args, cwd=HERE, script="train.py"):
+    return run_script(script, *args, cwd=cwd)
 
 
 def cli_in_process(tmp_path, *args, capsys=None):
@@ -59,7 +46,7 @@ def test_imports_run_one_way_down_the_layers():
     import ast
 
     layer = {m: i for i, names in enumerate(LAYERS) for m in names}
-    files = {f[:-3] for f in os.listdir(HERE) if f.endswith(".py") and not f.startswith("test_")}
+    files = {f[:-3] for f in os.listdir(HERE) if f.endswith(".py") and not f.startswith("test_") and f != "conftest.py"}
     assert files == set(layer), "a module is missing from LAYERS"
     for mod in files:
         tree = ast.parse(open(os.path.join(HERE, mod + ".py")).read())
@@ -475,7 +462,7 @@ def test_a_run_killed_at_a_random_moment_resumes_to_the_same_result(tmp_path):
     import time
 
     args = [*TINY, "--epochs", "4", "--sparsity", "0.36", "--skip", "--deterministic"]
-    clean = cli(*args, "--runs", str(tmp_path / "clean"), "--out", str(tmp_path / "clean_run"))
+    clean = cli(*args, "--runs", str(tmp_path / "clean"), "--out", str(tmp_path / "clean_run"))  # one thread, as below
     assert clean.returncode == 0, clean.stderr
     cmd = [
         sys.executable,
@@ -489,7 +476,7 @@ def test_a_run_killed_at_a_random_moment_resumes_to_the_same_result(tmp_path):
     kills, rng = 0, random.Random()
     for attempt in range(3):  # killed twice, each time at a random moment after it saved an epoch; then left to finish
         started = time.time()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)
         if attempt == 2:
             break
         while proc.poll() is None and not [
@@ -1070,9 +1057,9 @@ def test_report_budget_view_pairs_each_rung_and_shows_convergence(tmp_path):
 
 def test_report_explains_a_wrong_folder_writes_inside_the_runs_folder_and_clears_stale_files(tmp_path):
     def report_py(*a):
-        return subprocess.run([sys.executable, os.path.join(HERE, "report.py"), *a], capture_output=True, text=True)
+        return run_script("report.py", *a)
 
-    missing, empty = report_py(str(tmp_path / "nope")), report_py(str(tmp_path))
+    missing, empty = report_py(tmp_path / "nope"), report_py(tmp_path)
     assert missing.returncode == empty.returncode == 2 and not missing.stdout and not empty.stdout
     assert (
         missing.stderr
