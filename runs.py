@@ -154,13 +154,13 @@ def load(path, device="cpu"):
         raise BadInput(f"{path}: not a readable checkpoint of tensors ({type(e).__name__}: {reason})") from None
 
 
-def read_json(path):
-    """A run's JSON file (config.json, results.json); an unreadable one is a BadInput."""
+def read_json(path, fix=""):
+    """A run's JSON file (config.json, results.json); an unreadable one is a BadInput, ending with `fix`."""
     try:
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise BadInput(f"{path}: unreadable ({e})") from None
+        raise BadInput(f"{path}: unreadable ({e}){fix}") from None
 
 
 def write_json(obj, path):

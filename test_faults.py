@@ -104,10 +104,14 @@ def test_a_damaged_config_is_one_line_and_a_dead_holders_lock_is_free(tmp_path):
     holder.kill()  # SIGKILL: the OS releases its lock
     holder.wait()
     assert train(*cmd).returncode == 0
+    good_config = (tmp_path / "r" / "config.json").read_bytes()
     (tmp_path / "r" / "config.json").write_text("{not json")
     before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
-    assert one_line_error(train(*cmd), "config.json", "unreadable")
+    assert one_line_error(train(*cmd), "config.json", "unreadable", f"move {tmp_path / 'r'} aside")
     assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before  # nothing on disk changed
+    (tmp_path / "r" / "config.json").write_bytes(good_config)
+    (tmp_path / "r" / "results.json").write_text("")  # a finished run's record, cut to nothing
+    assert one_line_error(train(*cmd), "results.json", "unreadable", f"move {tmp_path / 'r'} aside")
 
 
 def test_two_runners_on_one_folder_train_each_run_once_and_as_one_runner_would(tmp_path):

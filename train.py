@@ -702,10 +702,11 @@ def run(args):
     refuse_file("--runs", args.runs)
     refuse_file("--data-dir", args.data_dir)
     if exists(os.path.join(out, "config.json")):
-        if runs.read_json(os.path.join(out, "config.json")) != config:
+        fix = f"; move {out} aside (it trains again) or choose another --out"
+        if runs.read_json(os.path.join(out, "config.json"), fix) != config:
             raise BadInput(f"{out} holds a run with another config; choose another --out")
         if exists(os.path.join(out, "results.json")):
-            print(f"already finished: {summarize(runs.read_json(os.path.join(out, 'results.json')), out)}")
+            print(f"already finished: {summarize(runs.read_json(os.path.join(out, 'results.json'), fix), out)}")
             return
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)  # CUDA: a few ops (pooling backward) only warn
