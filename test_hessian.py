@@ -1,10 +1,7 @@
 """Tests of hessian.py against exact Hessians of tiny float64 models: `python -m pytest -q test_hessian.py`."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,8 +10,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import hessian
+from conftest import run_script
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 EXACT = dict(iters=1000, tol=1e-12)  # converges (~70 iterations) far below the 1e-6 the answers are checked to
 
 
@@ -144,53 +141,11 @@ def test_the_start_vector_is_seeded():
 
 def test_cli_on_a_real_run_and_on_bad_input(tmp_path):
     # a random mask trains once (IMP would train every level), on 90 images (10 left to validate: one per class)
-    train = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "--dataset",
-            "synthetic",
-            "--arch",
-            "resnet20",
-            "--epochs",
-            "1",
-            "--sparsity",
-            "0.5",
-            "--prune",
-            "random",
-            "--subset",
-            "100",
-            "--batch-size",
-            "32",
-            "--device",
-            "cpu",
-            "--runs",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        cwd=HERE,
-        capture_output=True,
-        text=True,
-    )
+    args = "--dataset synthetic --arch resnet20 --epochs 1 --sparsity 0.5 --prune random --subset 100 --batch-size 32"
+    train = run_script("train.py", *args.split(), "--device", "cpu", "--runs", tmp_path, "--out", tmp_path / "run")
     assert train.returncode == 0, train.stderr
-    cmd = [
-        sys.executable,
-        "landscape.py",
-        "eigenvalue",
-        str(tmp_path / "run"),
-        "--batches",
-        "1",
-        "--batch-size",
-        "32",
-        "--iters",
-        "20",
-        "--device",
-        "cpu",
-        "--out",
-        str(tmp_path / "run" / "hessian.json"),
-    ]
-    out = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True)
+    args = "--batches 1 --batch-size 32 --iters 20 --device cpu".split()
+    out = run_script("landscape.py", "eigenvalue", tmp_path / "run", *args, "--out", tmp_path / "run" / "hessian.json")
     assert out.returncode == 0, out.stderr
     result = json.loads((tmp_path / "run" / "hessian.json").read_text())
     assert 0 < result["top_eigenvalue"] < float("inf") and 1 <= result["iterations"] <= 40
@@ -204,10 +159,5 @@ def test_cli_on_a_real_run_and_on_bad_input(tmp_path):
         [str(tmp_path / "run"), "--iters", "0"],
         [str(tmp_path / "run"), str(tmp_path / "corrupt")],
     ):
-        bad = subprocess.run(
-            [sys.executable, "landscape.py", "eigenvalue", *args, "--out", str(tmp_path / "h.json")],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-        )
+        bad = run_script("landscape.py", "eigenvalue", *args, "--out", tmp_path / "h.json")
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ")
