@@ -224,25 +224,11 @@ def test_a_preempted_run_saves_at_the_next_step_exits_143_and_resumes_there_to_t
     """SIGTERM (a scheduler's preemption) during epoch 2 of 2: the run saves at the next step boundary, says so in
     one line, exits 143; the same command resumes from that batch and ends exactly like a run never stopped."""
     cmd = [
-        sys.executable,
-        os.path.join(HERE, "train.py"),
-        *SMALL,
-        "--subset",
-        "640",
-        "--epochs",
-        "2",
-        "--prune",
-        "random",
-        "--sparsity",
-        "0.5",
-        "--at",
-        "--deterministic",
+        *"--subset 640 --epochs 2 --prune random --sparsity 0.5 --at --deterministic".split(),
         "--runs",
-        str(tmp_path / "runs"),
+        tmp_path / "runs",
     ]
-    p = subprocess.Popen(
-        cmd + ["--out", str(tmp_path / "cut")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE
-    )
+    p = start(*cmd, "--out", tmp_path / "cut")  # one thread, as the two runs below: the same arithmetic
     for line in p.stdout:
         if "epoch   1/2" in line:  # epoch 2 starts now
             p.terminate()
@@ -251,9 +237,9 @@ def test_a_preempted_run_saves_at_the_next_step_exits_143_and_resumes_there_to_t
     assert stderr.count("\n") == 1 and "stopped by a signal in epoch 2 after batch" in stderr, stderr
     done = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["done"]
     assert 1 <= done["batches"] < 10 and done["seen"] == 64 * done["batches"]  # mid-epoch, not at its end
-    r = subprocess.run(cmd + ["--out", str(tmp_path / "cut")], capture_output=True, text=True, cwd=HERE)
+    r = train(*cmd, "--out", tmp_path / "cut")
     assert r.returncode == 0 and f"resuming after epoch 1, batch {done['batches']}" in r.stdout, r.stdout + r.stderr
-    r = subprocess.run(cmd + ["--out", str(tmp_path / "whole")], capture_output=True, text=True, cwd=HERE)
+    r = train(*cmd, "--out", tmp_path / "whole")
     assert r.returncode == 0, r.stderr
     cut, whole = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("cut", "whole"))
     assert {k: v for k, v in cut.items() if k != "seconds"} == {k: v for k, v in whole.items() if k != "seconds"}
