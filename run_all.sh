@@ -161,7 +161,7 @@ quick_jobs() {  # the study's kind of ticket (one-shot, 91.4%), smaller: LTH vs 
 # Tickets one-shot from the same dense network: 91.4% (IMP level 11) at every rung, 97.2% (level 16) at 15 epochs.
 STUDY_914=("--at --trt" "--trt" "--scale-init" "" "--skip-proj" "--at" "--skip" "--swish" "--ls 0.1")  # longest first
 STUDY_972=("--at --trt" "--trt" "" "--at" "--ls 0.1")
-STUDY_914_AT_30=("--at --trt" "--trt" "" "--skip-proj" "--at" "--ls 0.1")  # what the 30-epoch rung affords
+STUDY_914_AT_30=("--at --trt" "--trt" "" "--skip-proj" "--at" "--skip" "--ls 0.1")  # what the 30-epoch rung affords
 study_jobs() {
   local e v seed RUNG
   for e in $BUDGETS; do

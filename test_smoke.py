@@ -742,7 +742,7 @@ def test_run_all_study_spends_every_tweak_on_the_same_tickets_per_seed_and_budge
     jobs = run_all("--study", "--list").stdout.splitlines()
     every = ["", "--skip", "--skip-proj", "--swish", "--scale-init", "--ls 0.1", "--at", "--trt", "--at --trt"]
     high = ["", "--ls 0.1", "--at", "--trt", "--at --trt"]
-    at_30 = ["", "--skip-proj", "--ls 0.1", "--at", "--trt", "--at --trt"]
+    at_30 = ["", "--skip", "--skip-proj", "--ls 0.1", "--at", "--trt", "--at --trt"]
     expected = {(5, 0.914): every, (15, 0.914): every, (15, 0.972): high, (30, 0.914): at_30}
     assert len({j.split("--out ")[1] for j in jobs}) == len(jobs) == 5 * sum(map(len, expected.values()))
     found = {}
@@ -759,8 +759,8 @@ def test_run_all_study_spends_every_tweak_on_the_same_tickets_per_seed_and_budge
     assert epochs == sorted(epochs, reverse=True)  # the longest rung first
     summary = run_all("--study", "--dry-run").stdout
     assert "# 5 epochs: 45 jobs: 45 trained spends + 5 draws of 5 trainings" in summary
-    assert "# 30 epochs: 30 jobs: 30 trained spends + 5 draws of 5 trainings (vanilla LTH" in summary
-    assert re.search(r"^# 30 epochs: .*, 1050 epochs$", summary, re.M)  # 30 spends and 5 dense runs of 30 epochs
+    assert "# 30 epochs: 35 jobs: 35 trained spends + 5 draws of 5 trainings (vanilla LTH" in summary
+    assert re.search(r"^# 30 epochs: .*, 1200 epochs$", summary, re.M)  # 35 spends and 5 dense runs of 30 epochs
     piece = run_all("--study", "--budget", "15", "--seeds", "4 5", "--dry-run").stdout
     assert re.search(r"^# in all: 28 jobs: 28 trained spends \+ 2 draws of 2 trainings .*, 450 epochs$", piece, re.M)
     listed = run_all("--study", "--budget", "15", "--seeds", "4 5", "--list").stdout.splitlines()
