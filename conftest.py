@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 cores shared with other jobs: one thread each is faster
 
@@ -18,3 +20,10 @@ def run_script(script, *args, cwd=HERE, env=ONE_THREAD, umask=None):
         env=env,
         preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
     )
+
+
+def pytest_collection_modifyitems(items):
+    """With pytest-xdist's `--dist loadgroup`, the Slurm tests share one worker and so one cluster."""
+    for item in items:
+        if item.module.__name__ == "test_slurm":
+            item.add_marker(pytest.mark.xdist_group("slurm"))

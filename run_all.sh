@@ -75,7 +75,7 @@ PY=${PYTHON:-.venv/bin/python}
 
 setup() {
   if [ -n "${PYTHON:-}" ]; then return; fi  # the caller's interpreter: nothing to install
-  if [ ! -x $PY ] || ! $PY -c "import torch, torchvision, matplotlib, scipy, pytest, ruff" 2>/dev/null; then
+  if [ ! -x $PY ] || ! $PY -c "import torch, torchvision, matplotlib, scipy, pytest, xdist, ruff" 2>/dev/null; then
     echo "setting up .venv (first run only)..."
     python3 -m venv .venv
     .venv/bin/pip install -q -r requirements.txt
@@ -383,7 +383,8 @@ case $MODE in
   test)
     setup
     $PY -m ruff format --check . && $PY -m ruff check . || exit 1  # formatted and lint-clean (ruff.toml), then tests
-    exec $PY -m pytest -q ;;
+    # one test per core, each with one thread (as the tests' own runs); the Slurm tests share a worker (conftest.py)
+    OMP_NUM_THREADS=1 exec $PY -m pytest -q -n auto --dist loadgroup ;;
   list)
     ${SET}_jobs ;;
   dry-run)  # the summary; --list prints the jobs
