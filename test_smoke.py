@@ -922,9 +922,10 @@ def test_packing_sweep_trains_k_runs_at_once_through_the_runner_and_writes_the_b
         assert abs(epoch - training - rest) <= 0.011 and training > 0 and rest > 0 and images > 0
         assert abs(device_time - epoch / k) <= 0.011
         per_k[k] = device_time
-    best = min(per_k, key=per_k.get)
     k, seconds, mps = out.read_text().split()
-    assert (int(k), mps) == (best, "plain") and abs(float(seconds) - per_k[best]) <= 0.005, (out.read_text(), per_k)
+    best = int(k)  # the least device time per epoch; the lines round to 2 decimals, so a tie there may go either way
+    assert per_k[best] == min(per_k.values()) and mps == "plain", (out.read_text(), per_k)
+    assert abs(float(seconds) - per_k[best]) <= 0.0051, (out.read_text(), per_k)  # the file keeps 3 decimals
     assert f"best: K{best}: {per_k[best]:.2f} s of the device per epoch of a run" in r.stdout
     (tmp_path / "packing" / "K2" / "run2" / "results.json").unlink()  # a run of K = 2 that did not finish
     r = cli("--packing", str(tmp_path / "packing"), str(out), script="bench.py")
