@@ -98,7 +98,7 @@ job() {
   if [[ $name =~ --rewind-epoch\ [0-9]+ ]]; then name=${name/"${BASH_REMATCH[0]}"/rewind}; fi
   name=${name//[ -]/}  # no subprocess per job: the full list has thousands
   set -- $base
-  echo "$base${flags:+ }$flags --seed $seed --sparsity $s --runs $root --out $root/${RUNG:-}$2_$4/${prune}_s${s}_${name:-lth}/seed$seed"
+  echo "$base${flags:+ }$flags --seed $seed --sparsity $s --runs ${DRAWS:-$root} --out $root/${RUNG:-}$2_$4/${prune}_s${s}_${name:-lth}/seed$seed"
 }
 
 FIG=0.914  # §3.3, §4.6, A1.2: the analysis at 91% sparsity (IMP level 11); every full run there keeps epoch 5 (Fig. 4)
@@ -162,6 +162,21 @@ quick_jobs() {  # the study's kind of ticket (one-shot, 91.4%), smaller: LTH vs 
 STUDY_914=("--at --trt" "--trt" "--scale-init" "" "--skip-proj" "--at" "--skip" "--swish" "--ls 0.1")  # longest first
 STUDY_972=("--at --trt" "--trt" "" "--at" "--ls 0.1")
 STUDY_914_AT_30=("--at --trt" "--trt" "" "--skip-proj" "--at" "--skip" "--ls 0.1")  # what the 30-epoch rung affords
+# A ticket well below its dense network (15 epochs; RESULTS.md, "Three sparsities"): a scan of one-shot tickets on seed
+# 1 finds the lowest sparsity whose LTH falls >= 4 pp below the dense network; then every seed spends it as STUDY_GAP.
+# The study's dense weights are not kept in the repository: these tickets come from dense networks trained again,
+# in their own draw cache (runs/study/gap/draws), so each spend is paired with the dense network it was drawn from.
+STUDY_SCAN="0.982 0.986 0.989 0.991"
+STUDY_GAP=("--at --trt" "--trt" "" "--at" "--ls 0.1")
+GAP_SPARSITY=""  # the scan's choice
+gap_jobs() {
+  local base=$1 seed s v DRAWS=runs/$SET/gap
+  for seed in $SEEDS; do job "$seed" 0 "$base"; done  # the dense networks; seed 1's first: the scan draws from it
+  if [[ " $SEEDS " = *" 1 "* ]]; then for s in $STUDY_SCAN; do job 1 "$s" "$base"; done; fi
+  if [ -n "$GAP_SPARSITY" ]; then
+    for v in "${STUDY_GAP[@]}"; do for seed in $SEEDS; do job "$seed" $GAP_SPARSITY "$base" $v; done; done
+  fi
+}
 study_jobs() {
   local e v seed RUNG
   for e in $BUDGETS; do
@@ -172,6 +187,7 @@ study_jobs() {
     if [ "$e" = 30 ]; then at914=("${STUDY_914_AT_30[@]}"); fi
     for v in "${at914[@]}"; do for seed in $SEEDS; do job "$seed" 0.914 "$base" $v; done; done  # seeds interleaved:
     for v in "${at972[@]}"; do for seed in $SEEDS; do job "$seed" 0.972 "$base" $v; done; done  # each core its draw
+    if [ "$e" = 15 ]; then gap_jobs "$base"; fi
   done
 }
 
@@ -207,11 +223,13 @@ count() {
     function n(k, word) { return k " " word (k == 1 ? "" : "s") }
     { match($0, /--dataset [a-z0-9-]+ --arch [a-z0-9]+/); draw = substr($0, RSTART, RLENGTH)
       match($0, /--seed [0-9]+/); draw = draw substr($0, RSTART, RLENGTH) ($0 ~ /rewind/ ? " rewind" : "")
+      match($0, /--runs [^ ]+/); draw = draw substr($0, RSTART, RLENGTH)  # each --runs its own draw cache
       match($0, /--epochs [0-9]+/); E = substr($0, RSTART + 9, RLENGTH - 9); draw = draw " " E; epochs[draw] = E
       match($0, /--sparsity [0-9.]+/); s = substr($0, RSTART + 11, RLENGTH - 11)
       need = $0 ~ /--prune/ ? 1 : int(log(1 - s) / log(0.8) + 0.5) + 1  # IMP levels 0..L
       if (need > levels[draw]) levels[draw] = need
-      if ($0 ~ /--(skip|swish|mish|scale-init|ls|at|trt|kd|prune|hessian-every)/) { spends++; spent += E } }
+      tweaked = $0 ~ /--(skip|swish|mish|scale-init|ls|at|trt|kd|hessian-every)/
+      if (tweaked || ($0 ~ /--prune/ && s > 0)) { spends++; spent += E } }  # a dense spend is its draw'"'"'s training
     END { for (d in levels) { draws++; trainings += levels[d]; spent += levels[d] * epochs[d] }
           printf "# %s%s: %s + %s of %s (vanilla LTH spends reuse them), %s", label, n(NR, "job"),
             n(spends + 0, "trained spend"), n(draws, "draw"), n(trainings, "training"), n(spent, "epoch")

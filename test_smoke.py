@@ -743,8 +743,9 @@ def test_run_all_study_spends_every_tweak_on_the_same_tickets_per_seed_and_budge
     every = ["", "--skip", "--skip-proj", "--swish", "--scale-init", "--ls 0.1", "--at", "--trt", "--at --trt"]
     high = ["", "--ls 0.1", "--at", "--trt", "--at --trt"]
     at_30 = ["", "--skip", "--skip-proj", "--ls 0.1", "--at", "--trt", "--at --trt"]
-    expected = {(5, 0.914): every, (15, 0.914): every, (15, 0.972): high, (30, 0.914): at_30}
-    assert len({j.split("--out ")[1] for j in jobs}) == len(jobs) == 5 * sum(map(len, expected.values()))
+    expected = {(5, 0.914): every, (15, 0.914): every, (15, 0.972): high, (30, 0.914): at_30, (15, 0.0): [""]}
+    scan = {(15, s, 1): [""] for s in (0.982, 0.986, 0.989, 0.991)}  # seed 1's one-shot tickets far below dense
+    assert len({j.split("--out ")[1] for j in jobs}) == len(jobs) == 5 * sum(map(len, expected.values())) + len(scan)
     found = {}
     for job in jobs:
         args = train.parse_args(job.split())
@@ -752,9 +753,13 @@ def test_run_all_study_spends_every_tweak_on_the_same_tickets_per_seed_and_budge
         tweak = re.search(r"--prune omp (.*?) ?--seed", job).group(1)
         found.setdefault((args.epochs, args.sparsity, args.seed), []).append(tweak)
         rung = "" if args.epochs == 5 else f"e{args.epochs}/"
-        assert f"--runs runs/study --out runs/study/{rung}fashionmnist_resnet20/omp_s{args.sparsity}_" in job
-    assert sorted(found) == sorted((e, s, seed) for e, s in expected for seed in range(1, 6))
-    assert all(sorted(v) == sorted(expected[e, s]) for (e, s, _), v in found.items())
+        cache = "runs/study/gap" if args.sparsity not in (0.914, 0.972) else "runs/study"  # drawn from retrained nets
+        assert f"--runs {cache} --out runs/study/{rung}fashionmnist_resnet20/omp_s{args.sparsity:g}_" in job
+    assert sorted(found) == sorted([(e, s, seed) for e, s in expected for seed in range(1, 6)] + list(scan))
+    assert all(
+        sorted(v) == sorted({**expected, **scan}.get((e, s, seed)) or expected[e, s])
+        for (e, s, seed), v in found.items()
+    )
     epochs = [train.parse_args(j.split()).epochs for j in jobs]
     assert epochs == sorted(epochs, reverse=True)  # the longest rung first
     summary = run_all("--study", "--dry-run").stdout
@@ -762,9 +767,10 @@ def test_run_all_study_spends_every_tweak_on_the_same_tickets_per_seed_and_budge
     assert "# 30 epochs: 35 jobs: 35 trained spends + 5 draws of 5 trainings (vanilla LTH" in summary
     assert re.search(r"^# 30 epochs: .*, 1200 epochs$", summary, re.M)  # 35 spends and 5 dense runs of 30 epochs
     piece = run_all("--study", "--budget", "15", "--seeds", "4 5", "--dry-run").stdout
-    assert re.search(r"^# in all: 28 jobs: 28 trained spends \+ 2 draws of 2 trainings .*, 450 epochs$", piece, re.M)
+    # 28 spends on 2 draws; 2 dense networks trained again, each a draw of its own (the scan is seed 1's)
+    assert re.search(r"^# in all: 30 jobs: 28 trained spends \+ 4 draws of 4 trainings .*, 480 epochs$", piece, re.M)
     listed = run_all("--study", "--budget", "15", "--seeds", "4 5", "--list").stdout.splitlines()
-    assert len(listed) == 28 and all("--epochs 15 " in j and re.search("--seed [45] ", j) for j in listed)
+    assert len(listed) == 30 and all("--epochs 15 " in j and re.search("--seed [45] ", j) for j in listed)
     for bad, message in (
         (run_all("--study", "--epochs", "3"), "error: --epochs"),
         (run_all("--study", "--budget", "45"), "error: --budget 45"),
