@@ -21,13 +21,14 @@ import time
 import torch
 import torch.nn.functional as F
 
+import cli
 import data
 import models
 import prune
 import runs
 import train
 import tweaks
-from models import BadInput
+from cli import BadInput
 
 
 def bare_loader(ds, batch_size):
@@ -79,7 +80,7 @@ def ticket(args, ds, sparsity=0.0):
         prune.apply_mask(model, mask)
         tweaks.skip(model)
         tweaks.swish(model)
-        tweaks.scale_init(model, mask, train.forever(ds, args.batch_size, args.seed), iters=5)
+        tweaks.scale_init(model, mask, runs.forever(ds, args.batch_size, args.seed), iters=5)
     return train.MaskedSGD(model, mask, tweaks.make_loss(0.1 if sparsity else 0.0), args)
 
 
@@ -158,7 +159,7 @@ def packing(folder, out):
 
 
 def parser():
-    p = runs.Parser(description=__doc__.split("\n")[0])
+    p = cli.Parser(description=__doc__.split("\n")[0])
     a = p.add_argument
     a("--arch", default="resnet20", choices=list(models.ARCHS), help="the network (default: %(default)s)")
     a("--dataset", default="synthetic-cifar100", choices=list(data.DATASETS), help="(default: %(default)s)")
@@ -174,7 +175,7 @@ def parser():
     return p
 
 
-@runs.command
+@cli.command
 def main(argv=None):
     args = parser().parse_args(argv)
     if args.batch_size < 1 or args.steps < 1 or 0 < args.subset < 10:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models import BadInput
+from cli import BadInput
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -145,7 +145,17 @@ def load(name, root="data", subset=None, seed=42, device="cpu"):
     """{'train'|'val'|'test': (uint8 images, labels) on device, 'classes', 'mean', 'std'}."""
     if name not in DATASETS:
         raise BadInput(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    split, classes = DATASETS[name](root)
+    made = os.path.abspath(root)  # the first part of root's path a failed download may create: removed if empty
+    while not os.path.exists(os.path.dirname(made)):
+        made = os.path.dirname(made)
+    fresh = not os.path.exists(made)
+    try:
+        split, classes = DATASETS[name](root)
+    except BadInput:
+        for folder, _, _ in reversed(list(os.walk(made)) if fresh else []):
+            if not os.listdir(folder):  # a file never is
+                os.rmdir(folder)
+        raise
     x, y = split["train"]
     mean = x.float().mean((0, 2, 3)) / 255
     std = (x.float() / 255).std((0, 2, 3))

@@ -18,10 +18,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+import cli
 import data
 import hessian
 import runs
-from models import BadInput
+from cli import BadInput
 
 
 def fixed_images(ds, split, n, seed=0):
@@ -196,7 +197,7 @@ def eigenvalue(args):
 
 
 def parse_args(argv=None):
-    p = runs.Parser(description=__doc__.split("\n")[0])
+    p = cli.Parser(description=__doc__.split("\n")[0])
     a = p.add_argument
     a("command", choices=["contour", "eigen", "eigenvalue"], help="Fig. 4/8, Fig. 10, Fig. 2/A13")
     a("runs", nargs="+", metavar="RUN", help="folders of finished train.py runs")
@@ -222,7 +223,7 @@ def parse_args(argv=None):
     return args
 
 
-@runs.command
+@cli.command
 def main(argv=None):
     args = parse_args(argv)
     {"contour": contour, "eigen": eigen, "eigenvalue": eigenvalue}[args.command](args)

@@ -17,11 +17,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class BadInput(Exception):
-    """A user error (an unknown arch here; a bad mask, missing data, a corrupt file elsewhere): every command
-    line prints its message as one line and exits with code 2. It lives at the bottom, where all can raise it."""
-
-
 class BatchNorm(nn.BatchNorm2d):
     """nn.BatchNorm2d, but with `global_stats` set (by train.fit under torchrun: each rank holds a shard of the batch)
     it normalizes with the global batch's statistics, so N processes train like one, as torch's GPU-only SyncBatchNorm
@@ -166,7 +161,5 @@ ARCHS = {
 
 
 def get_model(arch, num_classes, in_channels=3):
-    if arch not in ARCHS:
-        raise BadInput(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
     # channels_last (NHWC), as the batches of data.normalize: faster convs on CPU (oneDNN) and GPU (tensor cores)
     return ARCHS[arch](num_classes, in_channels).to(memory_format=torch.channels_last)

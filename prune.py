@@ -13,8 +13,6 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from models import BadInput
-
 IMP_RATE = 0.2  # each IMP level removes 20% of the remaining weights (§4.1): density 0.8^level
 GRASP_TEMP = 200  # GraSP's code divides the logits by T = 200 so the softmax is not saturated at init
 
@@ -122,20 +120,6 @@ def synflow(model, sparsity, rounds=100, input_shape=(3, 32, 32), linear=False):
         top = max(float(s.max()) for s in scores.values()) or 1.0  # keep_top ranks in fp32: rescale to [0, 1]
         alive = {n: torch.where(mask[n], s / top, -1.0) for n, s in scores.items()}
         mask = keep_top(alive, keep_count(weights, 1 - (1 - sparsity) ** (k / rounds)))
-    return mask
-
-
-def check_mask(mask, model, source, linear=False):
-    """Refuse anything that is not a mask of exactly this model's prunable weights."""
-    expected = {n: p.shape for n, p in prunable(model, linear).items()}
-    if not isinstance(mask, dict) or not all(isinstance(v, torch.Tensor) for v in mask.values()):
-        raise BadInput(f"{source}: not a mask (expected a dict of weight name -> bool tensor)")
-    if set(mask) != set(expected):
-        missing, extra = sorted(set(expected) - set(mask)), sorted(set(mask) - set(expected))
-        raise BadInput(f"{source}: mask is for another model (missing {missing[:3]}, unexpected {extra[:3]})")
-    for n, m in mask.items():
-        if m.dtype != torch.bool or m.shape != expected[n]:
-            raise BadInput(f"{source}: {n} is {m.dtype} {tuple(m.shape)}, expected bool {tuple(expected[n])}")
     return mask
 
 

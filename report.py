@@ -19,8 +19,8 @@ import statistics
 from matplotlib.figure import Figure  # no pyplot: headless, no global state
 from scipy.stats import t as student_t
 
-from models import BadInput
-from runs import Parser, command, locked, read_json, save, variant
+from cli import BadInput, Parser, command
+from runs import locked, read_json, save, variant
 
 # Tables A2, A3: {variant: [(sparsity %, test acc. %)]}, ResNet-18 on CIFAR-100, mean of seeds 42, 1099, 5469
 _header, *_rows = csv.reader(pathlib.Path(__file__).with_name("paper.csv").read_text().splitlines())

@@ -1,20 +1,21 @@
-"""A run folder on disk and the plumbing around it: atomic writes, safe loads, JSON, the folder lock, rebuilding a
-finished spend, the scripts' Parser, signals, and the helpers that keep torchrun's ranks in step.
+"""The run folder on disk and the machinery that keeps a run safe, beneath train.py's story: atomic writes, safe loads,
+JSON and metrics.csv, the folder lock, checkpoints, the draw cache's folder and files, a run's name from its flags,
+masks from files, rebuilding a finished spend, the scripts' Parser, signals, and torchrun's ranks kept in step.
 
     runs.save(state, "runs/x/model.pt"); state = runs.load("runs/x/model.pt")
     model, mask, ds, config = runs.load_run("runs/x")      # a finished spend of train.py, ready for analysis
 """
 
-import argparse
 import contextlib
+import copy
+import csv
 import errno
 import fcntl
-import functools
 import glob
+import hashlib
 import io
 import json
 import os
-import signal
 import sys
 import tempfile
 import textwrap
@@ -22,87 +23,13 @@ import time
 from types import SimpleNamespace
 
 import torch
-import torch.distributed as dist
 
+import cli
 import data
 import models
 import prune
 import tweaks
-from models import BadInput
-
-
-class Parser(argparse.ArgumentParser):
-    """The command-line parser of every script: a bad flag is a BadInput (`command`: one line, exit code 2)."""
-
-    def error(self, message):
-        raise BadInput(message)
-
-
-STOP = []  # the signals received (SIGTERM: a scheduler's preemption; SIGINT: Ctrl-C): work stops at its next step
-
-
-class Stopped(Exception):
-    """Work stopped by a signal, what it had done saved where it can be: `command` prints why and exits 143."""
-
-
-def note_signal(signum, frame):
-    if STOP:  # the second signal: stop at once (`save` still removes its temporary file)
-        sys.exit(128 + signum)
-    STOP.append(signum)
-
-
-def stop_on_signals():
-    """SIGTERM and SIGINT ask for a stop (STOP) that training, GradInit and lock waits honour at their next step."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, note_signal)
-
-
-def command(main):
-    """Decorates a script's main: a user error (BadInput) or a file it cannot read or write (OSError: missing,
-    read-only, a full disk) is one line on stderr and exit code 2, no traceback; `save` leaves nothing half-written.
-    A stop for a signal (Stopped) is one line (rank 0's) and exit code 143."""
-
-    @functools.wraps(main)
-    def guarded(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except Stopped as e:
-            if rank() == 0:
-                print(e, file=sys.stderr, flush=True)
-            sys.exit(143)
-        except (BadInput, OSError) as e:
-            message = str(e) if isinstance(e, BadInput) else f"cannot read or write: {e}"
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-    return guarded
-
-
-def rank():
-    """This process's rank under torchrun (DDP), else 0. Only rank 0 writes files."""
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def world():
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def barrier():
-    if world() > 1:
-        dist.barrier()
-
-
-def init_distributed(args):
-    """Under `torchrun --nproc_per_node=N train.py ...`: one process per device, one run data-parallel.
-    Every rank computes the same draw and masks; only rank 0 prints and writes."""
-    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
-        return
-    if str(args.device).startswith("cuda"):
-        args.device = f"cuda:{os.environ['LOCAL_RANK']}"
-        torch.cuda.set_device(args.device)
-    dist.init_process_group("nccl" if str(args.device).startswith("cuda") else "gloo")
-    if rank() != 0:
-        sys.stdout = open(os.devnull, "w")
+from cli import STOP, BadInput, Stopped, barrier, rank
 
 
 def save(obj, path):
@@ -195,6 +122,292 @@ def locked(folder, wait):
         yield
 
 
+def write_metrics(rows, path):
+    """metrics.csv: a header of the rows' keys, then one line per epoch."""
+    save("\n".join([",".join(rows[0])] + [",".join(map(str, row.values())) for row in rows]) + "\n", path)
+
+
+def read_metrics(path):
+    """metrics.csv's rows as `fit` wrote them (numbers; Fig. A11's blanks ""); a damaged file is a BadInput."""
+    try:
+        with open(path) as f:
+            rows = [{k: json.loads(v) if v else "" for k, v in row.items()} for row in csv.DictReader(f)]
+    except (OSError, ValueError, TypeError) as e:  # TypeError: a row with fewer or more values than the header
+        raise BadInput(f"{path}: unreadable ({e})") from None
+    if not rows:
+        raise BadInput(f"{path}: unreadable (no epoch in it)")
+    return rows
+
+
+def read_or_repair(path, read, repair, how):
+    """read(path), or None if there is no such file. A damaged one stops the run, naming --repair; with `repair` it is
+    kept as *.damaged (never deleted) and None returned: the caller derives it again, the way `how` says."""
+    if not exists(path):
+        return None
+    try:
+        return read(path)
+    except BadInput as e:
+        if not repair:
+            raise BadInput(f"{e}; the same command with --repair keeps it as *.damaged and {how}") from None
+    if rank() == 0:
+        os.replace(path, path + ".damaged")
+    print(f"note: {path} was damaged, kept as {path}.damaged; {how}", file=sys.stderr)
+    return None
+
+
+def refuse_file(flag, folder):
+    """Refuse a folder to use or create if it, or the nearest part of its path that exists, is a file."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise BadInput(f"{flag} {folder}: {path} is a file, not a folder; choose another {flag}")
+
+
+def write_trained(out, mask, model, best_state, rows, results):
+    """A trained ticket's files: mask.pt (a draw's ticket folder has it already), model.pt, best.pt, metrics.csv and
+    results.json, written last: its presence means finished. Its checkpoint is removed."""
+    if not exists(os.path.join(out, "mask.pt")):
+        save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
+    save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
+    save({k: v.cpu() for k, v in best_state.items()}, os.path.join(out, "best.pt"))
+    write_metrics(rows, os.path.join(out, "metrics.csv"))
+    write_json(results, os.path.join(out, "results.json"))
+    if rank() == 0:
+        os.remove(os.path.join(out, "checkpoint.pt"))
+
+
+# ---------------------------------------------------------------- a run's inputs and results, checked and told
+
+
+def smallest_batch(model, ds):
+    """The fewest images a training batch needs on each rank: 2 where a BatchNorm runs at 1x1 (the last stage of
+    VGG-16 and MobileNet on 16x16 images), since train mode needs more than one value per channel; else 1."""
+    image = torch.zeros(1, *ds["train"][0].shape[1:], device=ds["train"][0].device)
+    try:
+        with torch.no_grad():
+            copy.deepcopy(model).train()(image)
+    except ValueError:  # torch's "Expected more than 1 value per channel when training"
+        return 2
+    return 1
+
+
+def check_data(args, ds, model):
+    """Refuse a --subset too small for a validation split, and a --batch-size too small for the arch's BatchNorm."""
+    n_val, classes = len(ds["val"][1]), ds["classes"]
+    if n_val < classes:
+        split = f"{n_val} validation images for {classes} classes"
+        raise BadInput(f"--subset {args.subset} is too small: {split}; use --subset >= {10 * classes}")
+    least = smallest_batch(model, ds) * cli.world()  # under torchrun: per process
+    if args.batch_size < least:
+        raise BadInput(f"--batch-size {args.batch_size} is too small for {args.arch}'s BatchNorm: use >= {least}")
+
+
+def summarize(results, out):
+    return (
+        f"test acc {results['test_acc']:.2%} (best val {results['best_val_acc']:.2%} at epoch "
+        f"{results['best_epoch']}; final epoch {results['final_test_acc']:.2%})  sparsity "
+        f"{results['sparsity']:.2%} ({results['weights_nonzero']:,} of {results['weights_total']:,} pruned-layer "
+        f"weights left; {results.get('sparsity_all', results['sparsity']):.2%} of all conv/linear weights)  "
+        f"{results['seconds']:.0f}s on {results['device']}  -> {out}"
+    )
+
+
+def forever(ds, batch_size, seed):
+    """Augmented training batches without end, a new shuffle each pass, for GradInit: a signal stops it (nothing saved:
+    it is cheap to redo)."""
+    for rnd in range(sys.maxsize):
+        for batch in data.batches(ds, "train", batch_size, seed=seed + rnd, augmented=True):
+            if STOP:
+                raise Stopped("[spend] stopped by a signal during GradInit: the same command starts it again")
+            yield batch
+
+
+# ---------------------------------------------------------------- checkpoints: a killed run resumes
+
+
+def save_checkpoint(path, state, model, opt):
+    """The loop's state, the weights, the momentum and torch's generators (the data order and augmentation need
+    none: they are seeded by epoch), written at the end of every epoch."""
+    rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all())
+    save(dict(state, model=model.state_dict(), optimizer=opt.state_dict(), rng=rng), path)
+
+
+def restore_checkpoint(saved, model, opt):
+    """A checkpoint's weights, momentum and generators restored in place; returns the loop's state."""
+    model.load_state_dict(saved.pop("model"))
+    opt.load_state_dict(saved.pop("optimizer"))
+    rng = saved.pop("rng")
+    torch.set_rng_state(rng["torch"].cpu())  # loaded onto --device with the rest; the generators take CPU bytes
+    torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+    return saved
+
+
+# ---------------------------------------------------------------- a run's name and folder, from its flags
+
+
+def short_hash(obj):
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def ticket_name(c):
+    """The draw's ticket a spend takes: IMP level L (imp_LL); other pruners one per sparsity (omp_S, ...); or --mask."""
+    if c.mask:
+        return "mask"
+    s = c.sparsity or 0.0
+    if c.prune == "imp" or s == 0:
+        return f"imp_{prune.imp_level(s):02d}"
+    return f"{c.prune}_{s:.4f}"
+
+
+def tweak_names(c):
+    """The spend's tweaks, joined by +, label smoothing with its alpha (skip+swish+scale_init+ls0.1); "" if none."""
+    on = [k for k in ("skip", "skip_proj", "swish", "mish", "scale_init", "kd") if getattr(c, k)]
+    return "+".join(on + ([f"ls{c.ls}"] if c.ls else []))
+
+
+def run_folder(args, config):
+    """--out, or <runs>/<dataset>_<arch>_seed<seed>/<ticket>_<tweaks, or lth>_<hash of the config>."""
+    name = f"{ticket_name(args)}_{tweak_names(args) or 'lth'}_{short_hash(config)}"
+    return args.out or os.path.join(args.runs, f"{args.dataset}_{args.arch}_seed{args.seed}", name)
+
+
+def finished(out, config):
+    """The results of `out` if it holds this config's finished run; None if it holds nothing of it yet. A folder of
+    another config is refused, unless it holds nothing but that config (a run that failed before it saved anything)."""
+    fix = f"; move {out} aside (it trains again) or choose another --out"
+    if not exists(os.path.join(out, "config.json")):
+        return None
+    if read_json(os.path.join(out, "config.json"), fix) != config:
+        if set(os.listdir(out)) - {"config.json", ".lock", "train.log"}:  # else a run that failed before it saved
+            raise BadInput(f"{out} holds a run with another config{fix}")
+        return None
+    if not exists(os.path.join(out, "results.json")):
+        return None
+    return read_json(os.path.join(out, "results.json"), fix)
+
+
+# ---------------------------------------------------------------- the draw cache
+
+
+class DrawCache:
+    """One draw on disk, keyed by everything that changes its result (draw.json): init.pt (theta_0) and a folder per
+    ticket (imp_LL: IMP level L; omp_S, random_S, ...) with its mask.pt and, once trained the vanilla-LTH way, its
+    model.pt, best.pt, metrics.csv and results.json (written last: its presence means trained)."""
+
+    def __init__(self, root, key, repair):
+        name = f"{key['dataset']}_{key['arch']}_seed{key['seed']}_{short_hash(key)}"
+        self.dir, self.repair = os.path.join(root, "draws", name), repair
+        if not exists(os.path.join(self.dir, "draw.json")):
+            write_json(key, os.path.join(self.dir, "draw.json"))
+
+    def folder(self, ticket):
+        return os.path.join(self.dir, ticket)
+
+    def derived(self, path, derive):
+        """A file derivable again exactly (init.pt from the seed, a mask from what it is drawn from): derived once,
+        then read. A damaged one stops the run, naming --repair, which keeps it as *.damaged and derives it again."""
+        found = read_or_repair(path, load, self.repair, "derives it again exactly")
+        if found is not None:
+            return found
+        save(derive(), path)
+        return load(path)
+
+    def init(self, derive):
+        return self.derived(os.path.join(self.dir, "init.pt"), derive)
+
+    def mask(self, ticket, draw, device):
+        """The ticket's mask on `device`: drawn once by draw(), then read from disk."""
+        masks = self.derived(
+            os.path.join(self.folder(ticket), "mask.pt"), lambda: {n: m.cpu() for n, m in draw().items()}
+        )
+        return {n: m.to(device) for n, m in masks.items()}
+
+    def trained(self, ticket):
+        return exists(os.path.join(self.folder(ticket), "results.json"))
+
+    @contextlib.contextmanager
+    def training(self, ticket):
+        """Whether the ticket is trained, and if not its folder's lock while it trains: another process drawing the
+        same ticket waits for it, then finds it trained."""
+        if self.trained(ticket):
+            yield True
+            return
+        with locked(self.folder(ticket), wait=True):
+            yield self.trained(ticket)
+
+    def trained_file(self, ticket, name, device="cpu"):
+        """A file of the ticket's vanilla training (weights, or metrics.csv's rows). A damaged one cannot be derived
+        again exactly (training is not bit-exact on every device): the message says which runs to redo."""
+        path = os.path.join(self.folder(ticket), name)
+        try:
+            return read_metrics(path) if name == "metrics.csv" else load(path, device)
+        except BadInput as e:
+            redo = "it retrains; redo also every IMP level drawn after it"
+            raise BadInput(
+                f"{e}; a trained network cannot be derived again exactly: move {self.folder(ticket)} "
+                f"aside and run again ({redo})"
+            ) from None
+
+    def results(self, ticket, measure):
+        """A trained ticket's results.json; --repair writes a damaged one again from measure()."""
+        path = os.path.join(self.folder(ticket), "results.json")
+        found = read_or_repair(path, read_json, self.repair, "measures it again from the weights beside it")
+        if found is None:
+            found = measure()
+            write_json(found, path)
+        return found
+
+    def copy_training(self, ticket, out, kept, measure):
+        """A vanilla spend is the ticket's own training: its files copied to `out`, each checked first so that nothing
+        damaged spreads. Returns the results."""
+        for name in ("model.pt", "best.pt", "metrics.csv", *kept):
+            self.trained_file(ticket, name)
+        self.results(ticket, measure)
+        for name in ("mask.pt", "model.pt", "best.pt", "metrics.csv", *kept, "results.json"):  # results.json last
+            with open(os.path.join(self.folder(ticket), name), "rb") as f:
+                save(f.read(), os.path.join(out, name))
+        return read_json(os.path.join(out, "results.json"))
+
+
+# ---------------------------------------------------------------- masks from files
+
+
+def check_mask(mask, model, source, linear=False):
+    """Refuse anything that is not a mask of exactly this model's prunable weights."""
+    expected = {n: p.shape for n, p in prune.prunable(model, linear).items()}
+    if not isinstance(mask, dict) or not all(isinstance(v, torch.Tensor) for v in mask.values()):
+        raise BadInput(f"{source}: not a mask (expected a dict of weight name -> bool tensor)")
+    if set(mask) != set(expected):
+        missing, extra = sorted(set(expected) - set(mask)), sorted(set(mask) - set(expected))
+        raise BadInput(f"{source}: mask is for another model (missing {missing[:3]}, unexpected {extra[:3]})")
+    for n, m in mask.items():
+        if m.dtype != torch.bool or m.shape != expected[n]:
+            raise BadInput(f"{source}: {n} is {m.dtype} {tuple(m.shape)}, expected bool {tuple(expected[n])}")
+    return mask
+
+
+def load_mask(path, model, linear, device):
+    """--mask's file on the device, refused unless it is a mask of this model's prunable weights that keeps some
+    weights in every layer."""
+    try:
+        mask = load(path)
+    except BadInput as e:
+        raise BadInput(f"--mask: {e}; a mask is the mask.pt of a run or of a draw's ticket") from None
+    if isinstance(mask, dict) and any(str(n).endswith("running_mean") for n in mask):
+        where = "a run keeps its mask as mask.pt beside its model.pt"
+        raise BadInput(f"--mask {path} holds model weights (BatchNorm statistics too), not a mask: {where}")
+    check_mask(mask, model, path, linear)
+    empty = [n for n, m in mask.items() if not m.any()]
+    if empty:
+        layers = "any of its layers" if len(empty) == len(mask) else ", ".join(empty)
+        raise BadInput(f"--mask {path} keeps no weight of {layers}: a ticket needs weights in every layer")
+    return {n: m.to(device) for n, m in mask.items()}
+
+
+# ---------------------------------------------------------------- a finished spend, for analysis
+
+
 def variant(c):
     """The paper's name of a spend: LTH (or Table A4's pruner at init) + tweaks (LTH+AT+TRT), ' Rewind' if rewound."""
     skip = ("Skip-1x1" if c.get("skip_proj") else "Skip") if c["skip"] or c.get("skip_proj") else None  # 1x1: ToST's
@@ -227,7 +440,7 @@ def load_run(run_dir, data_dir="data", device="cpu", weights="model.pt"):
     ds = data.load(config["dataset"], data_dir, config["subset"], config["seed"], device)
     model = models.get_model(config["arch"], ds["classes"], ds["train"][0].shape[1])
     linear = config.get("prune_classifier", True)  # runs older than the option pruned it
-    mask = prune.check_mask(load(os.path.join(run_dir, "mask.pt"), device), model, f"{run_dir}/mask.pt", linear)
+    mask = check_mask(load(os.path.join(run_dir, "mask.pt"), device), model, f"{run_dir}/mask.pt", linear)
     tweaks.apply(model, SimpleNamespace(**config))  # after the check: a tweak may add weights the mask never covers
     try:
         model.load_state_dict(load(os.path.join(run_dir, weights)))

@@ -12,6 +12,8 @@ import time
 import pytest
 import torch
 
+import cli
+import runs
 from conftest import HERE, ONE_THREAD, run_script
 
 LTH = "--epochs 1 --prune random --sparsity 0.5".split()
@@ -220,9 +222,10 @@ def test_the_runner_logs_each_run_in_its_folder_and_shows_progress_and_failures(
     )
 
 
-def test_a_preempted_run_saves_at_the_next_step_exits_143_and_resumes_there_to_the_same_result(tmp_path):
-    """SIGTERM (a scheduler's preemption) during epoch 2 of 2: the run saves at the next step boundary, says so in
-    one line, exits 143; the same command resumes from that batch and ends exactly like a run never stopped."""
+def test_a_preempted_run_stops_at_the_next_step_exits_143_and_resumes_from_its_last_epoch_to_the_same_result(tmp_path):
+    """SIGTERM (a scheduler's preemption) during epoch 2 of 2: the run stops at the next step, says so in one line,
+    exits 143 and keeps epoch 1's checkpoint (it loses at most one epoch); the same command resumes from there and ends
+    exactly like a run never stopped."""
     cmd = [
         *"--subset 640 --epochs 2 --prune random --sparsity 0.5 --at --deterministic".split(),
         "--runs",
@@ -234,11 +237,10 @@ def test_a_preempted_run_saves_at_the_next_step_exits_143_and_resumes_there_to_t
             p.terminate()
     assert p.wait() == 143
     stderr = p.stderr.read()
-    assert stderr.count("\n") == 1 and "stopped by a signal in epoch 2 after batch" in stderr, stderr
-    done = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["done"]
-    assert 1 <= done["batches"] < 10 and done["seen"] == 64 * done["batches"]  # mid-epoch, not at its end
+    assert stderr.count("\n") == 1 and "stopped by a signal in epoch 2" in stderr and "keeps epoch 1" in stderr, stderr
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 1
     r = train(*cmd, "--out", tmp_path / "cut")
-    assert r.returncode == 0 and f"resuming after epoch 1, batch {done['batches']}" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "resuming after epoch 1" in r.stdout, r.stdout + r.stderr
     r = train(*cmd, "--out", tmp_path / "whole")
     assert r.returncode == 0, r.stderr
     cut, whole = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("cut", "whole"))
@@ -390,7 +392,7 @@ def test_a_spend_waiting_for_its_draw_says_so_and_a_signal_stops_the_wait(tmp_pa
 
     args = train_module.parse_args([*SMALL, *LTH, "--runs", str(tmp_path / "runs")])
     key = {k: getattr(args, k) for k in train_module.RECIPE}
-    ticket = tmp_path / "runs" / "draws" / f"synthetic_resnet20_seed42_{train_module.short_hash(key)}" / "random_0.5000"
+    ticket = tmp_path / "runs" / "draws" / f"synthetic_resnet20_seed42_{runs.short_hash(key)}" / "random_0.5000"
     ticket.mkdir(parents=True)
     with open(ticket / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process trains the ticket
@@ -402,7 +404,7 @@ def test_a_spend_waiting_for_its_draw_says_so_and_a_signal_stops_the_wait(tmp_pa
 
 
 def test_a_second_signal_stops_at_once():
-    code = "import runs, time\nruns.stop_on_signals()\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.01)\n"
+    code = "import cli, time\ncli.stop_on_signals()\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.01)\n"
     p = subprocess.Popen([sys.executable, "-c", code], cwd=HERE, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline() == "ready\n"
     p.send_signal(signal.SIGINT)  # the first asks for a stop at the next step: this loop has none
@@ -422,7 +424,7 @@ def test_a_stop_during_the_final_evaluation_exits_143_and_the_rerun_finishes(tmp
 
     def signalled_at_test(model, ds, split, *args, **kwargs):  # a SIGTERM that arrives during the test evaluation
         if split == "test":
-            runs.STOP.append(signal.SIGTERM)
+            cli.STOP.append(signal.SIGTERM)
         return evaluate(model, ds, split, *args, **kwargs)
 
     monkeypatch.setattr(data, "evaluate", signalled_at_test)
@@ -432,7 +434,7 @@ def test_a_stop_during_the_final_evaluation_exits_143_and_the_rerun_finishes(tmp
     assert stopped.value.code == 143
     assert (tmp_path / "cut" / "checkpoint.pt").exists() and not (tmp_path / "cut" / "results.json").exists()
     monkeypatch.setattr(data, "evaluate", evaluate)
-    runs.STOP.clear()
+    cli.STOP.clear()
     train_module.main([*spend, "--out", str(tmp_path / "cut")])
     train_module.main([*spend, "--out", str(tmp_path / "whole")])
     cut, whole = (results_without_seconds(tmp_path / d / "results.json") for d in ("cut", "whole"))
@@ -510,7 +512,8 @@ def test_grasp_scores_each_class_sorted_sample_as_two_halves_as_the_official_cod
 
     args = train_module.parse_args([*SMALL, "--prune", "grasp", "--sparsity", "0.9", "--runs", str(tmp_path)])
     ds = data.load("synthetic", subset=256)
-    drawn = train_module.Draw(args, ds).draw_mask("grasp_0.9000")
+    cache = runs.DrawCache(str(tmp_path), {k: getattr(args, k) for k in train_module.RECIPE}, repair=False)
+    drawn = train_module.one_shot(args, ds, cache, "grasp", 0.9)
     model = train_module.new_model(args, ds)
     x, y = data.balanced_batch(ds, 10, args.seed)
     halves = prune.grasp(model, [(x[:50], y[:50]), (x[50:], y[50:])], 0.9)

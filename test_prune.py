@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import data
 import models
 import prune
+import runs
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -135,7 +136,7 @@ PRUNERS = {
 @pytest.mark.parametrize("method", PRUNERS)
 def test_exact_sparsity_and_the_callers_model_is_untouched(method, resnet20):
     before = {k: v.clone() for k, v in resnet20.state_dict().items()}
-    mask = prune.check_mask(PRUNERS[method](resnet20, 0.9), resnet20, method)
+    mask = runs.check_mask(PRUNERS[method](resnet20, 0.9), resnet20, method)
     total = sum(m.numel() for m in mask.values())
     assert sum(int(m.sum()) for m in mask.values()) == round(total * 0.1)
     after = resnet20.state_dict()

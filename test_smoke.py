@@ -21,8 +21,8 @@ import prune
 import runs
 import train
 import tweaks
+from cli import BadInput
 from conftest import HERE, ONE_THREAD, run_script
-from models import BadInput
 
 TINY = "--dataset synthetic --arch resnet20 --epochs 2 --batch-size 64 --device cpu --scale-init-iters 5".split()
 
@@ -37,7 +37,15 @@ def cli_in_process(tmp_path, *args, capsys=None):
 
 
 # ---------------------------------------------------------------- the project's layout
-LAYERS = [["models"], ["prune", "tweaks", "data"], ["runs"], ["hessian"], ["landscape"], ["train"], ["bench", "report"]]
+LAYERS = [
+    ["cli", "models"],
+    ["prune", "tweaks", "data"],
+    ["runs"],
+    ["hessian"],
+    ["landscape"],
+    ["train"],
+    ["bench", "report"],
+]
 
 
 def test_imports_run_one_way_down_the_layers():
@@ -110,13 +118,13 @@ def test_one_shot_pruners_hit_the_sparsity_exactly(method):
 def test_check_mask_refuses_foreign_masks():
     model = models.get_model("resnet20", 10)
     good = prune.ones_mask(model)
-    assert prune.check_mask(good, model, "m") is good
+    assert runs.check_mask(good, model, "m") is good
     with pytest.raises(BadInput):
-        prune.check_mask(prune.ones_mask(models.get_model("vgg16", 10)), model, "m")
+        runs.check_mask(prune.ones_mask(models.get_model("vgg16", 10)), model, "m")
     with pytest.raises(BadInput):
-        prune.check_mask({n: m.float() for n, m in good.items()}, model, "m")
+        runs.check_mask({n: m.float() for n, m in good.items()}, model, "m")
     with pytest.raises(BadInput):
-        prune.check_mask(torch.zeros(3), model, "m")
+        runs.check_mask(torch.zeros(3), model, "m")
 
 
 # ---------------------------------------------------------------- tweaks
@@ -359,7 +367,7 @@ def test_rewind_omp_random_kd_and_user_masks_spend(tmp_path, capsys):
     draw_dir = next((tmp_path / "runs" / "draws").iterdir())
     assert (draw_dir / "imp_00" / "epoch1.pt").exists() and (draw_dir / "omp_0.8000" / "mask.pt").exists()
     args = train.parse_args(TINY + ["--runs", str(tmp_path / "runs"), "--at", "--ls", "0.1", "--hessian-every", "1"])
-    vanilla = train.Draw(args, None).vanilla  # what the draw trains with: no tweak, no Fig. A11 Hessian records
+    vanilla = train.untweaked(args)  # what the draw trains with: no tweak, no Fig. A11 Hessian records
     assert not (vanilla.skip or vanilla.swish or vanilla.ls or vanilla.hessian_every) and args.hessian_every == 1
     res = json.loads((tmp_path / "a" / "results.json").read_text())
     assert abs(res["sparsity"] - 0.8) < 1e-4 and json.loads((tmp_path / "a" / "config.json").read_text())["kd"]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-LOOP = ["models.py", "prune.py", "tweaks.py", "data.py", "runs.py", "train.py", "hessian.py", "landscape.py"]
+LOOP = ["cli.py", "models.py", "prune.py", "tweaks.py", "data.py", "runs.py", "train.py", "hessian.py", "landscape.py"]
 TOOLS = ["report.py", "bench.py"]
 BUDGET = [(LOOP, 2000), (TOOLS, 600)]  # the loop and its analysis; the tools on top
 

@@ -23,6 +23,7 @@ RUNS=(
   "--sparsity 0.9 --prune omp --swish --ls 0.1"
   "--sparsity 0.36 --rewind-epoch 1"
   "--sparsity 0.36 --kd"
+  "--sparsity 0.5 --prune grasp --mish --hessian-every 2 --keep-epochs 1"
 )
 train() {  # train CODE_DIR OUT_ROOT: every run of RUNS with the code in CODE_DIR, into OUT_ROOT
   local i=0

@@ -1,0 +1,156 @@
+"""The command line and the process beneath every script: BadInput (a user's mistake: one line on stderr, exit code
+2), the Parser, signals (a stop at the next step, exit code 143) and torchrun's ranks kept in step.
+
+    @cli.command
+    def main(argv=None): args = cli.Parser(...).parse_args(argv) ...
+"""
+
+import argparse
+import functools
+import math
+import os
+import signal
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+class BadInput(Exception):
+    """A user error (a bad flag, mask, file or dataset): every command line prints its message as one line and exits
+    with code 2."""
+
+
+class Diverged(Exception):
+    """Training met a non-finite loss: one line, exit code 3."""
+
+
+class Parser(argparse.ArgumentParser):
+    """The command-line parser of every script: a bad flag is a BadInput (`command`: one line, exit code 2), and
+    --help shows each flag's default (a switch's or an empty list's aside)."""
+
+    def error(self, message):
+        raise BadInput(message)
+
+    def add_argument(self, *flags, **options):
+        shown = options.get("default") not in (None, [], False, argparse.SUPPRESS)  # not a switch's, nor --help's
+        if shown and "default" not in options.get("help", ""):
+            shown = "(default: %(default)s)"
+            options["help"] = f"{options['help']} {shown}" if options.get("help") else shown
+        return super().add_argument(*flags, **options)
+
+
+def number(kind, low=-math.inf, high=math.inf, above=False, below=False):
+    """An argparse type: a finite `kind` (int, float) in [low, high], or (low, high] with `above`, [low, high) with
+    `below`; anything else is refused in one line that gives the range."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an' if kind is int else 'a'} {kind.__name__}"
+            ) from None
+        if not (
+            math.isfinite(value)
+            and (low < value if above else low <= value)
+            and (value < high if below else value <= high)
+        ):
+            span = f"{'(' if above else '['}{low:g}, {high:g}{')' if below or high == math.inf else ']'}"
+            raise argparse.ArgumentTypeError(f"must be in {span}, got {text}")
+        return value
+
+    return parse
+
+
+def check_device(name):
+    """Refuse a --device torch does not know or this machine does not have."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BadInput(f"--device {name}: not a device; use cpu, cuda or cuda:N") from None
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and (device.index or 0) >= gpus):
+        raise BadInput(f"--device {name}: not here ({gpus} CUDA GPUs found); use cpu, or cuda on a GPU machine")
+
+
+STOP = []  # the signals received (SIGTERM: a scheduler's preemption; SIGINT: Ctrl-C): work stops at its next step
+
+
+class Stopped(Exception):
+    """Work stopped by a signal, what it had done saved where it can be: `command` prints why and exits 143."""
+
+
+def note_signal(signum, frame):
+    if STOP:  # the second signal: stop at once (`save` still removes its temporary file)
+        sys.exit(128 + signum)
+    STOP.append(signum)
+
+
+def stop_on_signals():
+    """SIGTERM and SIGINT ask for a stop (STOP) that training, GradInit and lock waits honour at their next step."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, note_signal)
+
+
+def command(main):
+    """Decorates a script's main: a user error (BadInput) or a file it cannot read or write (OSError: missing,
+    read-only, a full disk) is one line on stderr and exit code 2, no traceback; `save` leaves nothing half-written.
+    A stop for a signal (Stopped) is one line (rank 0's) and exit code 143; a diverged training, exit code 3."""
+
+    @functools.wraps(main)
+    def guarded(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except Stopped as e:
+            if rank() == 0:
+                print(e, file=sys.stderr, flush=True)
+            sys.exit(143)
+        except Diverged as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(3)
+        except (BadInput, OSError) as e:
+            message = str(e) if isinstance(e, BadInput) else f"cannot read or write: {e}"
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    return guarded
+
+
+def rank():
+    """This process's rank under torchrun (DDP), else 0. Only rank 0 writes files."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def barrier():
+    if world() > 1:
+        dist.barrier()
+
+
+def init_distributed(args):
+    """Under `torchrun --nproc_per_node=N train.py ...`: one process per device, one run data-parallel.
+    Every rank computes the same draw and masks; only rank 0 prints and writes."""
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return
+    if str(args.device).startswith("cuda"):
+        args.device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(args.device)
+    dist.init_process_group("nccl" if str(args.device).startswith("cuda") else "gloo")
+    if rank() != 0:
+        sys.stdout = open(os.devnull, "w")
+
+
+def signalled(steps, device):
+    """Whether a signal (STOP) asks training to stop after this step. Under torchrun ranks get it at different
+    steps: every 10 steps they agree."""
+    if world() == 1:
+        return bool(STOP)
+    if steps % 10:
+        return False
+    count = torch.tensor(len(STOP), device=device)
+    dist.all_reduce(count, dist.ReduceOp.MAX)
+    return bool(count)
