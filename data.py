@@ -8,6 +8,7 @@ into train/val by a seeded permutation (§4.1); the official test set is the tes
 val folder). Normalization uses the per-channel mean/std of the full training set, measured: right for every dataset.
 """
 
+import contextlib
 import glob
 import gzip
 import os
@@ -22,16 +23,26 @@ from cli import BadInput
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
-def _idx(path):
+@contextlib.contextmanager
+def reading(path, fix):
+    """A data file that fails to read, unpickle, decode or reshape is one BadInput naming it and the way out, `fix`."""
+    try:
+        yield
+    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, pickle.UnpicklingError) as e:
+        raise BadInput(f"{path}: damaged or not the dataset's file ({type(e).__name__}: {e}); {fix}") from None
+
+
+def _idx(path, fix):
     """Read an IDX file (the MNIST format): path.gz if there is one, else path."""
-    with gzip.open(path + ".gz") if os.path.exists(path + ".gz") else open(path, "rb") as f:
+    path += ".gz" if os.path.exists(path + ".gz") else ""
+    with reading(path, fix), gzip.open(path) if path.endswith(".gz") else open(path, "rb") as f:
         raw = f.read()
-    shape = np.frombuffer(raw, ">u4", raw[3], 4).astype(int)  # byte 3: the number of dimensions
-    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(shape).copy())
+        shape = np.frombuffer(raw, ">u4", raw[3], 4).astype(int)  # byte 3: the number of dimensions
+        return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(shape).copy())
 
 
 def fashionmnist(root):
-    folder = DEBIAN_FASHION_MNIST
+    folder, fix = DEBIAN_FASHION_MNIST, "reinstall dataset-fashion-mnist"
     if not os.path.exists(os.path.join(folder, "train-images-idx3-ubyte.gz")):
         import torchvision
 
@@ -43,14 +54,29 @@ def fashionmnist(root):
                 f"dataset-fashion-mnist`, or put the raw files in {root}/FashionMNIST/raw"
             ) from None
         folder = os.path.join(root, "FashionMNIST", "raw")
+        fix = f"delete {folder} and it is downloaded again"
     split = {
         k: (
-            _idx(os.path.join(folder, f"{p}-images-idx3-ubyte"))[:, None],
-            _idx(os.path.join(folder, f"{p}-labels-idx1-ubyte")).long(),
+            _idx(os.path.join(folder, f"{p}-images-idx3-ubyte"), fix)[:, None],
+            _idx(os.path.join(folder, f"{p}-labels-idx1-ubyte"), fix).long(),
         )
         for k, p in (("train", "train"), ("test", "t10k"))
     }
     return split, 10
+
+
+# All the official CIFAR archives (Python 2's cPickle, protocol 2) name; numpy 2 writes numpy._core for numpy.core
+ARCHIVE_GLOBALS = {"numpy.ndarray", "numpy.dtype"} | {f"numpy.{c}.multiarray._reconstruct" for c in ("core", "_core")}
+
+
+class ArchiveUnpickler(pickle.Unpickler):
+    """The archives hold dicts, bytes, lists and numpy arrays: a pickle naming any other global (os.system, exec) is
+    refused before the name is looked up, so a crafted file cannot run code."""
+
+    def find_class(self, module, name):
+        if f"{module}.{name}" not in ARCHIVE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}, which the CIFAR archives never name")
+        return super().find_class(module, name)
 
 
 CIFAR = {  # folder in the official archive, train files, test files, label key
@@ -76,20 +102,21 @@ def cifar(root, classes):
     split = {}
     for name, files in (("train", train_files), ("test", test_files)):
         xs, ys = [], []
-        for f in files:
-            with open(os.path.join(path, f), "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")  # the archive's own format: pickled numpy arrays
-            xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
-            ys += list(batch[label_key])
+        for f in (os.path.join(path, f) for f in files):
+            with reading(f, f"delete {path} and it is downloaded again"), open(f, "rb") as fh:
+                batch = ArchiveUnpickler(fh, encoding="bytes").load()  # the archive's own format: pickled numpy arrays
+                xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
+                ys += list(batch[label_key])
         split[name] = (torch.from_numpy(np.concatenate(xs)), torch.tensor(ys))
     return split, classes
 
 
-def _rgb(path):
+def _rgb(path, fix):
     """An image file as a uint8 CHW tensor."""
     from PIL import Image  # only Tiny-ImageNet needs it
 
-    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+    with reading(path, fix):
+        return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
 
 
 def tinyimagenet(root):
@@ -103,16 +130,12 @@ def tinyimagenet(root):
         )
     wnids = open(os.path.join(folder, "wnids.txt")).read().split()
     label = {w: i for i, w in enumerate(wnids)}
-    files = {
-        "train": [
-            (p, label[w]) for w in wnids for p in sorted(glob.glob(os.path.join(folder, "train", w, "images", "*")))
-        ],
-        "test": [
-            (os.path.join(folder, "val", "images", f), label[w])
-            for f, w, *_ in map(str.split, open(os.path.join(folder, "val", "val_annotations.txt")))  # file, wnid, box
-        ],
-    }
-    split = {k: (torch.stack([_rgb(p) for p, _ in v]), torch.tensor([c for _, c in v])) for k, v in files.items()}
+    train = [(p, label[w]) for w in wnids for p in sorted(glob.glob(os.path.join(folder, "train", w, "images", "*")))]
+    fix, annotations = "extract tiny-imagenet-200/ again", os.path.join(folder, "val", "val_annotations.txt")
+    with reading(annotations, fix):  # lines of file, wnid, box
+        test = [(os.path.join(folder, "val", "images", f), label[w]) for f, w, *_ in map(str.split, open(annotations))]
+    files = {"train": train, "test": test}
+    split = {k: (torch.stack([_rgb(p, fix) for p, _ in v]), torch.tensor([c for _, c in v])) for k, v in files.items()}
     return split, len(wnids)
 
 

@@ -33,7 +33,7 @@ def imp_level(sparsity):
 
 
 def keep_top(scores, n_keep):
-    """Mask keeping exactly the n_keep highest scores across all layers (ties broken by position)."""
+    """Mask keeping exactly the n_keep highest scores across all layers (ties: as torch.topk picks, not by position)."""
     flat = torch.cat([s.flatten().float() for s in scores.values()])
     keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     keep[torch.topk(flat, n_keep, sorted=False).indices] = True
@@ -92,13 +92,14 @@ def grasp(model, batches, sparsity, linear=False):
     `batches` and H its Hessian. A high score means removing the weight reduces the gradient flow least, so GraSP
     prunes the highest scores (its code keeps score <= threshold): we keep the top of w * Hg."""
     net = copy.deepcopy(model).train().requires_grad_(True)  # batch statistics, as the official code; on a copy
-    weights = prunable(net, linear)
+    weights, ranked = prunable(net, linear=True), prunable(net, linear)  # H g over every weight, as the official code
     g, hg = loss_grad(net, weights, batches, GRASP_TEMP), [torch.zeros_like(w) for w in weights.values()]
     for x, y in batches:  # one batch at a time: the double-backprop graph of all of them may not fit
         grads = torch.autograd.grad(F.cross_entropy(net(x) / GRASP_TEMP, y), list(weights.values()), create_graph=True)
         gtg = sum((gi * gr).sum() for gi, gr in zip(g, grads))  # g (held fixed) . grad: its gradient is H g
         hg = [h + d for h, d in zip(hg, torch.autograd.grad(gtg, list(weights.values())))]
-    return keep_top({n: (w * h).detach() for (n, w), h in zip(weights.items(), hg)}, keep_count(weights, sparsity))
+    scores = {n: (w * h).detach() for (n, w), h in zip(weights.items(), hg) if n in ranked}  # only the mask's layers
+    return keep_top(scores, keep_count(ranked, sparsity))
 
 
 def synflow(model, sparsity, rounds=100, input_shape=(3, 32, 32), linear=False):

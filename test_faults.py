@@ -1,20 +1,25 @@
 """Faults a long reproduction meets: a full disk, a damaged draw cache, preemption, two runners on one folder.
 `python -m pytest -q test_faults.py`"""
 
+import gzip
 import json
 import os
+import pickle
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 import cli
+import data
 import runs
-from conftest import HERE, ONE_THREAD, run_script
+from conftest import HERE, ONE_THREAD, run_script, write_cifar_file
 
 LTH = "--epochs 1 --prune random --sparsity 0.5".split()
 SMALL = ["--dataset", "synthetic", "--arch", "resnet20", "--subset", "256", "--batch-size", "64", "--device", "cpu"]
@@ -47,7 +52,7 @@ def test_a_full_disk_is_one_line_and_the_same_command_finishes_once_space_is_fre
         assert not list(fs.rglob(".tmp-*"))  # no temporary file left behind
         init = next(fs.rglob("init.pt")).read_bytes()
         subprocess.run(["mount", "-o", "remount,size=64m", str(fs)], check=True)
-        r = train(*cmd)
+        r = train_on_cifar10(tmp_path)
         assert r.returncode == 0, r.stderr
         assert json.loads((fs / "out" / "results.json").read_text())["pruned_nonzero"] == 0
         assert next(fs.rglob("init.pt")).read_bytes() == init  # what was written before is what was kept
@@ -520,3 +525,94 @@ def test_grasp_scores_each_class_sorted_sample_as_two_halves_as_the_official_cod
     whole = prune.grasp(model, [(x, y)], 0.9)
     assert all(torch.equal(drawn[n], halves[n]) for n in halves)
     assert not all(torch.equal(drawn[n], whole[n]) for n in whole)  # the two ways differ here: the test can tell
+
+
+# ---------------------------------------------------------------- issue 48: damaged data files, files that run code
+def cifar10_folder(root, n=10):
+    """A cifar-10-batches-py/ laid out and pickled as the official archive (five training files and a test file)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(c) for c in rng.integers(0, 10, n)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(n)],
+        }
+        write_cifar_file(folder / name, batch)
+    return folder
+
+
+def train_on_cifar10(tmp_path):
+    cifar10 = ["--dataset", "cifar10", "--data-dir", tmp_path / "data"]
+    return train(*cifar10, "--runs", tmp_path / "runs", "--out", tmp_path / "o")
+
+
+def test_a_damaged_or_cut_short_cifar_file_is_one_line_naming_it_and_creates_nothing(tmp_path):
+    folder = cifar10_folder(tmp_path / "data")
+    assert data.load("cifar10", tmp_path / "data")["train"][0].shape == (45, 3, 32, 32)  # as written, it loads
+    good = (folder / "data_batch_2").read_bytes()
+    (folder / "data_batch_2").write_bytes(b"<html>503 Service Unavailable</html>\n")  # not the archive's pickle
+    r = train_on_cifar10(tmp_path)
+    assert one_line_error(r, f"{folder / 'data_batch_2'}: damaged", "UnpicklingError", f"delete {folder}"), r.stderr
+    (folder / "data_batch_2").write_bytes(good[: len(good) // 2])  # a copy cut short
+    r = train_on_cifar10(tmp_path)
+    assert one_line_error(r, f"{folder / 'data_batch_2'}: damaged", f"delete {folder}"), r.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "o").exists()
+
+
+def test_damaged_fashion_mnist_and_tiny_imagenet_files_are_bad_input_naming_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", str(tmp_path / "fm"))
+    (tmp_path / "fm").mkdir()
+    images = tmp_path / "fm" / "train-images-idx3-ubyte.gz"
+    idx = b"\0\0\x08\x03" + struct.pack(">III", 2, 28, 28) + bytes(2 * 28 * 28)
+    for damaged, reason in (
+        (b"not gzip", "BadGzipFile"),
+        (gzip.compress(idx)[:-12], "EOFError"),  # the gz file cut short
+        (gzip.compress(idx[:-5]), "ValueError"),  # whole gz, but fewer pixels than its header says
+    ):
+        images.write_bytes(damaged)
+        with pytest.raises(cli.BadInput, match=f"{images}: damaged.*{reason}.*reinstall dataset-fashion-mnist"):
+            data.load("fashionmnist")
+    from PIL import Image
+
+    root = tmp_path / "tiny-imagenet-200"
+    (root / "train" / "n01" / "images").mkdir(parents=True)
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "wnids.txt").write_text("n01\n")
+    jpeg = root / "train" / "n01" / "images" / "n01_0.JPEG"
+    Image.new("RGB", (64, 64), (200, 10, 0)).save(jpeg)
+    (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn99\t0\t0\t10\t10\n")  # a class not in wnids.txt
+    with pytest.raises(cli.BadInput, match=r"val_annotations.txt: damaged.*KeyError.*extract tiny-imagenet-200/"):
+        data.load("tinyimagenet", tmp_path)
+    (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn01\t0\t0\t10\t10\n")
+    jpeg.write_bytes(jpeg.read_bytes()[:300])  # cut short
+    with pytest.raises(cli.BadInput, match=f"{jpeg}: damaged.*extract tiny-imagenet-200/"):
+        data.load("tinyimagenet", tmp_path)
+
+
+class RunsOnLoad:
+    """Pickles as a call of `function(argument)` on unpickling: what a crafted data file holds."""
+
+    def __init__(self, function, argument):
+        self.call = function, (argument,)
+
+    def __reduce__(self):
+        return self.call
+
+
+def test_a_crafted_cifar_file_is_refused_and_never_runs_its_code(tmp_path):
+    folder = cifar10_folder(tmp_path / "data")
+    marker = tmp_path / "ran"
+    crafted = {b"data": RunsOnLoad(os.system, f"touch {marker}"), b"labels": []}
+    write_cifar_file(folder / "data_batch_1", crafted)  # pickled as the official files, but for os.system
+    r = train_on_cifar10(tmp_path)
+    assert one_line_error(r, f"{folder / 'data_batch_1'}: damaged", "refused to load", "system"), r.stderr
+    assert not marker.exists() and not (tmp_path / "runs").exists() and not (tmp_path / "o").exists()
+    crafted = {b"data": RunsOnLoad(exec, f"open({str(marker)!r}, 'w')"), b"labels": []}
+    for written in (write_cifar_file, lambda path, obj: path.write_bytes(pickle.dumps(obj, protocol=4))):
+        written(folder / "data_batch_1", crafted)  # builtins.exec: as Python 2 named it, and as Python 3 does
+        with pytest.raises(cli.BadInput, match=f"{folder / 'data_batch_1'}: damaged.*refused to load .*\\.exec"):
+            data.load("cifar10", tmp_path / "data")
+        assert not marker.exists()

@@ -173,6 +173,19 @@ def test_snip_scores_with_batchnorm_in_eval_mode_as_the_official_code(resnet20):
     assert torch.equal(flat_mask(prune.snip(resnet20, data_, 0.9)), flat_mask(by_hand))
 
 
+def test_grasp_keeps_the_classifier_in_hg_when_it_leaves_it_out_of_the_ranking(resnet20, monkeypatch):
+    """alecwangcq/GraSP, pruner/GraSP.py takes H g over every conv and linear weight: with the classifier dense (the
+    default) the convs' scores are those of --prune-classifier, only the ranking leaves the classifier out."""
+    scored = []
+    monkeypatch.setattr(prune, "keep_top", lambda scores, n_keep: scored.append(scores) or {})
+    data_ = batches(1, 8, (3, 32, 32), 10, seed=8)
+    prune.grasp(resnet20, data_, 0.9)
+    prune.grasp(resnet20, data_, 0.9, linear=True)
+    default, with_classifier = scored
+    assert set(default) == set(prune.prunable(resnet20)) and set(with_classifier) == set(prune.prunable(resnet20, True))
+    assert all(torch.equal(default[n], with_classifier[n]) for n in default)
+
+
 def test_grasp_sample_is_class_balanced_and_seeded():
     ds = data.load("synthetic")
     x, y = data.balanced_batch(ds, 10, seed=0)

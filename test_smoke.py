@@ -4,7 +4,7 @@ import csv
 import itertools
 import json
 import os
-import pickle
+import pickletools
 import re
 import subprocess
 import sys
@@ -22,7 +22,7 @@ import runs
 import train
 import tweaks
 from cli import BadInput
-from conftest import HERE, ONE_THREAD, run_script
+from conftest import HERE, ONE_THREAD, run_script, write_cifar_file
 
 TINY = "--dataset synthetic --arch resnet20 --epochs 2 --batch-size 64 --device cpu --scale-init-iters 5".split()
 
@@ -282,14 +282,16 @@ def test_cifar_and_tinyimagenet_loaders_read_their_standard_layouts(tmp_path):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
     for name, n in (("train", 20), ("test", 10)):
-        with open(folder / name, "wb") as f:
-            pickle.dump(
-                {
-                    b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                    b"fine_labels": list(rng.integers(0, 100, n)),
-                },
-                f,
-            )
+        batch = {  # the official files' keys and types: Python ints in the lists, Python 2 str (read as bytes)
+            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+            b"batch_label": f"{name}ing batch 1 of 1".encode(),
+            b"fine_labels": [int(c) for c in rng.integers(0, 100, n)],
+            b"coarse_labels": [int(c) for c in rng.integers(0, 20, n)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        }
+        write_cifar_file(folder / name, batch)
+    pickled = {arg for op, arg, _ in pickletools.genops((folder / "train").read_bytes()) if op.name == "GLOBAL"}
+    assert pickled == {"numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"}  # the official files'
     ds = data.load("cifar100", str(tmp_path), seed=0)
     assert ds["train"][0].shape == (18, 3, 32, 32) and ds["test"][0].shape == (10, 3, 32, 32)
     assert ds["classes"] == 100 and ds["train"][0].dtype == torch.uint8
