@@ -1,6 +1,7 @@
 """The reproduction's grid, declared once: which train.py runs make which table or figure, and what they cost.
 
     python3 grid.py --list [--quick | --study] [--parts "fig2 a4"] [--seeds "42 1099"]     # one train.py line a run
+    python3 grid.py --analysis [the same options]     # the landscape.py lines to run after the trainings
     python3 grid.py --folder "LINE"                     # a job line's run folder, then "finished" or "unfinished"
 
 run_all.sh (--list, --dry-run, the runner: runner.py), slurm.sh, slurm_task.sh and report.py (its figures) read it.
@@ -161,6 +162,42 @@ def jobs(o):
     )
 
 
+def folders(seed, s, names, root="runs/full/cifar100_resnet18", prune="imp"):
+    return " ".join(f"{root}/{prune}_s{s}_{name}/seed{seed}" for name in names.split())
+
+
+def eigenvalues(runs, batches=10, iters=100):
+    return [f"eigenvalue {run} --batches {batches} --iters {iters} --out {run}/hessian.json" for run in runs.split()]
+
+
+def analysis(o):
+    """The analysis after the trainings, one landscape.py command line each, its output last: Fig. 2's and A13's top
+    Hessian eigenvalues (the paper's: 10 batches, <= 100 power iterations), Fig. 4's and 8's loss contours and Fig. 10's
+    eigen-directions (1,000 test images); --quick: A13's and 8's, smaller."""
+    lines, on = [], lambda part: o.set == "full" and part in o.parts
+    for seed in o.seeds if o.set != "study" else []:
+        if o.set == "quick":
+            two, png = (
+                folders(seed, FIG, "lth attrt", "runs/quick/fashionmnist_resnet20", "omp"),
+                "runs/quick/report/fig8",
+            )
+            lines += eigenvalues(two, 2, 10) + [
+                f"contour {two} --grid 9 --images 256 --out {png}_omp_s{FIG}_seed{seed}.png"
+            ]
+        lines += [e for s in FIG2_LEVELS if on("fig2") for e in eigenvalues(folders(seed, s, "lth swish mish"))]
+        lines += (
+            eigenvalues(folders(seed, FIG, "lth skip swish mish scaleinit ls0.1 at trt attrt")) if on("figA13") else []
+        )
+        png = f"--out runs/full/report/{{}}_imp_s{FIG}_seed{seed}.png"
+        for part, command, names in (
+            ("fig4", "contour --weights epoch5.pt", "lth skip ls0.1 scaleinit"),
+            ("fig8", "contour", "lth at trt attrt"),
+            ("fig10", "eigen", "lth attrt"),
+        ):
+            lines += [f"{command} --images 1000 {folders(seed, FIG, names)} {png.format(part)}"] * on(part)
+    return lines
+
+
 def run_folder(line):
     """(the run folder of a train.py line: its last --out, the line split as a shell would; whether it is finished)."""
     words = shlex.split(line)
@@ -246,7 +283,8 @@ def main(argv):
             folder, finished = run_folder(argv[1])
             print(f"{folder}\n{'finished' if finished else 'unfinished'}")
             return
-        print("\n".join(jobs(options(argv))))
+        o = options(argv[1:] if argv[:1] == ["--analysis"] else argv)
+        print("\n".join(analysis(o) if argv[:1] == ["--analysis"] else jobs(o)))
     except Refused as e:
         sys.exit(print(f"error: {e}", file=sys.stderr) or 2)
 
