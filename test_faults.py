@@ -227,7 +227,8 @@ def test_sigterm_to_the_runner_stops_every_run_it_started_and_starts_no_more(tmp
     fake = tmp_path / "python"
     fake.write_text(
         '#!/bin/bash\nout=${@: -1}; echo $$ > "$out/pid"\n'
-        'if [ ! -e "$out/../resume" ]; then trap \'kill $!; echo saved > "$out/saved"; exit 143\' TERM; sleep 60 & wait; fi\n'
+        'if [ ! -e "$out/../resume" ]; then trap \'kill $!; echo saved > "$out/saved"; exit 143\' TERM\n'
+        "sleep 60 & wait; fi\n"
         'touch "$out/results.json"\n'
     )
     fake.chmod(0o755)

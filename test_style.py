@@ -10,6 +10,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LOOP = ["models.py", "prune.py", "tweaks.py", "data.py", "runs.py", "train.py", "hessian.py", "landscape.py"]
 TOOLS = ["report.py", "bench.py"]
 BUDGET = [(LOOP, 2000), (TOOLS, 600)]  # the loop and its analysis; the tools on top
+BUDGET += [(["grid.py"], 300), (["bill.py"], 300), (["runner.py"], 300)]  # the grid, its bill, its runner: each alone
 
 
 def formatted_lines(folder, name):
