@@ -39,7 +39,7 @@ def test_the_loop_and_the_tools_keep_their_line_budget():
 
 
 def test_the_budget_fails_naming_the_files_when_a_module_grows(tmp_path):
-    for name in LOOP + TOOLS:
+    for name in LOOP + TOOLS + ["grid.py", "bill.py", "runner.py"]:
         shutil.copy(os.path.join(HERE, name), tmp_path)
     grown = sum(formatted_lines(HERE, name) for name in LOOP)
     with open(tmp_path / "train.py", "a") as f:
