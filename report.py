@@ -19,6 +19,7 @@ import statistics
 from matplotlib.figure import Figure  # no pyplot: headless, no global state
 from scipy.stats import t as student_t
 
+import grid
 from cli import BadInput, Parser, command
 from runs import locked, read_json, save, variant
 
@@ -34,15 +35,10 @@ COMBINED = ["LTH+AT", "LTH+TRT", "LTH+AT+TRT"]
 # what a figure shows: (axis label, the number of one run's results; None where that run has not measured it)
 ACCURACY = ("test accuracy (%)", lambda r: 100 * r["test_acc"])
 EIGEN = ("top Hessian eigenvalue (mean over its batches)", lambda r: r.get("hessian", {}).get("top_eigenvalue"))
-# run_all.sh's figure parts: {part: (masks, or None for any; what; panels, each a list of variants; only at sparsity)}
+# grid.py's figure parts: {part: (masks, or None for any; what; panels, each a list of variants; only at sparsity)}
 FIGURES = {
-    "fig1": ("imp", ACCURACY, [["LTH", v] for v in ("LTH+Skip", "LTH+Swish", "LTH+Scaling", "LTH+LS")], None),
-    "fig6": ("imp", ACCURACY, [["LTH", *COMBINED], ["LTH Rewind", *COMBINED]], None),  # (b): against rewinding
-    "fig7": ("imp", ACCURACY, [["LTH Rewind", "LTH+AT Rewind", "LTH+TRT Rewind", "LTH+AT+TRT Rewind"]], None),
-    "fig9": ("imp", ACCURACY, [["LTH+AT+TRT", "LTH+AT+Scaling+KD"]], None),  # LS replaced by KD (§4.6)
-    "figA12": ("one-shot", ACCURACY, [["LTH", *COMBINED]], None),
-    "fig2": (None, EIGEN, [["LTH", "LTH+Swish", "LTH+Mish"]], None),
-    "figA13": (None, EIGEN, [ORDER], 0.914),
+    part: (masks, {"accuracy": ACCURACY, "eigenvalue": EIGEN}[what], panels, at)
+    for part, (masks, what, panels, at) in grid.FIGURES.items()
 }
 # the skip table: how much of the authors' 1x1 skip (--skip-proj) their reported sparsity leaves uncounted
 SKIP_COLUMNS = [

@@ -193,7 +193,7 @@ def test_the_runner_logs_each_run_in_its_folder_and_shows_progress_and_failures(
     (tmp_path / "jobs.txt").write_text("".join(f"--sleep {2 if i == 1 else 1} --out {o}\n" for i, o in enumerate(outs)))
     command = ["bash", os.path.join(HERE, "run_all.sh"), "--jobs-from", str(tmp_path / "jobs.txt"), "--jobs", "1"]
     r = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHON=str(fake)))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # a failed run fails the runner, which says how many
     lines = r.stdout.splitlines()
     assert [line for line in lines if " start: " in line] == [
         f"[{i + 1}/4] start: {o} (log: {o}/train.log)" for i, o in enumerate(outs)
@@ -209,6 +209,7 @@ def test_the_runner_logs_each_run_in_its_folder_and_shows_progress_and_failures(
             assert int(done.group(5)) == int(left) * sum(trained) // len(trained), line
     assert lines[-1].endswith("; none left")
     failed = rf"\[2/4\] FAILED \(exit 3\) after \d+ s: {outs[1]} \(error: it broke\); log: {outs[1]}/train.log\n"
+    failed += r"1 of 4 runs failed \(their logs are named above\)\n"
     assert re.fullmatch(failed, r.stderr), r.stderr
     for o in outs:  # stdout and stderr of train.py, after a line naming the command
         log = (o / "train.log").read_text().splitlines()
@@ -225,6 +226,73 @@ def test_the_runner_logs_each_run_in_its_folder_and_shows_progress_and_failures(
         bad.stderr
         == f"error: --jobs-from {tmp_path / 'bad.txt'}: line 4 has no --out FOLDER; give each run its folder\n"
     )
+
+
+def test_sigterm_to_the_runner_stops_every_run_it_started_and_starts_no_more(tmp_path):
+    """--jobs 2 over three stand-in runs that wait for a signal: SIGTERM to the runner reaches both (each "saves" and
+    exits 143, as train.py does), the third never starts, the runner exits 143; the same command then finishes all."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        '#!/bin/bash\nout=${@: -1}; echo $$ > "$out/pid"\n'
+        'if [ ! -e "$out/../resume" ]; then trap \'kill $!; echo saved > "$out/saved"; exit 143\' TERM\n'
+        "sleep 60 & wait; fi\n"
+        'touch "$out/results.json"\n'
+    )
+    fake.chmod(0o755)
+    outs = [tmp_path / f"j{i}" for i in range(3)]
+    (tmp_path / "jobs.txt").write_text("".join(f"--wait 1 --out {o}\n" for o in outs))
+    command = ["bash", os.path.join(HERE, "run_all.sh"), "--jobs-from", str(tmp_path / "jobs.txt"), "--jobs", "2"]
+    env = dict(os.environ, PYTHON=str(fake))
+    runner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 30
+    while not all((o / "pid").exists() for o in outs[:2]):
+        assert time.time() < deadline and runner.poll() is None
+        time.sleep(0.1)
+    time.sleep(0.5)  # the stand-ins have set their trap
+    runner.send_signal(signal.SIGTERM)
+    out, err = runner.communicate(timeout=30)
+    assert runner.returncode == 143 and "the same command resumes" in err, (out, err)
+    for o in outs[:2]:  # each run it started was told to stop and has exited
+        assert (o / "saved").read_text() == "saved\n", err
+        with pytest.raises(ProcessLookupError):
+            os.kill(int((o / "pid").read_text()), 0)
+    assert not outs[2].exists() and "FAILED" not in err  # nothing more started
+    (tmp_path / "resume").touch()
+    again = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and all((o / "results.json").exists() for o in outs), again.stderr
+
+
+def test_a_quoted_out_with_a_space_and_an_umlaut_is_one_folder(tmp_path):
+    """A --jobs-from line is split as a shell would: a quoted --out with a space is one folder, and nothing else
+    (no folder named by a stray quote) appears; a quote never closed is one line of error, exit 2."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/bash\nout="${@: -1}"; echo "$#" > "$out/argc"; touch "$out/results.json"\n')
+    fake.chmod(0o755)
+    folder = tmp_path / "q" / "my run ü"
+    (tmp_path / "jobs.txt").write_text(f'--sleep 0 --out "{folder}"\n')
+    before = set(os.listdir(HERE))
+    command = ["bash", os.path.join(HERE, "run_all.sh"), "--jobs-from", str(tmp_path / "jobs.txt")]
+    r = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHON=str(fake)))
+    assert r.returncode == 0 and (folder / "results.json").exists(), r.stderr
+    assert (folder / "argc").read_text() == "5\n" and f"[1/1] start: {folder} " in r.stdout  # train.py, 4 words
+    assert set(os.listdir(HERE)) == before and sorted(os.listdir(tmp_path / "q")) == ["my run ü"]
+    (tmp_path / "open.txt").write_text(f'--sleep 0 --out "{tmp_path / "x"}\n')
+    bad = subprocess.run([*command[:3], str(tmp_path / "open.txt")], capture_output=True, text=True)
+    assert one_line_error(bad, "line 1: No closing quotation") and not (tmp_path / "x").exists(), bad.stderr
+
+
+def test_bad_seeds_jobs_and_epochs_are_one_line_and_create_nothing():
+    for args, words in (
+        (["--quick", "--seeds", "1 x"], "--seeds '1 x'"),
+        (["--seeds", "1 x", "--list"], "--seeds '1 x'"),
+        (["--quick", "--jobs", "two"], "--jobs must be a whole number"),
+        (["--epochs", "-3", "--parts", "fig8"], "--epochs must be a whole number"),
+        (["--study", "--jobs", "0"], "--jobs must be a whole number"),
+    ):
+        before = set(os.listdir(HERE)) | {"runs"}
+        r = subprocess.run(["bash", os.path.join(HERE, "run_all.sh"), *args], capture_output=True, text=True)
+        assert one_line_error(r, words) and not r.stdout, (args, r.stderr)
+        assert set(os.listdir(HERE)) <= before and not any("seedx" in f for _, d, _ in os.walk(HERE) for f in d)
 
 
 def test_a_preempted_run_stops_at_the_next_step_exits_143_and_resumes_from_its_last_epoch_to_the_same_result(tmp_path):

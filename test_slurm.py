@@ -295,15 +295,14 @@ def test_the_array_runs_each_line_to_the_end_like_a_plain_run(slurm, array):
         assert f"task {task} of array {array['array_id']}" in (d / "logs" / f"task-{task}.log").read_text()
 
 
-def test_a_task_signalled_mid_epoch_is_requeued_and_resumes_from_its_step(slurm, array):
+def test_a_task_signalled_mid_epoch_is_requeued_and_resumes_from_its_last_epoch(slurm, array):
     d = array["dir"]
     assert re.fullmatch(rf"{array['array_id']}_{SIGNALLED} RUNNING None", array["signalled_at"][0])
     log = (d / "logs" / f"task-{SIGNALLED}.log").read_text()
-    stop = re.search(r"stopped by a signal in epoch (\d) after batch (\d+)", log)
-    assert stop and int(stop[1]) >= 2, log
-    epoch, batch = int(stop[1]), int(stop[2])
+    stop = re.search(r"stopped by a signal in epoch (\d): \S+ keeps epoch (\d)", log)
+    assert stop and int(stop[1]) >= 2 and int(stop[2]) == int(stop[1]) - 1, log
     assert f"stopped by SIGTERM (exit 143): requeueing {array['array_id']}_{SIGNALLED};" in log, log
-    assert "restart 1)" in log and f"resuming after epoch {epoch - 1}, batch {batch}" in log, log
+    assert "restart 1)" in log and f"resuming after epoch {stop[2]} from" in log, log
     assert "[spend] epoch   4/4" in log and log.count("test acc") == 1, log  # trained to the end, once
     assert array["signalled_job_id"] == array["array_id"]  # the premise of SIGNALLED
     restarts = {t["ArrayTaskId"]: t["Restarts"] for t in slurm.jobs(array["array_id"])}

@@ -37,15 +37,8 @@ def cli_in_process(tmp_path, *args, capsys=None):
 
 
 # ---------------------------------------------------------------- the project's layout
-LAYERS = [
-    ["cli", "models"],
-    ["prune", "tweaks", "data"],
-    ["runs"],
-    ["hessian"],
-    ["landscape"],
-    ["train"],
-    ["bench", "report"],
-]
+LAYERS = [["cli", "models"], ["prune", "tweaks", "data"], ["runs"], ["hessian"], ["landscape"], ["train"], ["grid"]]
+LAYERS += [["bench", "report", "bill", "runner"]]  # the tools on top: grid.py declares the runs they read
 
 
 def test_imports_run_one_way_down_the_layers():
@@ -714,10 +707,12 @@ def test_run_all_lists_the_full_reproduction():
     assert "GPU-hours" in r.stdout
     for job in jobs[:50]:
         train.parse_args(job.split())  # every job line is a valid train.py command line
-    parts = dict(re.findall(r"^# (\w+): (\d+) jobs: .*, \d+ GPU-hours$", r.stdout, re.M))
+    parts = dict(
+        re.findall(r"^# (\w+): (\d+) jobs: .*, \d+ GPU-hours one run at a time \(assumed by FLOPs\)$", r.stdout, re.M)
+    )
     assert f"# in all: {len(jobs)} jobs: " in r.stdout
-    all_parts = "a2 a3 a4 fig1 fig2 fig4 fig5 fig6 fig7 fig8 fig9 fig10 figA11 figA12 figA13 tableA1 skipproj"
-    assert list(parts) == all_parts.split()
+    all_parts = "a2 a3 a4 fig1 fig2 fig4 fig5 fig6 fig7 fig8 fig9 fig10 figA11 figA12 figA13 tableA1 skipproj headline"
+    assert list(parts) == all_parts.split() and parts["headline"] == str(3 * 2 * 4)  # seeds x levels 11, 16 x variants
     assert parts["fig1"] == parts["a2"] == str(3 * 17 * 5)  # seeds x levels x variants
     assert parts["figA12"] == str(3 * 17 * 4)
     assert (parts["fig8"], parts["fig10"], parts["figA13"]) == (str(3 * 4), str(3 * 2), str(3 * 9))  # seeds x variants
@@ -801,41 +796,73 @@ def test_run_all_help_prints_the_usage_at_the_top_of_the_script_and_exits_0():
     assert "--budget" in r.stdout and "train.log" in r.stdout and "EPOCH_SECONDS" in r.stdout
 
 
-def test_dry_run_gpu_hours_come_from_the_measured_files_and_a_damaged_one_is_refused(tmp_path):
-    """--dry-run in a copy of run_all.sh: the GPU-hours follow runs/gpu_check/seconds_per_epoch (one run at a time)
-    and runs/gpu_check/packing (the best K runs at once: its seconds lead, K = 1's follow), each named; a damaged file
-    or a bad EPOCH_SECONDS is one line on stderr and exit code 2, no number."""
-    (tmp_path / "run_all.sh").write_bytes(open(os.path.join(HERE, "run_all.sh"), "rb").read())
+def test_the_bill_prices_each_run_by_its_cell_from_fabricated_measurements(tmp_path, monkeypatch):
+    """bill.py on fabricated --gpu-check files: a measured cell at its seconds per image (scaled as the ResNet-18 run's
+    whole epoch is to its measured steps), another cell by its FLOPs, at K by the packing sweep's share; without any
+    file, an assumed 10 s scaled by FLOPs: a Fig. 5 cell of ResNet-50 on Tiny-ImageNet costs more than ResNet-18's."""
+    import bill
+    import grid
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EPOCH_SECONDS", raising=False)
+
+    def hours(cell, price):
+        text = bill.count(grid.part_jobs("fig5", "42", 180, [cell]), "", price)
+        return float(re.search(r", (\d+) GPU-hours one run at a time", text).group(1)), text
+
+    assumed = bill.measured()
+    r50, r18 = hours(("tinyimagenet", "resnet50"), assumed)[0], hours(("cifar100", "resnet18"), assumed)[0]
+    assert r50 > 5 * r18 > 0  # 31.1 against 3.33 GFLOP per image, twice the images
+    ratio = bill.flops("resnet50", "tinyimagenet") / bill.flops("resnet18", "cifar100")
+    assert abs(r50 / r18 - 2 * ratio) < 0.05 * r50 / r18, (r50, r18, ratio)
+    os.makedirs("runs/gpu_check")
+    for name, text in (
+        ("seconds_per_epoch", "9\n"),
+        ("packing", "4 2.25 plain\n"),
+        ("cells", "resnet18 cifar100 0.0001\n"),
+    ):
+        open(f"runs/gpu_check/{name}", "w").write(text)
+    open("runs/gpu_check/cells", "a").write("resnet50 tinyimagenet 0.0004\n")
+    price = bill.measured()
+    assert price[1:] == ({("resnet18", "cifar100"): 0.0001, ("resnet50", "tinyimagenet"): 0.0004}, (4, 0.25, "plain"))
+    assert bill.per_image("resnet50", "tinyimagenet", *price[:2]) == (pytest.approx(0.0008), "measured")
+    rate, source = bill.per_image("resnet34", "cifar10", *price[:2])
+    assert source == "ResNet-18's by FLOPs"
+    assert abs(rate - 9 / 45000 * bill.flops("resnet34", "cifar10") / bill.flops("resnet18", "cifar100")) < 1e-12
+    # one spend at level 1 (0.2) and its draw's levels 0 and 1: 540 epochs x 90,000 images x 0.0008 s = 10.8 h
+    line = grid.part_jobs("fig5", "42", 180, [("tinyimagenet", "resnet50")])[3]
+    assert "--sparsity 0.2 " in line and "--at --trt" in line
+    text = bill.count([line], "x: ", price)
+    assert text.endswith(", 540 epochs, 11 GPU-hours one run at a time, 3 at 4 per GPU (measured)"), text
+
+
+def test_dry_run_names_its_sources_and_refuses_a_damaged_file(tmp_path):
+    """--dry-run in a copy of the project: each line's GPU-hours name their source; a damaged file or a bad
+    EPOCH_SECONDS is one line on stderr and exit code 2, no number."""
+    for f in os.listdir(HERE):
+        if f.endswith(".py") or f == "run_all.sh":
+            (tmp_path / f).write_bytes(open(os.path.join(HERE, f), "rb").read())
     measured = tmp_path / "runs" / "gpu_check"
     measured.mkdir(parents=True)
     unset = {k: v for k, v in os.environ.items() if k != "EPOCH_SECONDS"}
 
     def dry_run(**env):
-        command = ["bash", str(tmp_path / "run_all.sh"), "--parts", "fig8 fig10", "--dry-run"]
-        return subprocess.run(command, capture_output=True, text=True, env=dict(unset, **env))
+        command = ["bash", str(tmp_path / "run_all.sh"), "--parts", "fig8 headline", "--dry-run"]
+        return subprocess.run(command, capture_output=True, text=True, env=dict(unset, PYTHON=sys.executable, **env))
 
-    def hours(out):  # (epochs in all, GPU-hours in all)
-        epochs, gpu_hours = re.search(r"^# in all: .*, (\d+) epochs, (\d+) GPU-hours$", out, re.M).groups()
-        return int(epochs), int(gpu_hours)
-
-    assumed = dry_run()
-    epochs, at_10 = hours(assumed.stdout)
-    assert at_10 == round(epochs * 10 / 3600) and "(assumed, not measured" in assumed.stdout
-    for seconds in ("3.6", "7.2"):
-        (measured / "seconds_per_epoch").write_text(seconds + "\n")
-        r = dry_run()
-        assert hours(r.stdout) == (epochs, round(epochs * float(seconds) / 3600)), r.stdout + r.stderr
-        assert f"# GPU-hours at {seconds} GPU-seconds per epoch of a run (measured by --gpu-check" in r.stdout
-        assert "read from runs/gpu_check/seconds_per_epoch" in r.stdout and "one run per GPU at a time" not in r.stdout
-    (measured / "packing").write_text("4 0.9 mps\n")
+    (measured / "seconds_per_epoch").write_text("3.36\n")
     r = dry_run()
-    assert hours(r.stdout) == (epochs, round(epochs * 0.9 / 3600)), r.stdout + r.stderr
-    assert "at 0.9 GPU-seconds per epoch of a run (4 runs at once per GPU under CUDA MPS (--per-gpu 4)" in r.stdout
-    one = re.search(r"^# one run per GPU at a time: (\d+) GPU-hours at 7.2 s per epoch \(measured", r.stdout, re.M)
-    assert one and int(one.group(1)) == round(epochs * 7.2 / 3600), r.stdout
-    r = dry_run(EPOCH_SECONDS="2")  # set by hand: the files are not read
-    assert hours(r.stdout) == (epochs, round(epochs * 2 / 3600)) and "(set by EPOCH_SECONDS)" in r.stdout
-    assert "one run per GPU at a time" not in r.stdout
+    assert r.returncode == 0, r.stderr
+    assert re.search(
+        r"^# headline: 24 jobs: 18 trained spends \+ 3 draws of 51 trainings .*, 12420 epochs, 12 GPU-hours "
+        r"one run at a time \(ResNet-18's by FLOPs\)$",
+        r.stdout,
+        re.M,
+    ), r.stdout
+    assert (
+        "# ResNet-18's by FLOPs: 3.36 s per epoch" in r.stdout
+        and "read from runs/gpu_check/seconds_per_epoch" in r.stdout
+    )
     for name, damaged in (
         ("packing", "4 0.9\n"),
         ("packing", "0 0.9 plain\n"),
@@ -844,9 +871,10 @@ def test_dry_run_gpu_hours_come_from_the_measured_files_and_a_damaged_one_is_ref
         ("seconds_per_epoch", "3.3\0\0\n"),
         ("seconds_per_epoch", ""),
         ("seconds_per_epoch", "0\n"),
+        ("cells", "resnet18 cifar100\n"),
     ):
-        for f in ("packing", "seconds_per_epoch"):
-            (measured / f).write_text("4 0.9 plain\n" if f == "packing" else "7.2\n")
+        for f in ("packing", "seconds_per_epoch", "cells"):
+            (measured / f).write_text({"packing": "4 0.9 plain\n", "cells": ""}.get(f, "7.2\n"))
         (measured / name).write_text(damaged)
         r = dry_run()
         assert r.returncode == 2 and not r.stdout and r.stderr.count("\n") == 1, (name, damaged, r.stdout, r.stderr)
