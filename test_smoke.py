@@ -37,7 +37,7 @@ def cli_in_process(tmp_path, *args, capsys=None):
 
 
 # ---------------------------------------------------------------- the project's layout
-LAYERS = [["cli", "models"], ["prune", "tweaks", "data"], ["runs"], ["hessian"], ["landscape"], ["train"], ["grid"]]
+LAYERS = [["models"], ["cli"], ["prune", "tweaks", "data"], ["runs"], ["hessian"], ["landscape"], ["train"], ["grid"]]
 LAYERS += [["bench", "report", "bill", "runner"]]  # the tools on top: grid.py declares the runs they read
 
 

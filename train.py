@@ -17,9 +17,7 @@ import os
 import time
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import cli
 import data
@@ -33,19 +31,8 @@ from cli import BadInput
 from runs import exists, load, save
 
 # the draw's cache key; the spend-only tweaks (a draw has them off); how a run computes, not what (not in its config)
-RECIPE = [
-    "dataset",
-    "arch",
-    "seed",
-    "epochs",
-    "lr",
-    "batch_size",
-    "momentum",
-    "wd",
-    "subset",
-    "rewind_epoch",
-    "prune_classifier",
-]
+RECIPE = ["dataset", "arch", "seed", "subset", "prune_classifier", "rewind_epoch"]  # what is drawn from what
+RECIPE += ["epochs", "lr", "batch_size", "momentum", "wd"]  # and trained how (§4.1)
 TWEAKS = ["skip", "skip_proj", "swish", "mish", "scale_init", "ls", "kd"]
 HOW = ["device", "out", "runs", "data_dir", "deterministic", "compile", "amp", "hessian_every", "repair", "keep_epochs"]
 
@@ -161,11 +148,7 @@ class MaskedSGD:
         self.amp = self.cuda if args.amp is None else args.amp
         self.net = model  # what runs forward: the same weights, perhaps wrapped
         if cli.world() > 1:
-            for m in model.modules():
-                if isinstance(m, models.BatchNorm):
-                    m.global_stats = True
-            device_ids = [args.device] if self.cuda else None
-            self.net = DDP(model, device_ids=device_ids, forward_sync_buffers=False)
+            self.net = cli.data_parallel(model, args.device)
         if args.compile:
             self.net = torch.compile(self.net)
 
@@ -208,12 +191,8 @@ def train_epoch(sgd, ds, args, epoch, max_steps=None):
             break
         if cli.signalled(steps, args.device):
             return None, -1, True
-    if world > 1:
-        sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=args.device).double()])
-        dist.all_reduce(sums)
-        dist.all_reduce(first_bad, dist.ReduceOp.MAX)
-        loss_sum, correct, seen = sums[0], sums[1], int(sums[2])
-    return dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen), int(first_bad), False
+    loss_sum, correct, seen, first_bad = cli.over_ranks(loss_sum, correct, seen, first_bad)
+    return dict(loss_sum=float(loss_sum), correct=int(correct), seen=int(seen)), int(first_bad), False
 
 
 def fit(sgd, ds, args, state, label, checkpoint):
@@ -491,9 +470,7 @@ def main(argv=None):
     args = parse_args(argv)
     cli.init_distributed(args)
     run(args)
-    if cli.world() > 1:  # leave together: a rank that exits at once can cut off its last message to rank 0
-        cli.barrier()
-        dist.destroy_process_group()
+    cli.leave_together()
 
 
 if __name__ == "__main__":
