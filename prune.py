@@ -39,10 +39,15 @@ def keep_top(scores, n_keep):
     keep[torch.topk(flat, n_keep, sorted=False).indices] = True
     sizes = [s.numel() for s in scores.values()]
     mask = {n: k.view_as(s) for (n, s), k in zip(scores.items(), keep.split(sizes))}
-    for name, m in mask.items():
-        if n_keep and not m.any():
-            print(f"warning: layer collapse, {name} is pruned entirely (§3.1)", file=sys.stderr)
+    if n_keep:
+        warn_collapse(mask)
     return mask
+
+
+def warn_collapse(mask):
+    """Layer collapse (§3.1): a layer the mask prunes entirely is warned of, one line each; training goes on."""
+    for name in (n for n, m in mask.items() if not m.any()):
+        print(f"warning: layer collapse, {name} is pruned entirely (§3.1)", file=sys.stderr)
 
 
 def keep_count(weights, sparsity):

@@ -380,7 +380,8 @@ def check_mask(mask, model, source, linear=False):
         raise BadInput(f"{source}: not a mask (expected a dict of weight name -> bool tensor)")
     if set(mask) != set(expected):
         missing, extra = sorted(set(expected) - set(mask)), sorted(set(mask) - set(expected))
-        raise BadInput(f"{source}: mask is for another model (missing {missing[:3]}, unexpected {extra[:3]})")
+        fix = "pass the mask.pt of a run of this --arch and --prune-classifier, or draw one with --sparsity"
+        raise BadInput(f"{source}: mask is for another model (missing {missing[:3]}, unexpected {extra[:3]}); {fix}")
     for n, m in mask.items():
         if m.dtype != torch.bool or m.shape != expected[n]:
             raise BadInput(f"{source}: {n} is {m.dtype} {tuple(m.shape)}, expected bool {tuple(expected[n])}")
@@ -388,8 +389,7 @@ def check_mask(mask, model, source, linear=False):
 
 
 def load_mask(path, model, linear, device):
-    """--mask's file on the device, refused unless it is a mask of this model's prunable weights that keeps some
-    weights in every layer."""
+    """--mask's file on the device, refused unless it is a mask of this model's prunable weights that keeps a weight."""
     try:
         mask = load(path)
     except BadInput as e:
@@ -398,10 +398,9 @@ def load_mask(path, model, linear, device):
         where = "a run keeps its mask as mask.pt beside its model.pt"
         raise BadInput(f"--mask {path} holds model weights (BatchNorm statistics too), not a mask: {where}")
     check_mask(mask, model, path, linear)
-    empty = [n for n, m in mask.items() if not m.any()]
-    if empty:
-        layers = "any of its layers" if len(empty) == len(mask) else ", ".join(empty)
-        raise BadInput(f"--mask {path} keeps no weight of {layers}: a ticket needs weights in every layer")
+    if not any(m.any() for m in mask.values()):
+        raise BadInput(f"--mask {path} keeps no weight at all: a ticket needs some")
+    prune.warn_collapse(mask)  # as for a drawn mask: a layer pruned entirely is warned of, and trained as it is
     return {n: m.to(device) for n, m in mask.items()}
 
 

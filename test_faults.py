@@ -425,7 +425,9 @@ def test_a_last_batch_too_small_for_batchnorm_is_dropped_and_a_batch_size_too_sm
     assert not (tmp_path / "r1").exists() and not (tmp_path / "b1").exists()
 
 
-def test_a_mask_that_keeps_no_weight_in_a_layer_is_refused(tmp_path):
+def test_a_mask_with_an_empty_layer_is_warned_of_as_a_drawn_one_and_one_with_no_weight_refused(tmp_path):
+    """One rule for drawn and given masks: a layer pruned entirely is a warning (layer collapse, §3.1), and the ticket
+    trains; a mask that keeps no weight at all is refused."""
     import models
     import prune
 
@@ -433,11 +435,20 @@ def test_a_mask_that_keeps_no_weight_in_a_layer_is_refused(tmp_path):
     mask["layer2.0.unit1.conv.weight"][:] = False
     torch.save(mask, tmp_path / "one_empty.pt")
     torch.save({n: torch.zeros_like(m) for n, m in mask.items()}, tmp_path / "all_empty.pt")
-    r = train("--epochs", "1", "--mask", tmp_path / "one_empty.pt", "--runs", tmp_path / "runs")
-    assert one_line_error(r, "keeps no weight of layer2.0.unit1.conv.weight:"), r.stderr
     r = train("--epochs", "1", "--mask", tmp_path / "all_empty.pt", "--runs", tmp_path / "runs")
-    assert one_line_error(r, "keeps no weight of any of its layers"), r.stderr
+    assert one_line_error(r, "keeps no weight at all"), r.stderr
     assert not (tmp_path / "runs").exists()
+    r = train(
+        "--epochs", "1", "--mask", tmp_path / "one_empty.pt", "--runs", tmp_path / "runs", "--out", tmp_path / "o"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "warning: layer collapse, layer2.0.unit1.conv.weight is pruned entirely (§3.1)\n"
+    drawn = train(
+        *LTH[:2], "--prune", "omp", "--sparsity", "0.9999", "--runs", tmp_path / "runs", "--out", tmp_path / "d"
+    )
+    assert drawn.returncode == 0 and "warning: layer collapse" in drawn.stderr, drawn.stderr
+    again = train(*LTH[:2], "--mask", tmp_path / "d" / "mask.pt", "--runs", tmp_path / "runs", "--out", tmp_path / "m")
+    assert again.returncode == 0 and again.stderr.count("layer collapse") == drawn.stderr.count("layer collapse")
 
 
 def test_divergence_in_the_first_epoch_names_no_checkpoint(tmp_path):
