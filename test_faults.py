@@ -695,3 +695,44 @@ def test_a_crafted_cifar_file_is_refused_and_never_runs_its_code(tmp_path):
         with pytest.raises(cli.BadInput, match=f"{folder / 'data_batch_1'}: damaged.*refused to load .*\\.exec"):
             data.load("cifar10", tmp_path / "data")
         assert not marker.exists()
+
+
+def test_a_run_another_process_finishes_while_this_one_loads_its_data_is_not_trained_again(tmp_path, monkeypatch):
+    """The check for results.json is made again once the --out lock is held: a second process that passed the first
+    check while the run was in its last epoch finds it finished and leaves its files as they are."""
+    import data
+    import train as train_module
+
+    cmd = [*SMALL, *LTH, "--ls", "0.1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "o")]
+    assert train(*cmd[len(SMALL) :]).returncode == 0  # a tweaked spend: it trains, unlike vanilla LTH's copy
+    results = tmp_path / "o" / "results.json"
+    written = results.read_bytes()
+    results.unlink()  # as while the first process was still training
+    load = data.load
+
+    def load_while_the_other_finishes(*args, **kwargs):
+        results.write_bytes(written)  # the first process finishes meanwhile
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(data, "load", load_while_the_other_finishes)
+    train_module.main(cmd)
+    assert results.read_bytes() == written
+
+
+def test_a_run_and_six_late_starts_of_its_command_train_it_once(tmp_path):
+    """A stress test: the same command started 6 more times, staggered, while the first trains; it is trained once,
+    and results.json is what the first wrote."""
+    cmd = ["--epochs", "2", *LTH[2:], "--ls", "0.1", "--runs", tmp_path / "runs", "--out", tmp_path / "o"]
+    first = start(*cmd)
+    read_until(first, "epoch   1/2")
+    late = []
+    for _ in range(6):
+        late.append(start(*cmd))
+        time.sleep(0.4)
+    assert first.wait() == 0
+    written = (tmp_path / "o" / "results.json").read_bytes()
+    outputs = [p.communicate() for p in late]
+    assert all(p.returncode in (0, 2) for p in late), outputs
+    assert all("already finished" in out or "being written by another process" in err for out, err in outputs)
+    assert (tmp_path / "o" / "results.json").read_bytes() == written
+    assert not any("=== spend" in out or "epoch   1/" in out for out, _ in outputs)  # none of them trained
