@@ -23,9 +23,13 @@ class BadInput(Exception):
     """A user error (a bad flag, mask, file or dataset): every command line prints its message as one line and exits
     with code 2."""
 
+    code = 2
 
-class Diverged(Exception):
-    """Training met a non-finite loss: one line, exit code 3."""
+
+class Diverged(BadInput):
+    """A training whose loss became non-finite, its --lr too high for it: one line, exit code 3."""
+
+    code = 3
 
 
 class Parser(argparse.ArgumentParser):
@@ -109,13 +113,10 @@ def command(main):
             if rank() == 0:
                 print(e, file=sys.stderr, flush=True)
             sys.exit(143)
-        except Diverged as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(3)
         except (BadInput, OSError) as e:
             message = str(e) if isinstance(e, BadInput) else f"cannot read or write: {e}"
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(getattr(e, "code", 2))  # a BadInput's own; a file's: 2
 
     return guarded
 

@@ -177,9 +177,6 @@ def write_trained(out, mask, model, best_state, rows, results):
         os.remove(os.path.join(out, "checkpoint.pt"))
 
 
-# ---------------------------------------------------------------- a run's inputs and results, checked and told
-
-
 def smallest_batch(model, ds):
     """The fewest images a training batch needs on each rank: 2 where a BatchNorm runs at 1x1 (the last stage of
     VGG-16 and MobileNet on 16x16 images), since train mode needs more than one value per channel; else 1."""
@@ -370,9 +367,6 @@ class DrawCache:
         return read_json(os.path.join(out, "results.json"))
 
 
-# ---------------------------------------------------------------- masks from files
-
-
 def check_mask(mask, model, source, linear=False):
     """Refuse anything that is not a mask of exactly this model's prunable weights."""
     expected = {n: p.shape for n, p in prune.prunable(model, linear).items()}
@@ -402,9 +396,6 @@ def load_mask(path, model, linear, device):
         raise BadInput(f"--mask {path} keeps no weight at all: a ticket needs some")
     prune.warn_collapse(mask)  # as for a drawn mask: a layer pruned entirely is warned of, and trained as it is
     return {n: m.to(device) for n, m in mask.items()}
-
-
-# ---------------------------------------------------------------- a finished spend, for analysis
 
 
 def variant(c):
