@@ -167,8 +167,7 @@ def get_model(arch, num_classes, in_channels=3):
 
 @contextlib.contextmanager
 def mode(model, training):
-    """model in train (True) or eval (False) mode for a with-block, then back in the mode it had, even on an
-    exception: measuring a network in eval mode leaves one that was training still training."""
+    """model.train(training) for a with-block, then the mode it had back, even on an exception."""
     was_training = model.training
     model.train(training)
     try:
