@@ -16,6 +16,7 @@ import statistics
 import torch
 
 import data
+import models
 
 
 def project(vector, keep):  # zero the pruned coordinates: the sparse network's Hessian has none
@@ -27,18 +28,16 @@ def dot(a, b):
 
 
 def hessian_operator(model, loss_fn, batches, params, keep):
-    """v -> H v, H the Hessian of the mean loss over all examples of `batches`. Each batch's gradient, weighted by its
-    share, is built once with its graph, as PyHessian does for one batch: a product is then one double backward through
-    the graphs, not a forward and two backwards. All graphs are held at once; .grad is never touched."""
+    """v -> H v, H the Hessian of the mean loss over all examples of `batches`. Its gradient g is built once with its
+    graph, as PyHessian does for one batch: a product is then one double backward, d(g.v)/dw = H v, not a forward and
+    two backwards. .grad is never touched."""
     n = sum(len(y) for _, y in batches)
-    grads = [torch.autograd.grad(loss_fn(model(x), y) * (len(y) / n), params, create_graph=True) for x, y in batches]
+    loss = sum(loss_fn(model(x), y) * (len(y) / n) for x, y in batches)  # each batch weighted by its share
+    grads = torch.autograd.grad(loss, params, create_graph=True)
 
-    def matvec(v):
-        v, out = project(v, keep), [torch.zeros_like(p) for p in params]
-        for g in grads:  # d(g.v)/dw = H v
-            hv = torch.autograd.grad(dot(g, v), params, retain_graph=True, materialize_grads=True)
-            out = [o + h for o, h in zip(out, hv)]
-        return project(out, keep)
+    def matvec(v):  # added to zeros laid out as the parameters (channels_last): autograd's strides reorder dot's sums
+        hv = torch.autograd.grad(dot(grads, project(v, keep)), params, retain_graph=True, materialize_grads=True)
+        return project([torch.zeros_like(p) + h for p, h in zip(params, hv)], keep)
 
     return matvec
 
@@ -72,17 +71,12 @@ def top_eigen(model, loss_fn, batches, iters=100, tol=1e-4, masks=None, seed=0, 
     def start():
         return project([torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params], keep)
 
-    was_training = model.training
-    model.eval()  # running statistics: read, never updated
-    try:
-        with torch.enable_grad():
-            matvec = hessian_operator(model, loss_fn, batches, params, keep)
-            value, vector, done = power_iteration(matvec, start(), iters, tol)
-            if value < 0:  # the most negative eigenvalue dominates; in H - value*I (all >= ~0) the top one does
-                value, vector, more = power_iteration(matvec, start(), iters, tol, shift=value)
-                done += more
-    finally:
-        model.train(was_training)
+    with models.mode(model, False), torch.enable_grad():  # eval: running statistics read, never updated
+        matvec = hessian_operator(model, loss_fn, batches, params, keep)
+        value, vector, done = power_iteration(matvec, start(), iters, tol)
+        if value < 0:  # the most negative eigenvalue dominates; in H - value*I (all >= ~0) the top one does
+            value, vector, more = power_iteration(matvec, start(), iters, tol, shift=value)
+            done += more
     return (value, vector, done) if return_iters else (value, vector)
 
 

@@ -9,6 +9,7 @@ A loss is the mean cross-entropy in eval mode on fixed, seeded, unaugmented imag
 via functional_call (weights never touched). Beside each plot: a .npz of the raw numbers and the cost (points x images).
 """
 
+import contextlib
 import io
 import os
 
@@ -21,6 +22,7 @@ from torch.func import functional_call
 import cli
 import data
 import hessian
+import models
 import runs
 from cli import BadInput
 
@@ -32,18 +34,14 @@ def fixed_images(ds, split, n, seed=0):
     return data.normalize(ds, x[pick]), y[pick]
 
 
-def filter_norms(t):
-    """The norm of each output filter of t, shaped to broadcast against it."""
-    return t.flatten(1).norm(dim=1).view(-1, *[1] * (t.dim() - 1))
-
-
 def filter_normalize(direction, weights):
     """Li et al. 2018, on {name: tensor} dicts: each output filter (dim-0 slice) of the direction gets the norm of
     the same filter of the weights, so that any weight scale compares. 1-D params (BatchNorm, biases) get zero."""
-    return {
-        n: d * filter_norms(weights[n]) / filter_norms(d).clamp_min(1e-12) if d.dim() > 1 else torch.zeros_like(d)
-        for n, d in direction.items()
-    }  # a filter pruned away entirely stays zero
+
+    def rescaled(d, w):  # F.normalize leaves a filter pruned away entirely at zero
+        return (F.normalize(d.flatten(1), dim=1) * w.flatten(1).norm(dim=1, keepdim=True)).view_as(d)
+
+    return {n: rescaled(d, weights[n]) if d.dim() > 1 else torch.zeros_like(d) for n, d in direction.items()}
 
 
 def plane_directions(model, mask, seed=0):
@@ -59,13 +57,11 @@ def plane_directions(model, mask, seed=0):
 
 def losses_along(model, steps, x, y):
     """The loss at weights + c1 * d1 + c2 * d2 + ... for each step [(c1, d1), (c2, d2), ...]."""
-    weights, losses, was_training = {n: p.detach() for n, p in model.named_parameters()}, [], model.training
-    model.eval()  # BatchNorm reads its running statistics and updates none
-    with torch.inference_mode():
+    weights, losses = {n: p.detach() for n, p in model.named_parameters()}, []
+    with models.mode(model, False), torch.inference_mode():  # eval: BatchNorm's running statistics read, not updated
         for step in steps:
             moved = {n: w + sum(c * d[n] for c, d in step) for n, w in weights.items()}  # new tensors
             losses.append(float(F.cross_entropy(functional_call(model, moved, (x,)), y)))
-    model.train(was_training)
     return np.array(losses)
 
 
@@ -86,20 +82,16 @@ def activation_sparsity(model, x, threshold=1e-2):
         for name, m in model.named_modules()
         if isinstance(m, (nn.ReLU, nn.SiLU, nn.Mish))
     }
-    tally, was_training = {stage: [0, 0] for stage in stage_of.values()}, model.training  # [zeros, outputs]
+    tally = {stage: [0, 0] for stage in stage_of.values()}  # [zeros, outputs]
 
     def count(module, inputs, output):
         tally[stage_of[module]][0] += (output.abs() <= threshold).sum()  # a tensor: no device sync per activation
         tally[stage_of[module]][1] += output.numel()
 
-    hooks = [m.register_forward_hook(count) for m in stage_of]
-    try:
-        with torch.inference_mode():
-            model.eval()(x)  # eval: BatchNorm reads its running statistics and updates none
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    with contextlib.ExitStack() as hooks, models.mode(model, False), torch.inference_mode():  # eval, as losses_along
+        for m in stage_of:
+            hooks.enter_context(m.register_forward_hook(count))  # removed on leaving, even on an exception
+        model(x)
     return {stage: float(zeros) / max(outputs, 1) for stage, (zeros, outputs) in tally.items()}  # stem, layer1, ...
 
 

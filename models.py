@@ -8,6 +8,7 @@ one `ConvBN` unit (the skip tweak of Fig. 3 sets its `skip`), and every activati
 Swish/Mish tweak swaps it). Stages are named layer1, layer2, ... everywhere, so analysis tools can group by stage.
 """
 
+import contextlib
 from collections import OrderedDict
 
 import torch
@@ -32,10 +33,9 @@ class BatchNorm(nn.BatchNorm2d):
         if not (self.training and self.global_stats):
             return super().forward(x)
         xf = x.to(self.running_mean.dtype)  # float32 under bf16 autocast, as nn.BatchNorm2d
-        count = torch.full_like(xf[0, :, 0, 0], xf[:, 0].numel())
-        total = collectives.all_reduce(torch.stack([xf.sum((0, 2, 3)), count]), "sum", dist.group.WORLD)
-        n = total[1]
-        mean = total[0] / n
+        count = torch.full_like(xf[0, :, 0, 0], xf[:, 0].numel())  # ranks may hold shards of different sizes
+        sums, n = collectives.all_reduce(torch.stack([xf.sum((0, 2, 3)), count]), "sum", dist.group.WORLD)
+        mean = sums / n
         centered = xf - mean.view(-1, 1, 1)
         var = collectives.all_reduce((centered * centered).sum((0, 2, 3)), "sum", dist.group.WORLD) / n
         with torch.no_grad():  # running statistics as nn.BatchNorm2d keeps them: momentum 0.1, unbiased variance
@@ -163,3 +163,14 @@ ARCHS = {
 def get_model(arch, num_classes, in_channels=3):
     # channels_last (NHWC), as the batches of data.normalize: faster convs on CPU (oneDNN) and GPU (tensor cores)
     return ARCHS[arch](num_classes, in_channels).to(memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def mode(model, training):
+    """model.train(training) for a with-block, then the mode it had back, even on an exception."""
+    was_training = model.training
+    model.train(training)
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+import models
 from models import BatchNorm, ConvBN
 
 
@@ -54,33 +55,30 @@ def scale_init(model, mask, batches, iters=180, lr=1e-2, eta=0.1, gamma=1.0, min
     reference's RescaleAdam: gradients clamped to [-clip, clip], a first moment per branch (objective, constraint), one
     shared second moment. BatchNorm uses batch statistics, its running ones restored. Returns {name: scale}."""
     params = {n: p.detach().requires_grad_() for n, p in model.named_parameters()}
-    buffers = {n: b.clone() for n, b in model.named_buffers()}
-    scales = {
-        n: torch.ones((), device=p.device, dtype=p.dtype, requires_grad=True) for n, p in params.items() if p.norm() > 0
-    }
+    buffers = {n: b.clone() for n, b in model.named_buffers()}  # restored at the end
+    scales = {n: p.new_ones((), requires_grad=True) for n, p in params.items() if p.norm() > 0}
     floor = {n: min_scale if n.endswith("weight") else 0.0 for n in scales}
     moments = {n: [torch.zeros_like(s) for _ in range(3)] for n, s in scales.items()}  # objective, constraint, squared
-    steps, was_training = [0, 0], model.training
-    model.train()
-    for _ in range(iters):
-        first, second = next(batches), next(batches)
-        fresh = functools.partial(next, batches)  # a third batch, drawn only if the objective needs one
-        objective, branch = gradinit_objective(model, params, scales, mask, first, second, fresh, eta, gamma)
-        grads = torch.autograd.grad(objective, list(scales.values()))
-        steps[branch] += 1
-        with torch.no_grad():
-            for (n, s), g in zip(scales.items(), grads):
-                g, m = g.clamp(-clip, clip), moments[n]
-                m[branch].lerp_(g, 0.1)  # beta1 = 0.9
-                m[2].lerp_(g * g, 0.001)  # beta2 = 0.999, over both branches
-                update = m[branch] / (1 - 0.9 ** steps[branch]) / ((m[2] / (1 - 0.999 ** sum(steps))).sqrt() + 1e-8)
-                s.sub_(lr * update).clamp_(min=floor[n])
+    steps = [0, 0]
+    with models.mode(model, True):  # BatchNorm on batch statistics
+        for _ in range(iters):
+            first, second = next(batches), next(batches)
+            fresh = functools.partial(next, batches)  # a third batch, drawn only if the objective needs one
+            objective, branch = gradinit_objective(model, params, scales, mask, first, second, fresh, eta, gamma)
+            grads = torch.autograd.grad(objective, list(scales.values()))
+            steps[branch] += 1
+            corrections = 1 - 0.9 ** steps[branch], 1 - 0.999 ** sum(steps)  # Adam's, of each moment
+            with torch.no_grad():
+                for (n, s), g in zip(scales.items(), grads):
+                    g, m = g.clamp(-clip, clip), moments[n]
+                    m[branch].lerp_(g, 0.1)  # beta1 = 0.9
+                    m[2].lerp_(g * g, 0.001)  # beta2 = 0.999, over both branches
+                    update = m[branch] / corrections[0] / ((m[2] / corrections[1]).sqrt() + 1e-8)
+                    s.sub_(lr * update).clamp_(min=floor[n])
     with torch.no_grad():
         for n, s in scales.items():
             params[n].mul_(s)  # in place: params[n] shares the parameter's storage
-        for n, b in model.named_buffers():
-            b.copy_(buffers[n])
-    model.train(was_training)
+    model.load_state_dict(buffers, strict=False)  # BatchNorm's running statistics as they were
     return {n: float(s.detach()) for n, s in scales.items()}
 
 
@@ -90,15 +88,14 @@ def gradinit_objective(model, params, scales, mask, first, second, fresh, eta, g
     |g| itself, differentiated through g. Else it is the loss on S~ = first + fresh() batch after one step of eta along
     g/|g|, over eta, the step held constant (first order, as the reference detaches it): only w's scales move it."""
     weights = {n: p * scales[n] if n in scales else p for n, p in params.items()}
-    x, y = torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
+    x, y = map(torch.cat, zip(first, second))
     loss = F.cross_entropy(functional_call(model, weights, (x,)), y)
     grads = torch.autograd.grad(loss, list(weights.values()), create_graph=True)
     grads = [g * mask[n] if n in mask else g for n, g in zip(weights, grads)]
     gnorm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
     if gnorm > gamma:
         return gnorm, 1
-    x2, y2 = fresh()
-    x, y = torch.cat([first[0], x2]), torch.cat([first[1], y2])
+    x, y = map(torch.cat, zip(first, fresh()))
     stepped = {n: w - (eta * g / gnorm).detach() for (n, w), g in zip(weights.items(), grads)}
     return F.cross_entropy(functional_call(model, stepped, (x,)), y) / eta, 0
 
