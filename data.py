@@ -33,17 +33,8 @@ def reading(path, fix):
         raise BadInput(f"{path}: damaged or not the dataset's file ({type(e).__name__}: {e}); {fix}") from None
 
 
-def _idx(folder, name, fix):
-    """Read an IDX file (the MNIST format) of folder: name.gz if there is one, else name."""
-    path = os.path.join(folder, name)
-    path += ".gz" if os.path.exists(path + ".gz") else ""
-    with reading(path, fix), gzip.open(path) if path.endswith(".gz") else open(path, "rb") as f:
-        raw = f.read()
-        shape = np.frombuffer(raw, ">u4", raw[3], 4).astype(int)  # byte 3: the number of dimensions
-        return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(shape).copy())
-
-
 def fashionmnist(root):
+    """Fashion-MNIST from Debian's dataset-fashion-mnist files, else downloaded by torchvision."""
     folder, fix = DEBIAN_FASHION_MNIST, "reinstall dataset-fashion-mnist"
     if not os.path.exists(os.path.join(folder, "train-images-idx3-ubyte.gz")):
         import torchvision
@@ -57,8 +48,17 @@ def fashionmnist(root):
             ) from None
         folder = os.path.join(root, "FashionMNIST", "raw")
         fix = f"delete {folder} and it is downloaded again"
+
+    def idx(name):  # an IDX file (the MNIST format): name.gz if there is one, else name
+        path = os.path.join(folder, name)
+        path += ".gz" if os.path.exists(path + ".gz") else ""
+        with reading(path, fix), gzip.open(path) if path.endswith(".gz") else open(path, "rb") as f:
+            raw = f.read()
+            shape = np.frombuffer(raw, ">u4", raw[3], 4).astype(int)  # byte 3: the number of dimensions
+            return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(shape).copy())
+
     split = {
-        k: (_idx(folder, f"{p}-images-idx3-ubyte", fix)[:, None], _idx(folder, f"{p}-labels-idx1-ubyte", fix).long())
+        k: (idx(f"{p}-images-idx3-ubyte")[:, None], idx(f"{p}-labels-idx1-ubyte").long())
         for k, p in (("train", "train"), ("test", "t10k"))
     }
     return split, 10

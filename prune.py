@@ -81,9 +81,8 @@ def loss_grad(net, weights, batches, temp=1.0, times=None):
 
 
 def snip(model, batches, sparsity, linear=False):
-    """SNIP (Lee et al. 2019): keep the weights of highest connection sensitivity |g * w| at init, with g the
-    gradient of the cross-entropy summed over `batches` [(x, y), ...]. BatchNorm in eval mode, as the official
-    code scores (snip-public: is_train False), with the running statistics of initialization."""
+    """SNIP (Lee et al. 2019): keep the highest connection sensitivity |g * w| at init, g the cross-entropy's gradient
+    summed over `batches` [(x, y), ...]; BatchNorm in eval mode, on init statistics (snip-public: is_train False)."""
     net = copy.deepcopy(model).eval().requires_grad_(True)
     weights = prunable(net, linear)
     g = loss_grad(net, weights, batches)
