@@ -12,6 +12,7 @@ import contextlib
 import glob
 import gzip
 import os
+import pathlib
 import pickle
 
 import numpy as np
@@ -32,16 +33,8 @@ def reading(path, fix):
         raise BadInput(f"{path}: damaged or not the dataset's file ({type(e).__name__}: {e}); {fix}") from None
 
 
-def _idx(path, fix):
-    """Read an IDX file (the MNIST format): path.gz if there is one, else path."""
-    path += ".gz" if os.path.exists(path + ".gz") else ""
-    with reading(path, fix), gzip.open(path) if path.endswith(".gz") else open(path, "rb") as f:
-        raw = f.read()
-        shape = np.frombuffer(raw, ">u4", raw[3], 4).astype(int)  # byte 3: the number of dimensions
-        return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(shape).copy())
-
-
 def fashionmnist(root):
+    """Fashion-MNIST from Debian's dataset-fashion-mnist files, else downloaded by torchvision."""
     folder, fix = DEBIAN_FASHION_MNIST, "reinstall dataset-fashion-mnist"
     if not os.path.exists(os.path.join(folder, "train-images-idx3-ubyte.gz")):
         import torchvision
@@ -55,11 +48,17 @@ def fashionmnist(root):
             ) from None
         folder = os.path.join(root, "FashionMNIST", "raw")
         fix = f"delete {folder} and it is downloaded again"
+
+    def idx(name):  # an IDX file (the MNIST format): name.gz if there is one, else name
+        path = os.path.join(folder, name)
+        path += ".gz" if os.path.exists(path + ".gz") else ""
+        with reading(path, fix), gzip.open(path) if path.endswith(".gz") else open(path, "rb") as f:
+            raw = f.read()
+            shape = np.frombuffer(raw, ">u4", raw[3], 4).astype(int)  # byte 3: the number of dimensions
+            return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(shape).copy())
+
     split = {
-        k: (
-            _idx(os.path.join(folder, f"{p}-images-idx3-ubyte"), fix)[:, None],
-            _idx(os.path.join(folder, f"{p}-labels-idx1-ubyte"), fix).long(),
-        )
+        k: (idx(f"{p}-images-idx3-ubyte")[:, None], idx(f"{p}-labels-idx1-ubyte").long())
         for k, p in (("train", "train"), ("test", "t10k"))
     }
     return split, 10
@@ -111,14 +110,6 @@ def cifar(root, classes):
     return split, classes
 
 
-def _rgb(path, fix):
-    """An image file as a uint8 CHW tensor."""
-    from PIL import Image  # only Tiny-ImageNet needs it
-
-    with reading(path, fix):
-        return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
-
-
 def tinyimagenet(root):
     """Tiny-ImageNet as extracted (train/<wnid>/images/, val/images/, val/val_annotations.txt). Decoded at every load:
     about 110,000 64x64 JPEGs, seconds to a minute, small beside a training run, and no cache to go stale."""
@@ -134,8 +125,14 @@ def tinyimagenet(root):
     fix, annotations = "extract tiny-imagenet-200/ again", os.path.join(folder, "val", "val_annotations.txt")
     with reading(annotations, fix):  # lines of file, wnid, box
         test = [(os.path.join(folder, "val", "images", f), label[w]) for f, w, *_ in map(str.split, open(annotations))]
+    from PIL import Image  # only Tiny-ImageNet needs it
+
+    def rgb(path):  # an image file as a uint8 CHW tensor
+        with reading(path, fix):
+            return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+
     files = {"train": train, "test": test}
-    split = {k: (torch.stack([_rgb(p, fix) for p, _ in v]), torch.tensor([c for _, c in v])) for k, v in files.items()}
+    split = {k: (torch.stack([rgb(p) for p, _ in v]), torch.tensor([c for _, c in v])) for k, v in files.items()}
     return split, len(wnids)
 
 
@@ -168,14 +165,12 @@ def load(name, root="data", subset=None, seed=42, device="cpu"):
     """{'train'|'val'|'test': (uint8 images, labels) on device, 'classes', 'mean', 'std'}."""
     if name not in DATASETS:
         raise BadInput(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    made = os.path.abspath(root)  # the first part of root's path a failed download may create: removed if empty
-    while not os.path.exists(os.path.dirname(made)):
-        made = os.path.dirname(made)
-    fresh = not os.path.exists(made)
+    path = pathlib.Path(os.path.abspath(root))
+    made = [d for d in (path, *path.parents) if not d.exists()]  # what a failed download may create: removed if empty
     try:
         split, classes = DATASETS[name](root)
     except BadInput:
-        for folder, _, _ in reversed(list(os.walk(made)) if fresh else []):
+        for folder, _, _ in reversed(list(os.walk(made[-1])) if made else []):
             if not os.listdir(folder):  # a file never is
                 os.rmdir(folder)
         raise
@@ -185,16 +180,10 @@ def load(name, root="data", subset=None, seed=42, device="cpu"):
     if subset:
         x, y = x[:subset], y[:subset]
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_val = len(x) // 10
-    train, val, test = perm[n_val:], perm[:n_val], split["test"]
-    return {
-        "train": (x[train].to(device), y[train].to(device)),
-        "val": (x[val].to(device), y[val].to(device)),
-        "test": (test[0].to(device), test[1].to(device)),
-        "classes": classes,
-        "mean": mean.to(device),
-        "std": std.to(device),
-    }
+    val, train = perm.tensor_split([len(x) // 10])  # 9:1
+    splits = {"train": (x[train], y[train]), "val": (x[val], y[val]), "test": split["test"]}
+    ds = {k: (images.to(device), labels.to(device)) for k, (images, labels) in splits.items()}
+    return ds | {"classes": classes, "mean": mean.to(device), "std": std.to(device)}
 
 
 def augment(x, gen):
@@ -218,10 +207,8 @@ def batches(ds, split, batch_size, seed=None, augmented=False):
     x, y = ds[split]
     gen = None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
     order = torch.randperm(len(x), generator=gen, device=x.device) if gen else torch.arange(len(x), device=x.device)
-    for i in range(0, len(x), batch_size):
-        idx = order[i : i + batch_size]
-        xb = augment(x[idx], gen) if augmented else x[idx]
-        yield normalize(ds, xb), y[idx]
+    for idx in order.split(batch_size):
+        yield normalize(ds, augment(x[idx], gen) if augmented else x[idx]), y[idx]
 
 
 def balanced_batch(ds, per_class, seed):
@@ -239,13 +226,12 @@ def evaluate(model, ds, split, batch_size=1000, amp=None):
     training is by default (amp=None: on CUDA only; True or False chooses); the CPU's default stays float32."""
     was_training = model.training
     model.eval()
-    correct, loss, n = 0, 0.0, 0
+    correct, loss, n = 0, 0.0, max(len(ds[split][1]), 1)
     amp = ds[split][0].is_cuda if amp is None else amp
     for x, y in batches(ds, split, batch_size):
         with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
             logits = model(x).to(torch.get_default_dtype())  # with amp bf16: the loss from float32 logits
         correct += int((logits.argmax(1) == y).sum())
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        n += len(y)
     model.train(was_training)
-    return correct / max(n, 1), loss / max(n, 1)
+    return correct / n, loss / n

@@ -72,19 +72,22 @@ def random_prune(weights, sparsity, seed):
     return keep_top({n: torch.rand(w.shape, generator=gen) for n, w in weights.items()}, keep_count(weights, sparsity))
 
 
-def loss_grad(net, weights, batches, temp=1.0):
-    """Gradient of the cross-entropy of logits / temp, summed over batches, w.r.t. the weights (.grad untouched)."""
+def loss_grad(net, weights, batches, temp=1.0, times=None):
+    """Gradient g of the cross-entropy of logits / temp summed over batches w.r.t. the weights (.grad untouched);
+    with times=g, the Hessian-gradient product H g, a batch at a time (all their double-backprop graphs may not fit)."""
     weights = list(weights.values())
     total = [torch.zeros_like(w) for w in weights]
     for x, y in batches:
-        total = [t + g for t, g in zip(total, torch.autograd.grad(F.cross_entropy(net(x) / temp, y), weights))]
+        grads = torch.autograd.grad(F.cross_entropy(net(x) / temp, y), weights, create_graph=times is not None)
+        if times is not None:  # g (held fixed) . grad: its gradient is H g
+            grads = torch.autograd.grad(sum((t * gr).sum() for t, gr in zip(times, grads)), weights)
+        total = [t + g for t, g in zip(total, grads)]
     return total
 
 
 def snip(model, batches, sparsity, linear=False):
-    """SNIP (Lee et al. 2019): keep the weights of highest connection sensitivity |g * w| at init, with g the
-    gradient of the cross-entropy summed over `batches` [(x, y), ...]. BatchNorm in eval mode, as the official
-    code scores (snip-public: is_train False), with the running statistics of initialization."""
+    """SNIP (Lee et al. 2019): keep the highest connection sensitivity |g * w| at init, g the cross-entropy's gradient
+    summed over `batches` [(x, y), ...]; BatchNorm in eval mode, on init statistics (snip-public: is_train False)."""
     net = copy.deepcopy(model).eval().requires_grad_(True)
     weights = prunable(net, linear)
     g = loss_grad(net, weights, batches)
@@ -98,11 +101,7 @@ def grasp(model, batches, sparsity, linear=False):
     prunes the highest scores (its code keeps score <= threshold): we keep the top of w * Hg."""
     net = copy.deepcopy(model).train().requires_grad_(True)  # batch statistics, as the official code; on a copy
     weights, ranked = prunable(net, linear=True), prunable(net, linear)  # H g over every weight, as the official code
-    g, hg = loss_grad(net, weights, batches, GRASP_TEMP), [torch.zeros_like(w) for w in weights.values()]
-    for x, y in batches:  # one batch at a time: the double-backprop graph of all of them may not fit
-        grads = torch.autograd.grad(F.cross_entropy(net(x) / GRASP_TEMP, y), list(weights.values()), create_graph=True)
-        gtg = sum((gi * gr).sum() for gi, gr in zip(g, grads))  # g (held fixed) . grad: its gradient is H g
-        hg = [h + d for h, d in zip(hg, torch.autograd.grad(gtg, list(weights.values())))]
+    hg = loss_grad(net, weights, batches, GRASP_TEMP, times=loss_grad(net, weights, batches, GRASP_TEMP))
     scores = {n: (w * h).detach() for (n, w), h in zip(weights.items(), hg) if n in ranked}  # only the mask's layers
     return keep_top(scores, keep_count(ranked, sparsity))
 
@@ -118,9 +117,7 @@ def synflow(model, sparsity, rounds=100, input_shape=(3, 32, 32), linear=False):
     mask = ones_mask(net, linear)
     x = torch.ones(1, *input_shape, dtype=torch.float64, device=next(net.parameters()).device)
     for k in range(1, rounds + 1):
-        with torch.no_grad():
-            for n, w in weights.items():
-                w.mul_(mask[n])  # masks only shrink, so this is |w0| * mask
+        apply_mask(net, mask)  # masks only shrink, so this is |w0| * mask
         grads = torch.autograd.grad(net(x).sum(), list(weights.values()))
         scores = {n: (g * w).abs().detach() for (n, w), g in zip(weights.items(), grads)}
         top = max(float(s.max()) for s in scores.values()) or 1.0  # keep_top ranks in fp32: rescale to [0, 1]
