@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import models
 from cli import BadInput
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -224,14 +225,12 @@ def balanced_batch(ds, per_class, seed):
 def evaluate(model, ds, split, batch_size=1000, amp=None):
     """(accuracy, mean cross-entropy) of the model in eval mode over a whole split. In bf16 autocast on a GPU, as
     training is by default (amp=None: on CUDA only; True or False chooses); the CPU's default stays float32."""
-    was_training = model.training
-    model.eval()
     correct, loss, n = 0, 0.0, max(len(ds[split][1]), 1)
     amp = ds[split][0].is_cuda if amp is None else amp
-    for x, y in batches(ds, split, batch_size):
-        with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
-            logits = model(x).to(torch.get_default_dtype())  # with amp bf16: the loss from float32 logits
-        correct += int((logits.argmax(1) == y).sum())
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-    model.train(was_training)
+    with models.mode(model, False):
+        for x, y in batches(ds, split, batch_size):
+            with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
+                logits = model(x).to(torch.get_default_dtype())  # with amp bf16: the loss from float32 logits
+            correct += int((logits.argmax(1) == y).sum())
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
     return correct / n, loss / n

@@ -190,29 +190,28 @@ def eigenvalue(args):
 
 def parse_args(argv=None):
     p = cli.Parser(description=__doc__.split("\n")[0])
-    a = p.add_argument
+    a, count, positive = p.add_argument, cli.number(int, 1), cli.number(float, 0, above=True)
     a("command", choices=["contour", "eigen", "eigenvalue"], help="Fig. 4/8, Fig. 10, Fig. 2/A13")
     a("runs", nargs="+", metavar="RUN", help="folders of finished train.py runs")
     a("--out", required=True, help="the PNG, its raw numbers beside it as .npz (eigenvalue: the JSON)")
-    a("--images", type=int, default=500, help="fixed test images per loss (Fig. 8, 10)")
+    a("--images", type=count, default=500, help="fixed test images per loss (Fig. 8, 10)")
     a("--seed", type=int, default=0, help="picks the images and the random directions")
-    a("--grid", type=int, default=21, help="contour: points per axis")
-    a("--span", type=float, default=1.0, help="contour: the plane is [-span, span]^2")
-    a("--radius", type=float, default=1.0, help="eigen: distances in [-radius, radius]")
-    a("--points", type=int, default=21, help="eigen: points on the line")
-    a("--iters", type=int, default=100, help="eigen, eigenvalue: most power iterations (per stage, see top_eigen)")
-    a("--batches", type=int, default=10, help="eigenvalue: fixed training batches (the paper's Fig. 2, A13: 10)")
-    a("--batch-size", type=int, default=128, help="eigenvalue")
-    a("--tol", type=float, default=1e-4, help="eigenvalue: stop when it changes by at most this, relatively")
-    a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a("--grid", type=cli.number(int, 2), default=21, help="contour: points per axis")
+    a("--span", type=positive, default=1.0, help="contour: the plane is [-span, span]^2")
+    a("--radius", type=positive, default=1.0, help="eigen: distances in [-radius, radius]")
+    a("--points", type=cli.number(int, 2), default=21, help="eigen: points on the line")
+    a("--iters", type=count, default=100, help="eigen, eigenvalue: most power iterations (per stage, see top_eigen)")
+    a("--batches", type=count, default=10, help="eigenvalue: fixed training batches (the paper's Fig. 2, A13: 10)")
+    a("--batch-size", type=count, default=128, help="eigenvalue")
+    a("--tol", type=positive, default=1e-4, help="eigenvalue: stop when it changes by at most this, relatively")
+    a(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="(default: cuda when available, else cpu)",
+    )
     a("--weights", default="model.pt", help="which weights of each run: model.pt (final), epoch5.pt (Fig. 4), ...")
     a("--data-dir", default="data")
-    args = p.parse_args(argv)
-    if min(args.images, args.iters, args.batches, args.batch_size) < 1:
-        p.error("--images, --iters, --batches, --batch-size must be >= 1")
-    if min(args.grid, args.points) < 2 or min(args.span, args.radius, args.tol) <= 0:
-        p.error("--grid, --points must be >= 2, and --span, --radius, --tol > 0")
-    return args
+    return p.parse_args(argv)
 
 
 @cli.command

@@ -220,9 +220,6 @@ def forever(ds, batch_size, seed):
             yield batch
 
 
-# ---------------------------------------------------------------- checkpoints: a killed run resumes
-
-
 def save_checkpoint(path, state, model, opt):
     """The loop's state, the weights, the momentum and torch's generators (the data order and augmentation need
     none: they are seeded by epoch), written at the end of every epoch."""
@@ -238,9 +235,6 @@ def restore_checkpoint(saved, model, opt):
     torch.set_rng_state(rng["torch"].cpu())  # loaded onto --device with the rest; the generators take CPU bytes
     torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
     return saved
-
-
-# ---------------------------------------------------------------- a run's name and folder, from its flags
 
 
 def short_hash(obj):
@@ -310,15 +304,9 @@ class DrawCache:
         save(derive(), path)
         return load(path)
 
-    def init(self, derive):
-        return self.derived(os.path.join(self.dir, "init.pt"), derive)
-
     def mask(self, ticket, draw, device):
         """The ticket's mask on `device`: drawn once by draw(), then read from disk."""
-        masks = self.derived(
-            os.path.join(self.folder(ticket), "mask.pt"), lambda: {n: m.cpu() for n, m in draw().items()}
-        )
-        return {n: m.to(device) for n, m in masks.items()}
+        return {n: m.to(device) for n, m in self.derived(os.path.join(self.folder(ticket), "mask.pt"), draw).items()}
 
     def trained(self, ticket):
         return exists(os.path.join(self.folder(ticket), "results.json"))

@@ -195,10 +195,11 @@ def train_epoch(sgd, ds, args, epoch, max_steps=None):
     return dict(loss_sum=float(loss_sum), correct=int(correct), seen=int(seen)), int(first_bad), False
 
 
-def fit(sgd, ds, args, state, label, checkpoint):
+def fit(sgd, ds, args, state, label, out):
     """The one training loop (§4.1), for the dense draw, every IMP level and every spend: each epoch the step lr
     schedule, an epoch of masked SGD steps, validation, the best-validation weights kept, and a checkpoint of it all
     (`state`: epoch, best weights, metrics rows, seconds so far) from which a rerun resumes. Returns the state."""
+    checkpoint = os.path.join(out, "checkpoint.pt")
     if str(args.device).startswith("cuda"):
         torch.backends.cudnn.benchmark = not args.deterministic
     clock, start, first = time.time() - state["seconds"], time.time(), state["epoch"] + 1  # earlier processes count
@@ -213,13 +214,10 @@ def fit(sgd, ds, args, state, label, checkpoint):
             raise cli.Stopped(f"{label} stopped by a signal in epoch {epoch}: {kept}; the same command resumes")
         train_loss, train_acc = totals["loss_sum"] / totals["seen"], totals["correct"] / totals["seen"]
         if bad_step >= 0 or not math.isfinite(train_loss):  # the last good checkpoint (the previous epoch's) stays
-            folder, lower = os.path.dirname(checkpoint), "a lower --lr may help"
-            if exists(checkpoint):
-                lower += f"; the last good checkpoint is {checkpoint}: move {folder} aside or use another --out"
-            else:
-                lower += "; no checkpoint was saved"
+            kept = f"the last good checkpoint is {checkpoint}" if exists(checkpoint) else "no checkpoint was saved"
+            fix = f"a lower --lr may help, with another --out or {out} moved aside; {kept}"
             raise cli.Diverged(
-                f"{label} the loss became {train_loss} in epoch {epoch}, step {bad_step}: diverged ({lower})"
+                f"{label} the loss became {train_loss} in epoch {epoch}, step {bad_step}: diverged ({fix})"
             )
         val_acc, val_loss = data.evaluate(sgd.model, ds, "val")
         if val_acc > state["best_val"]:
@@ -243,10 +241,7 @@ def fit(sgd, ds, args, state, label, checkpoint):
             flush=True,
         )
         if epoch in args.keep_epochs:  # Fig. 4 looks at the landscape after epoch 5; LTH-Rewind restarts from one
-            save(
-                {k: v.cpu() for k, v in sgd.model.state_dict().items()},
-                os.path.join(os.path.dirname(checkpoint), f"epoch{epoch}.pt"),
-            )
+            save({k: v.cpu() for k, v in sgd.model.state_dict().items()}, os.path.join(out, f"epoch{epoch}.pt"))
         state.update(epoch=epoch, seconds=time.time() - clock)
         runs.save_checkpoint(checkpoint, state, sgd.model, sgd.opt)
     return state
@@ -306,14 +301,13 @@ def train_ticket(args, ds, mask, reset, out, label, teacher=None):
         print(f"{label} resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
     elif args.scale_init:  # GradInit's scales kept: a signal in the first epoch does not lose them
         runs.save_checkpoint(checkpoint, state, sgd.model, sgd.opt)
-    state = fit(sgd, ds, args, state, label, checkpoint)
+    state = fit(sgd, ds, args, state, label, out)
     measured = time.time()
     best = copy.deepcopy(model)
     best.load_state_dict(state["best_state"])
     results = results_of(model, best, state, mask, ds)
-    results["seconds"] = round(state["seconds"] + time.time() - measured, 1)
+    results.update(seconds=round(state["seconds"] + time.time() - measured, 1), device=str(args.device))
     results["scale_init_seconds"] = state["scale_init_seconds"]
-    results["device"] = str(args.device)
     if cli.STOP:  # a signal during the final evaluation: the checkpoint stays, and a rerun measures again
         raise cli.Stopped(f"{label} stopped by a signal after its last epoch: the same command writes its results")
     runs.write_trained(out, mask, model, state["best_state"], state["rows"], results)
@@ -371,7 +365,7 @@ def dense_mask(args, ds, cache):
 
 
 def theta_0(args, ds, cache):
-    return cache.init(lambda: new_model(args, ds).state_dict())
+    return cache.derived(os.path.join(cache.dir, "init.pt"), lambda: new_model(args, ds).state_dict())
 
 
 def reset_weights(args, ds, cache):
