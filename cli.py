@@ -14,9 +14,6 @@ import sys
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
-
-import models
 
 
 class BadInput(Exception):
@@ -145,32 +142,6 @@ def init_distributed(args):
     dist.init_process_group("nccl" if str(args.device).startswith("cuda") else "gloo")
     if rank() != 0:
         sys.stdout = open(os.devnull, "w")
-
-
-def data_parallel(model, device):
-    """The model as DDP, its BatchNorm normalizing with the global batch's statistics (models.BatchNorm)."""
-    for m in model.modules():
-        if isinstance(m, models.BatchNorm):
-            m.global_stats = True
-    cuda = str(device).startswith("cuda")
-    return DDP(model, device_ids=[device] if cuda else None, forward_sync_buffers=False)
-
-
-def over_ranks(loss_sum, correct, seen, first_bad):
-    """An epoch's sums over all ranks, and the first non-finite step of any (-1: none); as they are with one process."""
-    if world() == 1:
-        return loss_sum, correct, seen, first_bad
-    sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=loss_sum.device).double()])
-    dist.all_reduce(sums)
-    dist.all_reduce(first_bad, dist.ReduceOp.MAX)
-    return sums[0], sums[1], sums[2], first_bad
-
-
-def leave_together():
-    """Under torchrun, ranks end together: a rank that exits at once can cut off its last message to rank 0."""
-    if world() > 1:
-        barrier()
-        dist.destroy_process_group()
 
 
 def signalled(steps, device):

@@ -278,9 +278,6 @@ def finished(out, config):
     return read_json(os.path.join(out, "results.json"), fix)
 
 
-# ---------------------------------------------------------------- the draw cache
-
-
 class DrawCache:
     """One draw on disk, keyed by everything that changes its result (draw.json): init.pt (theta_0) and a folder per
     ticket (imp_LL: IMP level L; omp_S, random_S, ...) with its mask.pt and, once trained the vanilla-LTH way, its
@@ -328,11 +325,8 @@ class DrawCache:
         try:
             return read_metrics(path) if name == "metrics.csv" else load(path, device)
         except BadInput as e:
-            redo = "it retrains; redo also every IMP level drawn after it"
-            raise BadInput(
-                f"{e}; a trained network cannot be derived again exactly: move {self.folder(ticket)} "
-                f"aside and run again ({redo})"
-            ) from None
+            redo = f"move {self.folder(ticket)} aside and run again: it retrains, and so does every IMP level after it"
+            raise BadInput(f"{e}; a trained network cannot be derived again exactly: {redo}") from None
 
     def results(self, ticket, measure):
         """A trained ticket's results.json; --repair writes a damaged one again from measure()."""

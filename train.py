@@ -17,7 +17,9 @@ import os
 import time
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import cli
 import data
@@ -147,8 +149,10 @@ class MaskedSGD:
         self.cuda = str(args.device).startswith("cuda")
         self.amp = self.cuda if args.amp is None else args.amp
         self.net = model  # what runs forward: the same weights, perhaps wrapped
-        if cli.world() > 1:
-            self.net = cli.data_parallel(model, args.device)
+        if cli.world() > 1:  # each rank's BatchNorm normalizes with the global batch's statistics (models.BatchNorm)
+            for batchnorm in (m for m in model.modules() if isinstance(m, models.BatchNorm)):
+                batchnorm.global_stats = True
+            self.net = DDP(model, device_ids=[args.device] if self.cuda else None, forward_sync_buffers=False)
         if args.compile:
             self.net = torch.compile(self.net)
 
@@ -191,8 +195,11 @@ def train_epoch(sgd, ds, args, epoch, max_steps=None):
             break
         if cli.signalled(steps, args.device):
             return None, -1, True
-    loss_sum, correct, seen, first_bad = cli.over_ranks(loss_sum, correct, seen, first_bad)
-    return dict(loss_sum=float(loss_sum), correct=int(correct), seen=int(seen)), int(first_bad), False
+    sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=args.device).double()])
+    if world > 1:
+        dist.all_reduce(sums)
+        dist.all_reduce(first_bad, dist.ReduceOp.MAX)
+    return dict(loss_sum=float(sums[0]), correct=int(sums[1]), seen=int(sums[2])), int(first_bad), False
 
 
 def fit(sgd, ds, args, state, label, out):
@@ -324,7 +331,7 @@ def draw(args, ds, cache, ticket):
     method, value = ticket.split("_")
     if method != "imp":
         return cache.mask(ticket, lambda: one_shot(args, ds, cache, method, float(value)), args.device)
-    mask = dense_mask(args, ds, cache)  # level 0
+    mask = dense(args, ds, cache)  # level 0
     for level in range(1, int(value) + 1):
 
         def prune_previous(previous=f"imp_{level - 1:02d}", mask=mask):
@@ -341,10 +348,8 @@ def one_shot(args, ds, cache, method, sparsity):
     initialization (Table A4) from theta_0 and the data."""
     model, linear = new_model(args, ds), args.prune_classifier
     if method == "omp":
-        dense = dense_mask(args, ds, cache)
-        train_vanilla(args, ds, cache, "imp_00", dense)
-        trained = cache.trained_file("imp_00", "model.pt", args.device)
-        return prune.omp({n: trained[n] for n in dense}, sparsity)
+        names, trained = dense(args, ds, cache), cache.trained_file("imp_00", "model.pt", args.device)
+        return prune.omp({n: trained[n] for n in names}, sparsity)
     if method == "random":
         return prune.random_prune(prune.prunable(model, linear), sparsity, args.seed)
     model.load_state_dict(theta_0(args, ds, cache))
@@ -360,8 +365,11 @@ def one_shot(args, ds, cache, method, sparsity):
     return prune.grasp(model, batches, sparsity, linear)
 
 
-def dense_mask(args, ds, cache):
-    return cache.mask("imp_00", lambda: prune.ones_mask(new_model(args, ds), args.prune_classifier), args.device)
+def dense(args, ds, cache):
+    """The draw's dense network, IMP level 0, trained once: its mask (all ones)."""
+    mask = cache.mask("imp_00", lambda: prune.ones_mask(new_model(args, ds), args.prune_classifier), args.device)
+    train_vanilla(args, ds, cache, "imp_00", mask)
+    return mask
 
 
 def theta_0(args, ds, cache):
@@ -372,7 +380,7 @@ def reset_weights(args, ds, cache):
     """theta_0 (vanilla LTH), or the dense weights after --rewind-epoch epochs (LTH-Rewind)."""
     if not args.rewind_epoch:
         return theta_0(args, ds, cache)
-    train_vanilla(args, ds, cache, "imp_00", dense_mask(args, ds, cache))  # its training keeps epoch k
+    dense(args, ds, cache)  # its training keeps epoch k
     return cache.trained_file("imp_00", f"epoch{args.rewind_epoch}.pt", args.device)
 
 
@@ -392,10 +400,8 @@ def train_vanilla(args, ds, cache, ticket, mask):
         vanilla, dense = untweaked(args), ticket == "imp_00"
         if dense and args.rewind_epoch:  # LTH-Rewind's theta_k: the dense training keeps epoch k
             vanilla.keep_epochs = [*vanilla.keep_epochs, args.rewind_epoch]
-        out = cache.folder(ticket)
-        print(
-            f"=== draw {ticket}: {prune.sparsity(mask.values()):.2%} sparse, vanilla LTH training -> {out}", flush=True
-        )
+        out, sparsity = cache.folder(ticket), prune.sparsity(mask.values())
+        print(f"=== draw {ticket}: {sparsity:.2%} sparse, vanilla LTH training -> {out}", flush=True)
         reset = theta_0(args, ds, cache) if dense else reset_weights(args, ds, cache)
         train_ticket(vanilla, ds, mask, reset, out, f"[{ticket}]")
 
@@ -428,7 +434,7 @@ def spend(args, ds, cache, mask, out):
             return cache.copy_training(ticket, out, kept, lambda: remeasure(args, ds, cache, ticket))
     teacher = None
     if args.kd:  # the draw's dense network (best validation weights), frozen
-        train_vanilla(args, ds, cache, "imp_00", dense_mask(args, ds, cache))
+        dense(args, ds, cache)
         teacher = new_model(args, ds)
         teacher.load_state_dict(cache.trained_file("imp_00", "best.pt", args.device))
         teacher.eval().requires_grad_(False)
@@ -464,7 +470,9 @@ def main(argv=None):
     args = parse_args(argv)
     cli.init_distributed(args)
     run(args)
-    cli.leave_together()
+    if cli.world() > 1:  # leave together: a rank that exits at once can cut off its last message to rank 0
+        cli.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
