@@ -49,18 +49,13 @@ def number(kind, low=-math.inf, high=math.inf, above=False, below=False):
     `below`; anything else is refused in one line that gives the range."""
 
     def parse(text):
+        span = f"{'(' if above else '['}{low:g}, {high:g}{')' if below or high == math.inf else ']'}"
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not {'an' if kind is int else 'a'} {kind.__name__}"
-            ) from None
-        if not (
-            math.isfinite(value)
-            and (low < value if above else low <= value)
-            and (value < high if below else value <= high)
-        ):
-            span = f"{'(' if above else '['}{low:g}, {high:g}{')' if below or high == math.inf else ']'}"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__} in {span}") from None
+        too_low, too_high = (value <= low if above else value < low), (value >= high if below else value > high)
+        if too_low or too_high or not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be in {span}, got {text}")
         return value
 
