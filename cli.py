@@ -1,5 +1,5 @@
 """The command line and the process beneath every script: BadInput (a user's mistake: one line on stderr, exit code
-2), the Parser, signals (a stop at the next step, exit code 143) and torchrun's ranks kept in step.
+2), the Parser and its number types, signals (a stop at the next step, exit code 143).
 
     @cli.command
     def main(argv=None): args = cli.Parser(...).parse_args(argv) ...
@@ -8,12 +8,10 @@
 import argparse
 import functools
 import math
-import os
 import signal
 import sys
 
 import torch
-import torch.distributed as dist
 
 
 class BadInput(Exception):
@@ -94,15 +92,14 @@ def stop_on_signals():
 def command(main):
     """Decorates a script's main: a user error (BadInput) or a file it cannot read or write (OSError: missing,
     read-only, a full disk) is one line on stderr and exit code 2, no traceback; `save` leaves nothing half-written.
-    A stop for a signal (Stopped) is one line (rank 0's) and exit code 143; a diverged training, exit code 3."""
+    A stop for a signal (Stopped) is one line and exit code 143; a diverged training, exit code 3."""
 
     @functools.wraps(main)
     def guarded(*args, **kwargs):
         try:
             return main(*args, **kwargs)
         except Stopped as e:
-            if rank() == 0:
-                print(e, file=sys.stderr, flush=True)
+            print(e, file=sys.stderr, flush=True)
             sys.exit(143)
         except (BadInput, OSError) as e:
             message = str(e) if isinstance(e, BadInput) else f"cannot read or write: {e}"
@@ -110,42 +107,3 @@ def command(main):
             sys.exit(getattr(e, "code", 2))  # a BadInput's own; a file's: 2
 
     return guarded
-
-
-def rank():
-    """This process's rank under torchrun (DDP), else 0. Only rank 0 writes files."""
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def world():
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def barrier():
-    if world() > 1:
-        dist.barrier()
-
-
-def init_distributed(args):
-    """Under `torchrun --nproc_per_node=N train.py ...`: one process per device, one run data-parallel.
-    Every rank computes the same draw and masks; only rank 0 prints and writes."""
-    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
-        return
-    if str(args.device).startswith("cuda"):
-        args.device = f"cuda:{os.environ['LOCAL_RANK']}"
-        torch.cuda.set_device(args.device)
-    dist.init_process_group("nccl" if str(args.device).startswith("cuda") else "gloo")
-    if rank() != 0:
-        sys.stdout = open(os.devnull, "w")
-
-
-def signalled(steps, device):
-    """Whether a signal (STOP) asks training to stop after this step. Under torchrun ranks get it at different
-    steps: every 10 steps they agree."""
-    if world() == 1:
-        return bool(STOP)
-    if steps % 10:
-        return False
-    count = torch.tensor(len(STOP), device=device)
-    dist.all_reduce(count, dist.ReduceOp.MAX)
-    return bool(count)

@@ -12,40 +12,20 @@ import contextlib
 from collections import OrderedDict
 
 import torch
-import torch.distributed as dist
-import torch.distributed._functional_collectives as collectives
 import torch.nn as nn
 import torch.nn.functional as F
 
 
 class BatchNorm(nn.BatchNorm2d):
-    """nn.BatchNorm2d, but with `global_stats` set (by train.fit under torchrun: each rank holds a shard of the batch)
-    it normalizes with the global batch's statistics, so N processes train like one, as torch's GPU-only SyncBatchNorm
-    does, on CPU with gloo too (where it is tested). Elsewhere (scale_init, SNIP) each rank sees the whole batch."""
-
-    global_stats = False
+    """nn.BatchNorm2d, but in eval mode under autograd (Hessian-vector products) the same affine map written out, whose
+    double backward is cheap."""
 
     def forward(self, x):
-        if not self.training and torch.is_grad_enabled():  # eval under autograd (Hessian-vector products): the
-            scale = torch.rsqrt(self.running_var + self.eps) * (self.weight if self.affine else 1)  # same affine
-            shift = (self.bias if self.affine else 0) - self.running_mean * scale  # map, but a cheap double backward
-            return x * scale.view(-1, 1, 1) + shift.view(-1, 1, 1)
-        if not (self.training and self.global_stats):
+        if self.training or not torch.is_grad_enabled():
             return super().forward(x)
-        xf = x.to(self.running_mean.dtype)  # float32 under bf16 autocast, as nn.BatchNorm2d
-        count = torch.full_like(xf[0, :, 0, 0], xf[:, 0].numel())  # ranks may hold shards of different sizes
-        sums, n = collectives.all_reduce(torch.stack([xf.sum((0, 2, 3)), count]), "sum", dist.group.WORLD)
-        mean = sums / n
-        centered = xf - mean.view(-1, 1, 1)
-        var = collectives.all_reduce((centered * centered).sum((0, 2, 3)), "sum", dist.group.WORLD) / n
-        with torch.no_grad():  # running statistics as nn.BatchNorm2d keeps them: momentum 0.1, unbiased variance
-            self.num_batches_tracked += 1
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var * n / (n - 1), self.momentum)
-        y = centered * torch.rsqrt(var + self.eps).view(-1, 1, 1)
-        if self.affine:
-            y = y * self.weight.view(-1, 1, 1) + self.bias.view(-1, 1, 1)
-        return y.to(x.dtype)
+        scale = torch.rsqrt(self.running_var + self.eps) * (self.weight if self.affine else 1)
+        shift = (self.bias if self.affine else 0) - self.running_mean * scale
+        return x * scale.view(-1, 1, 1) + shift.view(-1, 1, 1)
 
 
 class ConvBN(nn.Module):

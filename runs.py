@@ -1,6 +1,6 @@
 """The run folder on disk and the machinery that keeps a run safe, beneath train.py's story: atomic writes, safe loads,
 JSON and metrics.csv, the folder lock, checkpoints, the draw cache's folder and files, a run's name from its flags,
-masks from files, rebuilding a finished spend, the scripts' Parser, signals, and torchrun's ranks kept in step.
+masks from files, rebuilding a finished spend.
 
     runs.save(state, "runs/x/model.pt"); state = runs.load("runs/x/model.pt")
     model, mask, ds, config = runs.load_run("runs/x")      # a finished spend of train.py, ready for analysis
@@ -24,19 +24,16 @@ from types import SimpleNamespace
 
 import torch
 
-import cli
 import data
 import models
 import prune
 import tweaks
-from cli import STOP, BadInput, Stopped, barrier, rank
+from cli import STOP, BadInput, Stopped
 
 
 def save(obj, path):
     """Write atomically (a temporary file in the same folder, renamed): a kill never leaves a half-written file a later
-    run would trust. Under torchrun rank 0 alone writes while all ranks wait: files change only here (see `exists`)."""
-    if rank() != 0:
-        return barrier()
+    run would trust."""
     if not isinstance(obj, (str, bytes)):  # to bytes first: torch.save reports a full disk as a RuntimeError
         buf = io.BytesIO()
         torch.save(obj, buf)
@@ -57,16 +54,6 @@ def save(obj, path):
             advice = "what was written before is intact; free space and run the same command again"
             raise OSError(e.errno, f"the disk is full: {path} not written ({advice})") from None
         raise
-    barrier()
-
-
-def exists(path):
-    """os.path.exists, asked by all ranks at once under torchrun, so that all take the same branch: between two
-    barriers, since rank 0 may write the file (in `save`) as soon as it has passed the second."""
-    barrier()
-    found = os.path.exists(path)
-    barrier()
-    return found
 
 
 def load(path, device="cpu"):
@@ -109,7 +96,7 @@ def locked(folder, wait):
     refused if another process has it."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, ".lock"), "w") as f:
-        if rank() == 0 and not try_lock(f):  # under torchrun rank 0 holds it for all
+        if not try_lock(f):
             if not wait:
                 raise BadInput(f"{folder} is being written by another process; let it finish or choose another --out")
             print(f"waiting for {folder}: another process holds its lock and is writing it", flush=True)
@@ -117,7 +104,7 @@ def locked(folder, wait):
                 if STOP:
                     raise Stopped(f"stopped by a signal while waiting for {folder}; the same command waits again")
                 time.sleep(1)
-        for stale in glob.glob(os.path.join(folder, ".tmp-*")) if rank() == 0 else []:
+        for stale in glob.glob(os.path.join(folder, ".tmp-*")):
             os.remove(stale)  # half-written by a killed holder of this lock (SIGKILL skips save's clean-up)
         yield
 
@@ -142,15 +129,14 @@ def read_metrics(path):
 def read_or_repair(path, read, repair, how):
     """read(path), or None if there is no such file. A damaged one stops the run, naming --repair; with `repair` it is
     kept as *.damaged (never deleted) and None returned: the caller derives it again, the way `how` says."""
-    if not exists(path):
+    if not os.path.exists(path):
         return None
     try:
         return read(path)
     except BadInput as e:
         if not repair:
             raise BadInput(f"{e}; the same command with --repair keeps it as *.damaged and {how}") from None
-    if rank() == 0:
-        os.replace(path, path + ".damaged")
+    os.replace(path, path + ".damaged")
     print(f"note: {path} was damaged, kept as {path}.damaged; {how}", file=sys.stderr)
     return None
 
@@ -167,18 +153,17 @@ def refuse_file(flag, folder):
 def write_trained(out, mask, model, best_state, rows, results):
     """A trained ticket's files: mask.pt (a draw's ticket folder has it already), model.pt, best.pt, metrics.csv and
     results.json, written last: its presence means finished. Its checkpoint is removed."""
-    if not exists(os.path.join(out, "mask.pt")):
+    if not os.path.exists(os.path.join(out, "mask.pt")):
         save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
     save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
     save({k: v.cpu() for k, v in best_state.items()}, os.path.join(out, "best.pt"))
     write_metrics(rows, os.path.join(out, "metrics.csv"))
     write_json(results, os.path.join(out, "results.json"))
-    if rank() == 0:
-        os.remove(os.path.join(out, "checkpoint.pt"))
+    os.remove(os.path.join(out, "checkpoint.pt"))
 
 
 def smallest_batch(model, ds):
-    """The fewest images a training batch needs on each rank: 2 where a BatchNorm runs at 1x1 (the last stage of
+    """The fewest images a training batch needs: 2 where a BatchNorm runs at 1x1 (the last stage of
     VGG-16 and MobileNet on 16x16 images), since train mode needs more than one value per channel; else 1."""
     image = torch.zeros(1, *ds["train"][0].shape[1:], device=ds["train"][0].device)
     try:
@@ -195,7 +180,7 @@ def check_data(args, ds, model):
     if n_val < classes:
         split = f"{n_val} validation images for {classes} classes"
         raise BadInput(f"--subset {args.subset} is too small: {split}; use --subset >= {10 * classes}")
-    least = smallest_batch(model, ds) * cli.world()  # under torchrun: per process
+    least = smallest_batch(model, ds)
     if args.batch_size < least:
         raise BadInput(f"--batch-size {args.batch_size} is too small for {args.arch}'s BatchNorm: use >= {least}")
 
@@ -267,13 +252,13 @@ def finished(out, config):
     """The results of `out` if it holds this config's finished run; None if it holds nothing of it yet. A folder of
     another config is refused, unless it holds nothing but that config (a run that failed before it saved anything)."""
     fix = f"; move {out} aside (it trains again) or choose another --out"
-    if not exists(os.path.join(out, "config.json")):
+    if not os.path.exists(os.path.join(out, "config.json")):
         return None
     if read_json(os.path.join(out, "config.json"), fix) != config:
         if set(os.listdir(out)) - {"config.json", ".lock", "train.log"}:  # else a run that failed before it saved
             raise BadInput(f"{out} holds a run with another config{fix}")
         return None
-    if not exists(os.path.join(out, "results.json")):
+    if not os.path.exists(os.path.join(out, "results.json")):
         return None
     return read_json(os.path.join(out, "results.json"), fix)
 
@@ -286,7 +271,7 @@ class DrawCache:
     def __init__(self, root, key, repair):
         name = f"{key['dataset']}_{key['arch']}_seed{key['seed']}_{short_hash(key)}"
         self.dir, self.repair = os.path.join(root, "draws", name), repair
-        if not exists(os.path.join(self.dir, "draw.json")):
+        if not os.path.exists(os.path.join(self.dir, "draw.json")):
             write_json(key, os.path.join(self.dir, "draw.json"))
 
     def folder(self, ticket):
@@ -306,7 +291,7 @@ class DrawCache:
         return {n: m.to(device) for n, m in self.derived(os.path.join(self.folder(ticket), "mask.pt"), draw).items()}
 
     def trained(self, ticket):
-        return exists(os.path.join(self.folder(ticket), "results.json"))
+        return os.path.exists(os.path.join(self.folder(ticket), "results.json"))
 
     @contextlib.contextmanager
     def training(self, ticket):

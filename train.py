@@ -17,9 +17,7 @@ import os
 import time
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import cli
 import data
@@ -30,7 +28,7 @@ import prune
 import runs
 import tweaks
 from cli import BadInput
-from runs import exists, load, save
+from runs import load, save
 
 # the draw's cache key; the spend-only tweaks (a draw has them off); how a run computes, not what (not in its config)
 RECIPE = ["dataset", "arch", "seed", "subset", "prune_classifier", "rewind_epoch"]  # what is drawn from what
@@ -134,8 +132,7 @@ def lr_at(args, epoch):
 
 class MaskedSGD:
     """What every training step needs (§4.1): SGD with momentum and weight decay on `model`, the loss(logits, x, y),
-    and the mask as fused multiplies (no hooks) on the masked weights. Under torchrun the model steps as DDP (gradients
-    averaged over ranks, BatchNorm statistics over the global batch); with --compile, compiled."""
+    and the mask as fused multiplies (no hooks) on the masked weights; with --compile, compiled."""
 
     def __init__(self, model, mask, loss_fn, args, smallest_batch=1):
         weights = dict(model.named_parameters())
@@ -144,26 +141,22 @@ class MaskedSGD:
         self.masked = [weights[n] for n in mask]
         self.keep = [mask[n].to(weights[n].dtype) for n in mask]
         self.loss_fn = loss_fn
-        self.smallest_batch = smallest_batch  # images per rank: a smaller last batch is dropped
+        self.smallest_batch = smallest_batch  # images a batch needs: a smaller last batch is dropped
         self.opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
         self.cuda = str(args.device).startswith("cuda")
         self.amp = self.cuda if args.amp is None else args.amp
-        self.net = model  # what runs forward: the same weights, perhaps wrapped
-        if cli.world() > 1:  # each rank's BatchNorm normalizes with the global batch's statistics (models.BatchNorm)
-            for batchnorm in (m for m in model.modules() if isinstance(m, models.BatchNorm)):
-                batchnorm.global_stats = True
-            self.net = DDP(model, device_ids=[args.device] if self.cuda else None, forward_sync_buffers=False)
+        self.net = model  # what runs forward: the same weights, perhaps compiled
         if args.compile:
             self.net = torch.compile(self.net)
 
-    def step(self, x, y, weight):
-        """One step on this rank's (x, y), its loss scaled by `weight`; returns (logits, loss) of the batch. The
-        pruned weights' gradients are zeroed before the optimizer's step and the weights after it."""
+    def step(self, x, y):
+        """One step on the batch (x, y); returns its (logits, loss). The pruned weights' gradients are zeroed before
+        the optimizer's step and the weights after it."""
         with torch.autocast("cuda" if self.cuda else "cpu", torch.bfloat16, enabled=self.amp):
             logits = self.net(x)
             loss = self.loss_fn(logits, x, y)  # autocast computes losses in float32
         self.opt.zero_grad(set_to_none=True)
-        (loss * weight).backward()
+        loss.backward()
         torch._foreach_mul_([p.grad for p in self.masked], self.keep)
         self.opt.step()
         with torch.no_grad():
@@ -172,20 +165,16 @@ class MaskedSGD:
 
 
 def train_epoch(sgd, ds, args, epoch, max_steps=None):
-    """One epoch of masked SGD steps on the augmented training split; each torchrun rank takes its shard of a batch.
-    Returns (the totals over all ranks: loss_sum, correct, seen; the first step with a non-finite loss, or -1; whether
-    a signal stopped it). The sums stay on the device until then: no sync per step."""
+    """One epoch of masked SGD steps on the augmented training split. Returns (the totals: loss_sum, correct, seen;
+    the first step with a non-finite loss, or -1; whether a signal stopped it). The sums stay on the device until then:
+    no sync per step."""
     sgd.net.train()
-    rank, world = cli.rank(), cli.world()
     loss_sum, correct = torch.zeros((), device=args.device), torch.zeros((), device=args.device, dtype=torch.long)
     seen, steps, first_bad = 0, 0, torch.tensor(-1, device=args.device)
     for x, y in data.batches(ds, "train", args.batch_size, args.seed * 1000 + epoch, augmented=True):
-        if len(y) < world * sgd.smallest_batch:  # a last batch too small for each rank's BatchNorm: dropped
+        if len(y) < sgd.smallest_batch:  # a last batch too small for BatchNorm: dropped
             continue
-        n = len(y)
-        x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
-        # DDP averages over ranks: weighted by its share, a rank's loss makes the step the global batch's mean
-        logits, loss = sgd.step(x, y, len(y) * world / n)
+        logits, loss = sgd.step(x, y)
         loss_sum += loss * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
@@ -193,13 +182,9 @@ def train_epoch(sgd, ds, args, epoch, max_steps=None):
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), steps, first_bad)
         if steps == max_steps:
             break
-        if cli.signalled(steps, args.device):
+        if cli.STOP:
             return None, -1, True
-    sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=args.device).double()])
-    if world > 1:
-        dist.all_reduce(sums)
-        dist.all_reduce(first_bad, dist.ReduceOp.MAX)
-    return dict(loss_sum=float(sums[0]), correct=int(sums[1]), seen=int(sums[2])), int(first_bad), False
+    return dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen), int(first_bad), False
 
 
 def fit(sgd, ds, args, state, label, out):
@@ -217,11 +202,13 @@ def fit(sgd, ds, args, state, label, out):
         totals, bad_step, stopped = train_epoch(sgd, ds, args, epoch)
         train_secs = time.time() - t0  # --gpu-check splits an epoch into training and the rest
         if stopped:  # preempted: `cli.command` exits 143; the checkpoint of the last epoch stays
-            kept = f"{checkpoint} keeps epoch {epoch - 1}" if exists(checkpoint) else "no epoch was saved"
+            kept = f"{checkpoint} keeps epoch {epoch - 1}" if os.path.exists(checkpoint) else "no epoch was saved"
             raise cli.Stopped(f"{label} stopped by a signal in epoch {epoch}: {kept}; the same command resumes")
         train_loss, train_acc = totals["loss_sum"] / totals["seen"], totals["correct"] / totals["seen"]
         if bad_step >= 0 or not math.isfinite(train_loss):  # the last good checkpoint (the previous epoch's) stays
-            kept = f"the last good checkpoint is {checkpoint}" if exists(checkpoint) else "no checkpoint was saved"
+            kept = (
+                f"the last good checkpoint is {checkpoint}" if os.path.exists(checkpoint) else "no checkpoint was saved"
+            )
             fix = f"a lower --lr may help, with another --out or {out} moved aside; {kept}"
             raise cli.Diverged(
                 f"{label} the loss became {train_loss} in epoch {epoch}, step {bad_step}: diverged ({fix})"
@@ -468,11 +455,7 @@ def run(args):
 @cli.command
 def main(argv=None):
     args = parse_args(argv)
-    cli.init_distributed(args)
     run(args)
-    if cli.world() > 1:  # leave together: a rank that exits at once can cut off its last message to rank 0
-        cli.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
