@@ -749,7 +749,8 @@ def test_run_all_study_spends_every_tweak_on_the_same_tickets_per_seed_and_budge
     high = ["", "--ls 0.1", "--at", "--trt", "--at --trt"]
     at_30 = ["", "--skip", "--skip-proj", "--ls 0.1", "--at", "--trt", "--at --trt"]
     expected = {(5, 0.914): every, (15, 0.914): every, (15, 0.972): high, (30, 0.914): at_30, (15, 0.0): [""]}
-    scan = {(15, s, 1): [""] for s in (0.982, 0.986, 0.989, 0.991)}  # seed 1's one-shot tickets far below dense
+    expected[15, 0.982] = high  # the scan's choice: LTH >= 4 pp below the dense network (grid.GAP_SPARSITY)
+    scan = {(15, s, 1): [""] for s in (0.986, 0.989, 0.991)}  # the rest of seed 1's scan, from 98.2% up
     assert len({j.split("--out ")[1] for j in jobs}) == len(jobs) == 5 * sum(map(len, expected.values())) + len(scan)
     found = {}
     for job in jobs:
@@ -772,10 +773,10 @@ def test_run_all_study_spends_every_tweak_on_the_same_tickets_per_seed_and_budge
     assert "# 30 epochs: 35 jobs: 35 trained spends + 5 draws of 5 trainings (vanilla LTH" in summary
     assert re.search(r"^# 30 epochs: .*, 1200 epochs$", summary, re.M)  # 35 spends and 5 dense runs of 30 epochs
     piece = run_all("--study", "--budget", "15", "--seeds", "4 5", "--dry-run").stdout
-    # 28 spends on 2 draws; 2 dense networks trained again, each a draw of its own (the scan is seed 1's)
-    assert re.search(r"^# in all: 30 jobs: 28 trained spends \+ 4 draws of 4 trainings .*, 480 epochs$", piece, re.M)
+    # 28 spends on 2 draws; 2 dense networks trained again, each a draw of its own, and 10 spends at 98.2% from them
+    assert re.search(r"^# in all: 40 jobs: 38 trained spends \+ 4 draws of 4 trainings .*, 630 epochs$", piece, re.M)
     listed = run_all("--study", "--budget", "15", "--seeds", "4 5", "--list").stdout.splitlines()
-    assert len(listed) == 30 and all("--epochs 15 " in j and re.search("--seed [45] ", j) for j in listed)
+    assert len(listed) == 40 and all("--epochs 15 " in j and re.search("--seed [45] ", j) for j in listed)
     for bad, message in (
         (run_all("--study", "--epochs", "3"), "error: --epochs"),
         (run_all("--study", "--budget", "45"), "error: --budget 45"),
