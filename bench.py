@@ -10,7 +10,6 @@ ticket with --at --trt; (2) and (3) compiled with --compile. Prints images/s, ep
 """
 
 import copy
-import csv
 import glob
 import itertools
 import os
@@ -140,7 +139,7 @@ def packing(folder, out):
             print(f"{name}: {k - len(finished)} of its {k} runs did not finish (their train.log says why)")
             continue
         results = [runs.read_json(path) for path in finished]
-        last = [list(csv.DictReader(open(os.path.join(os.path.dirname(path), "metrics.csv"))))[-1] for path in finished]
+        last = [runs.read_metrics(os.path.join(os.path.dirname(path), "metrics.csv"))[-1] for path in finished]
         slowest = max(last, key=lambda row: float(row["seconds"]))
         epoch, training = float(slowest["seconds"]), float(slowest["train_seconds"])
         images = sum(r["train_images"] / float(row["train_seconds"]) for r, row in zip(results, last))

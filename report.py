@@ -21,7 +21,7 @@ from scipy.stats import t as student_t
 
 import grid
 from cli import BadInput, Parser, command
-from runs import locked, read_json, save, variant
+from runs import locked, read_json, read_metrics, save, variant
 
 # Tables A2, A3: {variant: [(sparsity %, test acc. %)]}, ResNet-18 on CIFAR-100, mean of seeds 42, 1099, 5469
 _header, *_rows = csv.reader(pathlib.Path(__file__).with_name("paper.csv").read_text().splitlines())
@@ -61,7 +61,7 @@ def gather(root):
         folder = pathlib.Path(path).parent
         res = read_json(path)
         metrics, hessian = folder / "metrics.csv", folder / "hessian.json"
-        res["epochs"] = list(csv.DictReader(metrics.read_text().splitlines())) if metrics.exists() else []
+        res["epochs"] = read_metrics(metrics) if metrics.exists() else []
         res["hessian"] = read_json(hessian) if hessian.exists() else {}
         if not (folder / "config.json").exists():  # a draw's own ticket folder; its spend copy carries the config
             if folder.name == "imp_00" and (folder.parent / "draw.json").exists():  # the draw's dense network
