@@ -547,6 +547,36 @@ def test_flags_that_cannot_be_honoured_are_refused(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_flag_values_torch_would_refuse_or_misuse_are_one_line_before_anything_is_written(tmp_path):
+    """--lr -1 reached torch.optim (a traceback after config.json, init.pt and mask.pt were written); --lr nan trained
+    to "diverged"; --momentum 5 was taken; a --device torch does not know, or this machine lacks, was a traceback."""
+    runs_dir = ["--runs", tmp_path / "runs", "--out", tmp_path / "out"]
+    for flag, value, words in (
+        ("--lr", "-1", ["--lr", "(0, inf)"]),
+        ("--lr", "nan", ["--lr", "got nan"]),
+        ("--momentum", "5", ["--momentum", "[0, 1)"]),
+        ("--wd", "-0.1", ["--wd"]),
+        ("--device", "nosuch", ["--device nosuch", "not usable here"]),
+        ("--device", "cuda:7", ["--device cuda:7", "not usable here"]),
+    ):
+        r = train(*LTH, *runs_dir, flag, value)
+        assert one_line_error(r, *words), (flag, value, r.stderr)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_diverged_run_says_how_to_try_a_lower_lr_and_its_folder_then_takes_it(tmp_path):
+    """The advice of a diverged run can be followed: a run folder holding nothing but the failed run's config.json
+    takes the new config; one with a checkpoint is refused, the message saying to move it aside or use another --out."""
+    cmd = ["--epochs", "1", "--prune", "random", "--sparsity", "0.5", "--ls", "0.1", "--runs", tmp_path / "runs"]
+    r = train(*cmd, "--lr", "1e30", "--out", tmp_path / "o")
+    assert r.returncode == 3 and "a lower --lr may help" in r.stderr and "another --out" in r.stderr, r.stderr
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.name != ".lock") == ["config.json"]
+    r = train(*cmd, "--lr", "0.05", "--out", tmp_path / "o")
+    assert r.returncode == 0 and json.loads((tmp_path / "o" / "config.json").read_text())["lr"] == 0.05, r.stderr
+    r = train(*cmd, "--lr", "0.01", "--out", tmp_path / "o")  # now it holds a finished run of another config
+    assert one_line_error(r, "holds a run with another config", "move", "aside", "another --out"), r.stderr
+
+
 def test_a_subset_too_small_for_a_validation_split_is_refused(tmp_path):
     r = train(*LTH, "--runs", tmp_path / "runs", "--subset", "50")  # a validation split of 5 images for 10 classes
     assert one_line_error(r, "--subset 50", "5 validation images for 10 classes", ">= 100"), r.stderr
@@ -564,6 +594,10 @@ def test_a_file_as_out_and_missing_data_offline_create_nothing(tmp_path):
     )
     assert one_line_error(r, "CIFAR-10"), r.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "r").exists()
+    deep = tmp_path / "new" / "deeper" / "data"  # parents that do not exist: the failed download leaves none behind
+    r = run_script("train.py", "--dataset", "cifar10", "--data-dir", deep, "--runs", tmp_path / "r", env=offline)
+    assert one_line_error(r, "CIFAR-10"), r.stderr
+    assert not (tmp_path / "new").exists()
 
 
 def test_landscape_says_what_a_wrong_folder_is(finished, tmp_path):
