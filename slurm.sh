@@ -8,7 +8,7 @@
 #
 # Before "--": run_all.sh's job-list options (--quick, --study [--budget E], the full list's --parts, --seeds, ...:
 # see the top of run_all.sh); the list is `./run_all.sh OPTIONS --list`. Or --jobs-from FILE: lines of train.py
-# arguments, each ending with --out DIR. --log-dir DIR: where the list and the logs go (default
+# arguments, each with --out DIR. --log-dir DIR: where the list and the logs go (default
 # runs/slurm/<list>-<date>-<time>).
 # After "--": sbatch options for both jobs (partition, account, --gres, --time, --hold, ...); --array=%M lets at
 # most M tasks run at once; --signal=B:TERM@S, how many seconds before the time limit a task is told to stop
@@ -91,9 +91,8 @@ fi
 todo=() n=0
 while IFS= read -r line; do
   n=$((n + 1))
-  [[ $line =~ --out\ [^\ ]+$ ]] ||
-    fail "$jobs_file_name, line $n: the last option must be --out DIR (the run's folder, as in run_all.sh --list)"
-  [ -e "${line##*--out }/results.json" ] || todo+=("$line")
+  state=$(python3 grid.py --folder "$line" 2>&1) || fail "$jobs_file_name, line $n: ${state#error: }"
+  [ "${state##*$'\n'}" = finished ] || todo+=("$line")  # grid.run_folder: the runner's and report.py's rule
 done <<< "$all"
 
 PY=${PYTHON:-.venv/bin/python}
@@ -115,7 +114,7 @@ fi
 
 # What the report job runs once every run is finished
 if [ -n "$jobs_from" ]; then
-  root=$(while IFS= read -r line; do echo "${line##*--out }"; done <<< "$all" | awk '
+  root=$(while IFS= read -r line; do python3 grid.py --folder "$line" | head -n 1; done <<< "$all" | awk '
     { n = split($0, part, "/") - 1  # the parent of the run folder
       if (NR == 1) { depth = n; for (i = 1; i <= n; i++) common[i] = part[i] }
       for (i = 1; i <= depth; i++) if (i > n || part[i] != common[i]) { depth = i - 1; break } }

@@ -20,8 +20,11 @@ set -euo pipefail
 
 PY=${PYTHON:-.venv/bin/python}
 
-out_of() {  # out_of LINE: the run folder, the value of the line's last option, --out (as run_all.sh reads it)
-  echo "${1##*--out }"
+out_of() {  # out_of LINE: the run's folder, as the runner and report.py find it (grid.run_folder)
+  python3 grid.py --folder "$1" | head -n 1
+}
+finished() {  # finished LINE: whether the run has its results.json (grid.run_folder's answer)
+  [ "$(python3 grid.py --folder "$1" | tail -n 1)" = finished ]
 }
 
 if [ "${1:-}" = --report ]; then
@@ -29,7 +32,7 @@ if [ "${1:-}" = --report ]; then
   shift 2
   unfinished=0
   while read -r line; do
-    [ -e "$(out_of "$line")/results.json" ] || { echo "unfinished: train.py $line"; unfinished=$((unfinished + 1)); }
+    finished "$line" || { echo "unfinished: train.py $line"; unfinished=$((unfinished + 1)); }
   done < "$jobs"
   if [ $unfinished -gt 0 ]; then  # a report of a part would look complete; say what is missing instead
     echo "error: $unfinished run(s) of $jobs unfinished (their task logs are beside it): no report." \
@@ -48,7 +51,7 @@ out=$(out_of "$line")
 echo "task $task of array ${SLURM_ARRAY_JOB_ID:-?} (job ${SLURM_JOB_ID:-?}, restart ${SLURM_RESTART_COUNT:-0})" \
   "on $(hostname) at $(date '+%F %T'): train.py $line"
 
-if [ -e "$out/results.json" ]; then
+if finished "$line"; then
   echo "finished already: $out/results.json"
   exit 0
 fi
@@ -58,7 +61,7 @@ if ! flock -n 9; then
   echo "skipped: another runner holds $out/.runner and trains this run"
   exit 0
 fi
-if [ -e "$out/results.json" ]; then  # another runner finished it between the first look and the lock
+if finished "$line"; then  # another runner finished it between the first look and the lock
   echo "finished already: $out/results.json"
   exit 0
 fi

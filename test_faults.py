@@ -52,7 +52,7 @@ def test_a_full_disk_is_one_line_and_the_same_command_finishes_once_space_is_fre
         assert not list(fs.rglob(".tmp-*"))  # no temporary file left behind
         init = next(fs.rglob("init.pt")).read_bytes()
         subprocess.run(["mount", "-o", "remount,size=64m", str(fs)], check=True)
-        r = train_on_cifar10(tmp_path)
+        r = train(*cmd)
         assert r.returncode == 0, r.stderr
         assert json.loads((fs / "out" / "results.json").read_text())["pruned_nonzero"] == 0
         assert next(fs.rglob("init.pt")).read_bytes() == init  # what was written before is what was kept

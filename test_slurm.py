@@ -43,7 +43,7 @@ def test_bad_input_is_one_line_on_stderr_exit_2_and_creates_nothing(tmp_path):
         "--bogus": ["--bogus"],  # run_all.sh's own line, passed on
         "--list is run_all.sh's": ["--quick", "--list"],
         "no such file": ["--jobs-from", str(tmp_path / "missing.txt")],
-        "line 2: the last option must be --out DIR": ["--jobs-from", str(no_out)],
+        "line 2: has no --out FOLDER": ["--jobs-from", str(no_out)],
         "give only the throttle": ["--quick", "--", "--array=1-5"],
         "--output=x.log: slurm.sh sets this itself": ["--quick", "--", "--output=x.log"],
         "give --signal=B:TERM@SECONDS": ["--quick", "--", "--signal=USR1@60"],

@@ -46,4 +46,4 @@ def test_the_budget_fails_naming_the_files_when_a_module_grows(tmp_path):
         f.write("".join(f"\n\ndef extra_{i}():\n    return {i}\n" for i in range((2000 - grown) // 4 + 1)))
     (failure,) = over_budget(tmp_path)
     assert failure.startswith(f"{formatted_lines(tmp_path, 'train.py') - formatted_lines(HERE, 'train.py') + grown} ")
-    assert "limit 2000: models.py " in failure and "train.py " in failure and "landscape.py " in failure
+    assert "limit 2000: cli.py " in failure and "models.py " in failure and "landscape.py " in failure
