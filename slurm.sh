@@ -114,7 +114,7 @@ fi
 
 # What the report job runs once every run is finished
 if [ -n "$jobs_from" ]; then
-  root=$(while IFS= read -r line; do python3 grid.py --folder "$line" | head -n 1; done <<< "$all" | awk '
+  root=$(while IFS= read -r line; do state=$(python3 grid.py --folder "$line"); echo "${state%%$'\n'*}"; done <<< "$all" | awk '
     { n = split($0, part, "/") - 1  # the parent of the run folder
       if (NR == 1) { depth = n; for (i = 1; i <= n; i++) common[i] = part[i] }
       for (i = 1; i <= depth; i++) if (i > n || part[i] != common[i]) { depth = i - 1; break } }

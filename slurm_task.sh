@@ -20,11 +20,13 @@ set -euo pipefail
 
 PY=${PYTHON:-.venv/bin/python}
 
-out_of() {  # out_of LINE: the run's folder, as the runner and report.py find it (grid.run_folder)
-  python3 grid.py --folder "$1" | head -n 1
+out_of() {  # out_of LINE: the run's folder, as the runner finds it (grid.run_folder)
+  local found
+  found=$(python3 grid.py --folder "$1")
+  echo "${found%%$'\n'*}"
 }
 finished() {  # finished LINE: whether the run has its results.json (grid.run_folder's answer)
-  [ "$(python3 grid.py --folder "$1" | tail -n 1)" = finished ]
+  [[ $(python3 grid.py --folder "$1") == *$'\n'finished ]]
 }
 
 if [ "${1:-}" = --report ]; then
