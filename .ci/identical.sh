@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# A refactor changes no result: train small deterministic CPU runs with the code of BASE (a commit, default HEAD:
-# the last commit, against the uncommitted change) and with the working tree, on this machine, and compare every file they write exactly: weights and masks
-# tensor by tensor, results.json and metrics.csv value by value, timing aside. Exit 0 when all match, 1 otherwise.
+# A refactor changes no result: train small deterministic CPU runs with the code of BASE (a commit; default HEAD,
+# the last commit, against the uncommitted change) and with the working tree, on this machine, and compare every file
+# they write exactly: weights and masks tensor by tensor, results.json and metrics.csv value by value, timing aside.
+# Exit 0 when all match, 1 otherwise.
 #
-#   .ci/identical.sh [BASE]        (about 5 minutes on 2 cores)
+#   .ci/identical.sh [BASE]        (about 30 s on 2 idle cores)
 #
 # The runs: a draw to IMP level 2 and its vanilla spend (2 and 3 epochs); --at --trt on it; an OMP ticket with
-# --swish --ls 0.1; LTH-Rewind (--rewind-epoch 1); --kd; a GraSP ticket with --mish, --hessian-every, --keep-epochs. Reference files do not carry across machines (CPUs round differently), so both
-# sides are trained here, each in its own temporary folder.
+# --swish --ls 0.1; LTH-Rewind (--rewind-epoch 1); --kd; a GraSP ticket with --mish, --hessian-every, --keep-epochs.
+# Reference files do not carry across machines (CPUs round differently): both sides train here, in temporary folders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BASE=${1:-HEAD}
