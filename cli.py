@@ -51,7 +51,9 @@ def number(kind, low=-math.inf, high=math.inf, above=False, below=False):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__} in {span}") from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'a whole' if kind is int else 'a'} number in {span}"
+            ) from None
         too_low, too_high = (value <= low if above else value < low), (value >= high if below else value > high)
         if too_low or too_high or not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be in {span}, got {text}")

@@ -413,9 +413,9 @@ def spend(args, ds, cache, mask, out):
     """Spend the ticket (or --mask's `mask`) into `out`. Vanilla LTH is the draw's own training, copied, unless it
     asks for records that training may not have (--hessian-every, weights of --keep-epochs: Fig. A11, 4); anything
     else trains: the ticket reset, the tweaks applied, GradInit, the loss (label smoothing, KD), `fit`."""
-    ticket, kept = runs.ticket_name(args), [f"epoch{e}.pt" for e in args.keep_epochs]
+    ticket, tweaked, kept = runs.ticket_name(args), runs.tweak_names(args), [f"epoch{e}.pt" for e in args.keep_epochs]
     mask = draw(args, ds, cache, ticket) if mask is None else mask
-    if not (args.mask or runs.tweak_names(args) or args.hessian_every):
+    if not (args.mask or tweaked or args.hessian_every):
         train_vanilla(args, ds, cache, ticket, mask)
         if all(os.path.exists(os.path.join(cache.folder(ticket), f)) for f in kept):
             return cache.copy_training(ticket, out, kept, lambda: remeasure(args, ds, cache, ticket))
@@ -425,7 +425,7 @@ def spend(args, ds, cache, mask, out):
         teacher = new_model(args, ds)
         teacher.load_state_dict(cache.trained_file("imp_00", "best.pt", args.device))
         teacher.eval().requires_grad_(False)
-    print(f"=== spend {ticket} with {runs.tweak_names(args) or 'no tweaks'} -> {out}", flush=True)
+    print(f"=== spend {ticket} with {tweaked or 'no tweaks'} -> {out}", flush=True)
     return train_ticket(args, ds, mask, reset_weights(args, ds, cache), out, "[spend]", teacher)
 
 
@@ -435,8 +435,8 @@ def run(args):
     runs.refuse_file("--out" if args.out else "--runs", out)
     runs.refuse_file("--runs", args.runs)
     runs.refuse_file("--data-dir", args.data_dir)
-    if runs.finished(out, config):
-        return print(f"already finished: {runs.summarize(runs.finished(out, config), out)}")
+    if done := runs.finished(out, config):
+        return print(f"already finished: {runs.summarize(done, out)}")
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)  # CUDA: a few ops (pooling backward) only warn
     ds = data.load(args.dataset, args.data_dir, args.subset, args.seed, args.device)
@@ -445,8 +445,8 @@ def run(args):
     mask = runs.load_mask(args.mask, model, args.prune_classifier, args.device) if args.mask else None
     cache = runs.DrawCache(args.runs, {k: getattr(args, k) for k in RECIPE}, args.repair)  # every input is known good
     with runs.locked(out, wait=False):
-        if runs.finished(out, config):  # another process finished it while this one loaded its data
-            return print(f"already finished: {runs.summarize(runs.finished(out, config), out)}")
+        if done := runs.finished(out, config):  # another process finished it while this one loaded its data
+            return print(f"already finished: {runs.summarize(done, out)}")
         runs.write_json(config, os.path.join(out, "config.json"))
         results = spend(args, ds, cache, mask, out)
     print(runs.summarize(results, out))
