@@ -91,13 +91,7 @@ def parser():
     a("--at", action="store_true", help="architecture tweaking: --skip --swish")
     a("--trt", action="store_true", help="training recipe tweaking: --scale-init --ls 0.1")
     a("--hessian-every", type=whole, default=0, help="record the Hessian's top eigenvalue every N epochs (Fig. A11)")
-    a(
-        "--keep-epochs",
-        type=count,
-        nargs="*",
-        default=[],
-        help="also keep these epochs' weights as epochE.pt (Fig. 4: 5)",
-    )
+    a("--keep-epochs", type=count, nargs="*", default=[], help="also keep epoch E's weights as epochE.pt (Fig. 4: 5)")
     return p
 
 
