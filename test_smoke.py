@@ -962,7 +962,8 @@ def test_packing_sweep_trains_k_runs_at_once_through_the_runner_and_writes_the_b
         )
         assert line, (k, r.stdout)
         epoch, training, rest, images, device_time = map(float, line.groups())
-        assert abs(epoch - training - rest) <= 0.011 and training > 0 and rest > 0 and images > 0
+        # a tiny run's evaluation and checkpoint may round to 0.00 s on a fast machine
+        assert abs(epoch - training - rest) <= 0.011 and training > 0 and rest >= 0 and images > 0
         assert abs(device_time - epoch / k) <= 0.011
         per_k[k] = device_time
     k, seconds, mps = out.read_text().split()
