@@ -15,23 +15,24 @@ import math
 import os
 import pathlib
 import statistics
+from types import SimpleNamespace
 
 from matplotlib.figure import Figure  # no pyplot: headless, no global state
 from scipy.stats import t as student_t
 
 import grid
 from cli import BadInput, Parser, command
-from runs import locked, read_json, read_metrics, save, variant
+from runs import locked, read_json, read_metrics, save, ticket_name, variant
 
 # Tables A2, A3: {variant: [(sparsity %, test acc. %)]}, ResNet-18 on CIFAR-100, mean of seeds 42, 1099, 5469
 _header, *_rows = csv.reader(pathlib.Path(__file__).with_name("paper.csv").read_text().splitlines())
 PAPER = {row[0]: [(float(s), float(a)) for s, a in zip(_header[1:], row[1:]) if a != "-"] for row in _rows}
 ORDER = [  # the tables' and figures' order of variants
+    "dense",  # the ticket's own dense network: its draw's first training
     *["LTH", "LTH+Skip", "LTH+Skip-1x1", "LTH+Swish", "LTH+Mish", "LTH+Scaling", "LTH+LS", "LTH+KD"],  # one tweak
     *["LTH+AT", "LTH+AT-1x1", "LTH+TRT", "LTH+AT+TRT", "LTH+AT+Scaling+KD"],  # combined
     *["LTH Rewind", "LTH+AT Rewind", "LTH+TRT Rewind", "LTH+AT+TRT Rewind"],  # LTH-Rewind (Fig. 6b, 7)
 ]
-COMBINED = ["LTH+AT", "LTH+TRT", "LTH+AT+TRT"]
 # what a figure shows: (axis label, the number of one run's results; None where that run has not measured it)
 ACCURACY = ("test accuracy (%)", lambda r: 100 * r["test_acc"])
 EIGEN = ("top Hessian eigenvalue (mean over its batches)", lambda r: r.get("hessian", {}).get("top_eigenvalue"))
@@ -53,30 +54,35 @@ SKIP_COLUMNS = [
 
 
 def gather(root):
-    """({(dataset, arch, masks, epochs or 0): {(target sparsity, variant): [each seed's results]}}, the same for Fig.
-    A11's runs, {(dataset, arch, epochs): [the draws' dense networks' results]}), each result with its seed, metrics.csv
-    rows and `landscape.py eigenvalue`'s hessian.json. A --hessian-every run is Fig. A11's, not one more seed."""
-    groups, curves, dense = {}, {}, {}
+    """({(dataset, arch, masks, epochs or 0): {(target sparsity, variant): [each seed's results]}}, the same for the
+    --hessian-every runs of Fig. A11), each result with its seed, metrics.csv and hessian.json. Variant "dense": the
+    dense network (imp_00) of the draw that holds the spend's ticket."""
+    groups, curves, draws = {}, {}, []
+    for path in sorted(glob.glob(os.path.join(root, "**", "draw.json"), recursive=True)):
+        dense = pathlib.Path(path).parent / "imp_00"
+        if (dense / "results.json").exists():
+            found = dict(read_json(dense / "results.json"), epochs=read_metrics(dense / "metrics.csv"), hessian={})
+            draws.append((read_json(path), os.listdir(dense.parent), found))
     for path in sorted(glob.glob(os.path.join(root, "**", "results.json"), recursive=True)):
         folder = pathlib.Path(path).parent
-        res = read_json(path)
+        if not (folder / "config.json").exists():  # a draw's own ticket folder; its spend copy carries the config
+            continue
+        res, cfg = read_json(path), read_json(folder / "config.json")
         metrics, hessian = folder / "metrics.csv", folder / "hessian.json"
         res["epochs"] = read_metrics(metrics) if metrics.exists() else []
         res["hessian"] = read_json(hessian) if hessian.exists() else {}
-        if not (folder / "config.json").exists():  # a draw's own ticket folder; its spend copy carries the config
-            if folder.name == "imp_00" and (folder.parent / "draw.json").exists():  # the draw's dense network
-                key = read_json(folder.parent / "draw.json")
-                res["seed"] = key["seed"]
-                dense.setdefault((key["dataset"], key["arch"], key["epochs"]), []).append(res)
-            continue
-        cfg = read_json(folder / "config.json")
         res["seed"] = cfg["seed"]  # pairs the run with LTH on the same ticket
         masks = "user" if cfg.get("mask") else "one-shot" if cfg["sparsity"] and cfg["prune"] != "imp" else "imp"
         target = curves if res["epochs"] and "top_eigenvalue" in res["epochs"][0] else groups
         group = target.setdefault((cfg["dataset"], cfg["arch"], masks, cfg.get("epochs", 0)), {})
         at = cfg["sparsity"] or round(res["sparsity"], 3)  # --mask runs: the measured sparsity
         group.setdefault((at, variant(cfg)), []).append(res)
-    return groups, curves, dense
+        for key, tickets, dense in draws if at else []:
+            if ticket_name(SimpleNamespace(**cfg)) in tickets and all(cfg.get(k) == v for k, v in key.items()):
+                found = group.setdefault((at, "dense"), [])
+                if all(r["seed"] != cfg["seed"] for r in found):
+                    found.append(dict(dense, seed=cfg["seed"]))
+    return groups, curves
 
 
 def differences(accs, base):
@@ -116,10 +122,9 @@ def cell(found, diff):
 
 
 def table(runs, columns=None, rows="sparsity", label=None):
-    """Markdown: one row per key (by default the sparsity: measured, mean over runs; else `label(key)`). By default
-    one column per variant, its accuracy: mean +- std over seeds and (the paired difference to LTH [95% interval]),
-    that difference in words below the table. `columns` [(header, variant, value of a result)] shows other numbers
-    as mean +- std (Table A1, skips, the budget's convergence)."""
+    """Markdown: one row per key (the measured sparsity, or `label(key)`); by default one column per variant, its
+    accuracy and (paired difference to LTH [95% interval]), repeated in words below. `columns` [(header, variant,
+    value of a result)]: other numbers, mean +- std (Table A1, skips, the budget's convergence)."""
     accuracy, words = columns is None, []
     columns = columns or [(v, v, ACCURACY[1]) for v in variants(runs)]
     lines = [f"| {rows} | " + " | ".join(h for h, _, _ in columns) + " | seeds |", "|---" * (len(columns) + 2) + "|"]
@@ -130,7 +135,8 @@ def table(runs, columns=None, rows="sparsity", label=None):
         if label:
             name = label(key)
         else:
-            name = f"{100 * statistics.mean(r['sparsity'] for _, v, _ in columns for r in runs.get((key, v), [])):.1f}%"
+            sparsities = [r["sparsity"] for _, v, _ in columns if v != "dense" for r in runs.get((key, v), [])]
+            name = f"{100 * statistics.mean(sparsities):.1f}%"
         diffs = [
             paired(differences(f, values(runs, key, "LTH"))) if accuracy and v != "LTH" else None
             for f, (_, v, _) in zip(found, columns)
@@ -160,98 +166,97 @@ def present(runs, names, value):
     return [n for n in names if any(values(runs, s, n, value) for s, v in runs if v == n)]
 
 
-def panel(ax, runs, names, metric, reference=False, budget=False):
-    """Draw `metric` of each variant against sparsity (with budget: the epochs that key the runs): the mean over seeds
-    as a line, +-std shaded, each seed a dot; the dense network (0%) a dashed level line (Fig. 1, 5); with reference
-    the paper's line dotted; at one sparsity the variants side by side (Fig. A13). Returns the csv rows it drew."""
-    (label, value), reference = metric, reference and metric is ACCURACY
-    names, rows = present(runs, names, value), []
-    levels = sorted({s for s, v in runs if s > 0 and v in names})
+def spread(i, n):
+    """Where the i-th of n variants sits beside its neighbours at one sparsity (or budget): within +-0.4."""
+    return (i - (n - 1) / 2) * 0.8 / n
+
+
+def dots(ax, x, samples, color, half, label):
+    """Every sample a dot at x, their mean a circle with an error bar of +-half (none for None)."""
+    ax.plot([x] * len(samples), samples, ".", color=color, ms=3)
+    ax.errorbar([x], [statistics.mean(samples)], half, fmt="o", color=color, ms=5, capsize=3, label=label)
+
+
+def paper_gain(name, sparsity):
+    """The paper's (dense - LTH, name - LTH) in pp at its sparsity within 0.5 of ours (%), else None (Tables A2, A3)."""
+    lth, mine = dict(PAPER["LTH"]), dict(PAPER.get(name, []))
+    near = [p for p in mine if p > 0 and abs(p - sparsity) <= 0.5]
+    return (lth[0] - lth[near[0]], mine[near[0]] - lth[near[0]]) if near else None
+
+
+def panel(ax, runs, names, metric, colors, reference=False, budget=False):
+    """`metric` of each variant at each sparsity (or budget), side by side: each seed a dot, the mean with +-std;
+    with reference the paper's accuracy a hollow square. Returns the csv rows it drew."""
+    (label, value), rows = metric, []
+    names = present(runs, names, value)
+    levels = sorted({s for s, v in runs if v in names})
     for i, name in enumerate(names):
-        points = [(s, values(runs, s, name, value)) for s in levels]
-        points = [(s, found) for s, found in points if found]
-        if budget:
-            x = [e for e, _ in points]
-        elif len(levels) > 1:
-            x = [100 * statistics.mean(r["sparsity"] for r in runs[s, name]) for s, _ in points]
-        else:
-            x = [i] * len(points)
-        means = [statistics.mean(found.values()) for _, found in points]
-        spread = [statistics.stdev(found.values()) if len(found) > 1 else 0 for _, found in points]
-        ax.plot(x, means, "o-", label=name.replace("+", " + "), color=f"C{i}")
-        low, high = [m - d for m, d in zip(means, spread)], [m + d for m, d in zip(means, spread)]
-        ax.fill_between(x, low, high, color=f"C{i}", alpha=0.15)
-        for at, (_, found) in zip(x, points):  # each seed a dot
-            ax.plot([at] * len(found), list(found.values()), ".", color=f"C{i}", ms=3)
-        dense = values(runs, 0.0, name, value)
-        if dense and levels:
-            ax.axhline(statistics.mean(dense.values()), ls="--", color=f"C{i}", lw=1)
-        if reference and name in PAPER and len(levels) > 1:
-            ax.plot(*zip(*[p for p in PAPER[name] if p[0] > 0]), ":", color=f"C{i}", alpha=0.7)
-        rows += [
-            f"{s},{name},{r['seed']},{100 * r['sparsity']:.3f},{value(r):.3f}"
-            for s in [0.0, *levels]
-            for r in runs.get((s, name), [])
-            if value(r) is not None
-        ]
-    if budget:
-        ax.set(xlabel="epochs", xscale="log", xlim=(min(levels) / 1.3, max(levels) * 1.3))
-        ax.set_xticks(levels, [str(e) for e in levels])
-        ax.minorticks_off()
-        ax.legend(fontsize=7)
-    elif len(levels) > 1:
-        ax.set(xlabel="sparsity (%); dashed: the dense network" + ("; dotted: the paper" if reference else ""))
-        ax.legend(fontsize=7)
-    else:
-        ax.set_xticks(range(len(names)), [n.replace("+", " + ") for n in names], rotation=30, ha="right")
-        ax.set(xlabel=f"at {100 * levels[0]:.1f}% sparsity" if levels else "")
-    ax.set(ylabel=label, yscale="log" if metric is EIGEN and len(levels) > 1 else "linear")
-    ax.grid(alpha=0.3)
+        shown = name.replace("+", " + ")
+        for j, s in enumerate(levels):
+            found, x = values(runs, s, name, value), j + spread(i, len(names))
+            if found:
+                half = statistics.stdev(found.values()) if len(found) > 1 else None
+                dots(ax, x, list(found.values()), colors[name], half, shown)
+                shown = None  # one legend entry per variant
+                sparsity = {r["seed"]: 100 * r["sparsity"] for r in runs[s, name]}
+                rows += [f"{s},{name},{seed},{sparsity[seed]:.3f},{v:.3f}" for seed, v in found.items()]
+            paper = dict(PAPER.get(name, [])).get(round(100 * s)) if reference and metric is ACCURACY else None
+            if paper:
+                ax.plot([x], [paper], "s", mfc="none", color=colors[name])
+    ax.set_xticks(range(len(levels)), [str(s) if budget else f"{100 * s:.1f}" for s in levels])
+    ax.set(xlabel="epochs" if budget else "sparsity (%)" + ("; squares: the paper" if reference else ""))
+    ax.set(ylabel=label, yscale="log" if metric is EIGEN else "linear")
     return rows
 
 
+def paired_panel(ax, runs, names, colors, budget):
+    """Each variant's paired difference to LTH on the same ticket: every seed a dot, the mean with its 95% interval;
+    a hollow star the paper's own gain at that sparsity. x: the ticket's gap to its own dense network (dense - LTH,
+    same draw) where every sparsity has it, else the sparsities (or budgets) in order."""
+    levels = sorted({s for s, v in runs if v in names})
+    gaps = {s: paired(differences(values(runs, s, "dense"), values(runs, s, "LTH"))) for s in levels}
+    by_gap = not budget and all(gaps.values())
+    starred = False
+    for i, name in enumerate(names):
+        shown = name.replace("+", " + ")
+        for j, s in enumerate(levels):
+            d = differences(values(runs, s, name), values(runs, s, "LTH"))
+            x = gaps[s][0] + spread(i, len(names)) / 2 if by_gap else j + spread(i, len(names))
+            if d:
+                dots(ax, x, d, colors[name], paired(d)[1], shown)
+                shown = None
+                paper = paper_gain(name, 100 * statistics.mean(r["sparsity"] for r in runs[s, "LTH"]))
+                if paper:
+                    ax.plot([paper[0] if by_gap else x], [paper[1]], "*", mfc="none", ms=10, color=colors[name])
+                    starred = True
+    if starred:
+        ax.plot([], [], "*", mfc="none", ms=10, color="gray", label="the paper's gain (ResNet-18, CIFAR-100)")
+    if by_gap:
+        ax.set_xticks([gaps[s][0] for s in levels], [f"{gaps[s][0]:+.1f}\n({100 * s:.1f}%)" for s in levels])
+        ax.set(xlabel="the ticket's gap: dense − LTH on the same draw, pp (sparsity)")
+    else:
+        ax.set_xticks(range(len(levels)), [str(s) if budget else f"{100 * s:.1f}" for s in levels])
+        ax.set(xlabel="epochs" if budget else "sparsity (%)")
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set(ylabel="test accuracy − LTH, same ticket (pp)", title="paired: seeds, mean, 95% interval")
+
+
 def figure(runs, panels, metric, title, path, reference, paired_view=False, budget=False):
-    """Panels side by side, one per list of variants (`panel`), and with paired_view one more: each variant's paired
-    difference to LTH (same ticket) by sparsity (or budget), or side by side at one sparsity. Its numbers beside."""
+    """One `panel` per list of variants and with paired_view a `paired_panel`; the numbers drawn beside as .csv."""
     fig = Figure(figsize=(5.5 * (len(panels) + paired_view), 4.5), layout="constrained")
     axes = fig.subplots(1, len(panels) + paired_view, squeeze=False)[0]
-    rows = sorted({row for ax, names in zip(axes, panels) for row in panel(ax, runs, names, metric, reference, budget)})
-    if paired_view:  # x: the sparsities (each variant a little apart), or at a single one the variants
-        names, levels = [n for n in variants(runs) if n != "LTH"], sorted({s for s, _ in runs})
-        series = []
-        for i, name in enumerate(names):
-            offset = (i - (len(names) - 1) / 2) * 0.8 / len(names) if len(levels) > 1 else i
-            points = [
-                (j + offset, differences(values(runs, s, name), values(runs, s, "LTH"))) for j, s in enumerate(levels)
-            ]
-            series.append((name, f"C{i + 1}", [(x, d) for x, d in points if d]))
-        paired_panel(axes[-1], series, ("epochs" if budget else "sparsity (%)") if len(levels) > 1 else "")
-        if len(levels) > 1:
-            axes[-1].set(xlim=(-0.5, len(levels) - 0.5))
-            axes[-1].set_xticks(range(len(levels)), [str(s) if budget else f"{100 * s:.1f}" for s in levels])
-        else:
-            axes[-1].set_xticks(range(len(names)), [n.replace("+", " + ") for n in names], rotation=30, ha="right")
-    fig.suptitle(title)
-    write(fig, ("epochs" if budget else "target_sparsity") + ",variant,seed,sparsity_pct," + metric[0], rows, path)
-
-
-def paired_panel(ax, series, xlabel):
-    """Paired differences to LTH: for each (variant, colour, [(x, the seeds' differences)]) every seed a dot, the
-    mean with its 95% interval, the means joined by a line. A legend where x is a number (xlabel), not a variant."""
-    for name, color, points in series:
-        means = []
-        for x, d in points:
-            mean, half, _ = paired(d)
-            ax.plot([x] * len(d), d, ".", color=color, ms=4)
-            ax.errorbar([x], [mean], half, fmt="_", color=color, ms=10, capsize=3)
-            means.append((x, mean))
-        if means:
-            ax.plot(*zip(*means), "-", color=color, lw=1, label=name.replace("+", " + "))
-    if xlabel and any(points for _, _, points in series):
-        ax.legend(fontsize=7)
-    ax.axhline(0, color="gray", lw=0.8)
-    ax.set(xlabel=xlabel, ylabel="test accuracy − LTH, same ticket (pp)", title="paired: seeds, mean, 95% interval")
-    ax.grid(alpha=0.3)
+    colors = {name: "black" if name == "dense" else f"C{i % 10}" for i, name in enumerate(variants(runs))}
+    rows = [row for ax, names in zip(axes, panels) for row in panel(ax, runs, names, metric, colors, reference, budget)]
+    if paired_view:
+        paired_panel(axes[-1], runs, [n for n in variants(runs) if n not in ("LTH", "dense")], colors, budget)
+    for ax in axes:  # a legend where something is labelled
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    seeds = len({r["seed"] for found in runs.values() for r in found})
+    fig.suptitle(f"{title}, {seeds} seed{'s' * (seeds > 1)}")
+    header = ("epochs" if budget else "target_sparsity") + ",variant,seed,sparsity_pct," + metric[0]
+    write(fig, header, sorted(rows), path)
 
 
 def write(fig, header, rows, path):
@@ -288,8 +293,7 @@ def curves(found, title, path):
 
 
 def group_section(key, runs, out):
-    """One group's tables and figures: the accuracy table with its paired differences and plot, then every part of
-    run_all.sh whose runs are there (FIGURES), Table A1 and the skip table."""
+    """One group's accuracy table and plot, then every figure part whose runs are there, Table A1, the skip table."""
     dataset, arch, method, epochs = key
     title, group = f"{arch} on {dataset}, {method} masks", f"{dataset}_{arch}_{method}"
     if epochs:  # the budget in titles and file names: the study's ladder has several per group
@@ -330,10 +334,9 @@ def final_lr_rise(r):
     return last_train_acc(r) - 100 * float(r["epochs"][math.ceil(0.75 * len(r["epochs"])) - 1]["train_acc"])
 
 
-def budget_section(groups, dense, out):
-    """The budget view (the study's ladder) of each (dataset, arch, masks) trained at several budgets: how converged
-    each rung is (dense network and LTH), each variant's paired difference to LTH per sparsity and budget (a table
-    and a sentence each), and per sparsity a figure against the budget."""
+def budget_section(groups, out):
+    """Each (dataset, arch, masks) trained at several budgets (the study's ladder): how converged each rung is, every
+    variant's paired difference to LTH by sparsity and budget, and a figure against the budget per sparsity."""
     ladders = {}
     for (dataset, arch, masks, epochs), runs in sorted(groups.items()):
         if epochs:
@@ -343,7 +346,7 @@ def budget_section(groups, dense, out):
         title, name = f"{arch} on {dataset}, {masks} masks", f"budget_{dataset}_{arch}_{masks}"
         levels = sorted({s for runs in rungs.values() for s, _ in runs if s > 0})
         lth = {s: f"LTH {100 * s:.1f}%" for s in levels}
-        trained = {(e, "dense"): dense.get((dataset, arch, e), []) for e in rungs}
+        trained = {(e, "dense"): runs.get((levels[0], "dense"), []) for e, runs in rungs.items()}  # of the tickets
         trained.update({(e, lth[s]): runs.get((s, "LTH"), []) for e, runs in rungs.items() for s in levels})
         columns = [
             (f"{who}: {what}", who, value)
@@ -360,6 +363,8 @@ def budget_section(groups, dense, out):
         md.append(table(by_rung, None, "sparsity, budget", lambda key: f"{100 * key[0]:.1f}%, {key[1]} epochs") + "\n")
         for s in levels:  # one figure per sparsity: accuracy and the paired differences against the budget
             at = {(e, v): found for e, runs in rungs.items() for (t, v), found in runs.items() if t == s}
+            if len({e for e, _ in at}) < 2:
+                continue
             png, shown = f"{name}_s{100 * s:.1f}.png", f"{title}, {100 * s:.1f}% sparse"
             figure(at, [variants(at)], ACCURACY, f"the budget: {shown}", os.path.join(out, png), False, True, True)
             md.append(f"![the budget: {shown}]({png})\n")
@@ -375,7 +380,7 @@ def main(argv=None):
     if not os.path.isdir(args.runs):
         raise BadInput(f"{args.runs}: no such folder; give the folder train.py or run_all.sh wrote its runs to")
     out = args.out or os.path.join(args.runs, "report")
-    groups, curve_groups, dense = gather(args.runs)
+    groups, curve_groups = gather(args.runs)
     if not groups and not curve_groups:
         raise BadInput(f"{args.runs}: no finished train.py run in it (one with config.json and results.json)")
     with locked(out, wait=True):  # landscape.py writes here too; the lock clears what a killed writer left
@@ -386,7 +391,7 @@ def main(argv=None):
         ]
         for key, runs in sorted(groups.items()):
             md += group_section(key, runs, out)
-        md += budget_section(groups, dense, out)
+        md += budget_section(groups, out)
         for (dataset, arch, method, _), runs in sorted(curve_groups.items()):
             for seed in sorted({r["seed"] for found in runs.values() for r in found}):
                 png = f"figA11_{dataset}_{arch}_{method}_seed{seed}.png"

@@ -552,6 +552,7 @@ def fake_run(root, seed, sparsity, acc, **tweak):
         ls=0.0,
         kd=False,
         rewind_epoch=None,
+        mask=None,
     )
     cfg.update(tweak)
     folder = root / f"run_{sparsity}_{seed}_{'_'.join(sorted(tweak)) or 'lth'}"
@@ -1001,10 +1002,11 @@ def test_report_budget_view_pairs_each_rung_and_shows_convergence(tmp_path):
             metrics = "epoch,train_acc\n" + "".join(f"{e},{a}\n" for e, a in enumerate(train_accs, 1))
             (root / f"run_0.914_{seed}_epochs" / "metrics.csv").write_text(metrics)
             draw = tmp_path / "draws" / f"d{epochs}_{seed}"  # the rung's dense network, in the draw cache
-            (draw / "imp_00").mkdir(parents=True)
+            (draw / "imp_11").mkdir(parents=True)  # the ticket its spends take: IMP level 11, 91.4%
             (draw / "draw.json").write_text(
                 json.dumps(dict(dataset="cifar100", arch="resnet18", seed=seed, epochs=epochs))
             )
+            (draw / "imp_00").mkdir()
             (draw / "imp_00" / "results.json").write_text(json.dumps(dict(test_acc=0.9, sparsity=0.0)))
             (draw / "imp_00" / "metrics.csv").write_text(metrics)
         fake_run(tmp_path / "high", seed, 0.972, 0.70, epochs=15)
@@ -1012,8 +1014,12 @@ def test_report_budget_view_pairs_each_rung_and_shows_convergence(tmp_path):
     report.main([str(tmp_path), "--out", str(tmp_path / "rep")])
     md = (tmp_path / "rep" / "report.md").read_text().splitlines()
     assert "## The budget: resnet18 on cifar100, imp masks" in md
-    assert "| 91.4%, 5 epochs | 81.00 ± 1.00 | 83.00 ± 2.00 (+2.00 [-0.48, +4.48]) | 3 |" in md
-    assert "| 91.4%, 15 epochs | 86.00 ± 1.00 | 87.00 ± 2.00 (+1.00 [-1.48, +3.48]) | 3 |" in md
+    dense = "90.00 ± 0.00 (+9.00 [+6.52, +11.48])"  # the draws' dense networks, paired with LTH on their tickets
+    assert f"| 91.4%, 5 epochs | {dense} | 81.00 ± 1.00 | 83.00 ± 2.00 (+2.00 [-0.48, +4.48]) | 3 |" in md
+    dense = "90.00 ± 0.00 (+4.00 [+1.52, +6.48])"
+    assert f"| 91.4%, 15 epochs | {dense} | 86.00 ± 1.00 | 87.00 ± 2.00 (+1.00 [-1.48, +3.48]) | 3 |" in md
+    assert "- 91.4%, 15 epochs: dense − LTH: +4.00 [+1.52, +6.48] pp, 3 seeds" in md  # each ticket's own draw's
+    assert "| 97.2%, 15 epochs | missing | 70.00 ± 0.00 |" in "\n".join(md)  # no draw holds these tickets
     assert "- 91.4%, 15 epochs: LTH+AT − LTH: +1.00 [-1.48, +3.48] pp, 3 seeds" in md
     assert "- 97.2%, 15 epochs: LTH+AT − LTH: -1.00 [-1.00, -1.00] pp, 3 seeds" in md
     assert not any(line.startswith("- 97.2%, 5 epochs") for line in md)  # that rung has no 97.2% ticket
@@ -1026,12 +1032,13 @@ def test_report_budget_view_pairs_each_rung_and_shows_convergence(tmp_path):
     assert "## resnet18 on cifar100, imp masks, 15 epochs" in md  # each rung keeps its own tables and plots
     assert (tmp_path / "rep" / "acc_cifar100_resnet18_imp_e15.png").exists()
     rows = (tmp_path / "rep" / "budget_cifar100_resnet18_imp_s91.4.csv").read_text().splitlines()
-    assert rows[0] == "epochs,variant,seed,sparsity_pct,test accuracy (%)" and len(rows) == 1 + 2 * 2 * 3
+    assert rows[0] == "epochs,variant,seed,sparsity_pct,test accuracy (%)"
+    assert len(rows) == 1 + 3 * 2 * 3  # dense, LTH, LTH+AT; 2 rungs; 3 seeds
     assert {"5,LTH+AT,3,91.500,85.000", "15,LTH+AT,1,91.500,85.000", "15,LTH,2,91.500,86.000"} <= set(rows)
-    high = (tmp_path / "rep" / "budget_cifar100_resnet18_imp_s97.2.csv").read_text().splitlines()
-    assert len(high) == 1 + 2 * 3 and "15,LTH+AT,2,97.300,69.000" in high
+    high = (tmp_path / "rep" / "acc_cifar100_resnet18_imp_e15.csv").read_text().splitlines()
+    assert "0.972,LTH+AT,2,97.300,69.000" in high and "0.914,dense,1,0.000,90.000" in high
+    assert not (tmp_path / "rep" / "budget_cifar100_resnet18_imp_s97.2.png").exists()  # one rung: no budget figure
     assert (tmp_path / "rep" / "budget_cifar100_resnet18_imp_s91.4.png").stat().st_size > 10_000
-    assert "![the budget: resnet18 on cifar100, imp masks, 97.2% sparse](budget_cifar100_resnet18_imp_s97.2.png)" in md
 
 
 def test_report_explains_a_wrong_folder_writes_inside_the_runs_folder_and_clears_stale_files(tmp_path):
