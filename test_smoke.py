@@ -689,6 +689,21 @@ def test_paired_differences_and_their_t_interval_have_the_known_values(tmp_path)
     assert "- 91.5%: LTH+AT − LTH: +0.83 [-1.06, +2.73] pp, 3 seeds" in md
 
 
+def test_results_are_report_py_on_the_committed_records(tmp_path, monkeypatch):
+    """results/ is exactly what `python report.py runs/study --out results` writes from runs/study's records: the
+    same files, and report.md and every figure's .csv byte for byte (the PNGs by name: renderers differ)."""
+    import report
+
+    monkeypatch.chdir(HERE)
+    report.main(["runs/study", "--out", str(tmp_path)])
+    made = sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock")
+    kept = sorted(name for name in os.listdir("results") if name != ".lock")
+    assert made == kept, "rebuild results/: python report.py runs/study --out results"
+    for name in made:
+        if not name.endswith(".png"):
+            assert (tmp_path / name).read_bytes() == open(os.path.join("results", name), "rb").read(), name
+
+
 def run_all(*a):
     """./run_all.sh with these arguments: the completed process, its output as text."""
     return subprocess.run(["bash", os.path.join(HERE, "run_all.sh"), *a], capture_output=True, text=True)
