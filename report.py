@@ -2,11 +2,10 @@
 
     python report.py runs --out report      # report/report.md, and beside it every figure's PNG with its .csv
 
-Per (dataset, arch, masks: imp, one-shot (OMP, Table A4's) or user) group: Tables A2/A3 (each cell the mean accuracy
-over seeds +- std and, in brackets, the paired difference to LTH on the same ticket with its 95% t-interval; "missing",
-never zero) and their plot, then every part of run_all.sh whose runs are there (FIGURES, Table A1, the skip table,
-Fig. A11) and the landscape.py plots in --out. ResNet-18 on CIFAR-100 carries the paper's accuracies (paper.csv) dotted.
-"""
+Per (dataset, arch, masks, epochs) group: Tables A2/A3 (mean accuracy over seeds +- std and the paired difference to
+LTH on the same ticket with its 95% t-interval; "missing", never zero) and their plot, every part of run_all.sh whose
+runs are there, Table A1, the skip table, Fig. A11 and the landscape.py plots in --out. The paired plots star the
+paper's gains (paper.csv); ResNet-18 on CIFAR-100 also shows the paper's accuracies as hollow squares."""
 
 import csv
 import glob
@@ -336,7 +335,8 @@ def final_lr_rise(r):
 
 def budget_section(groups, out):
     """Each (dataset, arch, masks) trained at several budgets (the study's ladder): how converged each rung is, every
-    variant's paired difference to LTH by sparsity and budget, and a figure against the budget per sparsity."""
+    variant's paired difference to LTH by sparsity and budget, and a figure against the budget per sparsity; a
+    sparsity with one seed (a scan) left out."""
     ladders = {}
     for (dataset, arch, masks, epochs), runs in sorted(groups.items()):
         if epochs:
@@ -344,7 +344,7 @@ def budget_section(groups, out):
     md = []
     for (dataset, arch, masks), rungs in [(key, rungs) for key, rungs in ladders.items() if len(rungs) > 1]:
         title, name = f"{arch} on {dataset}, {masks} masks", f"budget_{dataset}_{arch}_{masks}"
-        levels = sorted({s for runs in rungs.values() for s, _ in runs if s > 0})
+        levels = sorted({s for runs in rungs.values() for s, v in runs if s > 0 and len(runs[s, v]) > 1})
         lth = {s: f"LTH {100 * s:.1f}%" for s in levels}
         trained = {(e, "dense"): runs.get((levels[0], "dense"), []) for e, runs in rungs.items()}  # of the tickets
         trained.update({(e, lth[s]): runs.get((s, "LTH"), []) for e, runs in rungs.items() for s in levels})
