@@ -375,7 +375,7 @@ def budget_section(groups, out):
 def main(argv=None):
     p = Parser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="?", default="runs", help="a folder of train.py runs, at any depth (default: runs)")
-    p.add_argument("--out", help="where report.md and the figures go (default: <runs>/report)")
+    p.add_argument("--out", help="where report.md (tables) and the figures (.png, .csv) go (default: <runs>/report)")
     args = p.parse_args(argv)
     if not os.path.isdir(args.runs):
         raise BadInput(f"{args.runs}: no such folder; give the folder train.py or run_all.sh wrote its runs to")

@@ -13,7 +13,7 @@
 #   ./run_all.sh --help         this text
 # Options (in any order): --jobs N (concurrent runs in all; default: GPUs x --per-gpu), --per-gpu K (runs at once
 #          on each GPU, default 1), --seeds "42 1099 5469" (--quick: 42; --study: 1 to 5), --parts "fig2 a4" (which
-#          tables/figures, default all: grid.py's PARTS), --arch A --dataset D (Fig. 5 cells to run), --epochs E
+#          tables/figures, default all: the parts below), --arch A --dataset D (Fig. 5 cells to run), --epochs E
 #          (default 180), --budget "15 5" (--study: the rungs of its ladder, default 30 15 5 epochs). Re-running skips
 #          every finished run and analysis output, so a killed reproduction resumes; Ctrl-C stops every run, saved.
 # Each run's train.py output goes to train.log in its run folder (appended when it resumes); the runner prints a
@@ -117,7 +117,9 @@ print('GPU:', torch.cuda.get_device_name() if c else 'none found (torch.cuda.is_
 }
 
 case $MODE in
-  help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" ;;  # the header
+  help)
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"  # the header
+    echo "The parts (--parts P --list: their runs): $(python3 -c 'import grid; print(*grid.PARTS)')" ;;
   list) exec python3 grid.py "$@" ;;
   dry-run) [ -x "$PY" ] || setup >&2; exec $PY bill.py "$@" ;;
   gpu-check) setup; gpu_check ;;

@@ -691,7 +691,8 @@ def test_paired_differences_and_their_t_interval_have_the_known_values(tmp_path)
 
 def test_results_are_report_py_on_the_committed_records(tmp_path, monkeypatch):
     """results/ is exactly what `python report.py runs/study --out results` writes from runs/study's records: the
-    same files, and report.md and every figure's .csv byte for byte (the PNGs by name: renderers differ)."""
+    same files, and report.md and every figure's .csv byte for byte (the PNGs by name: renderers differ). RESULTS.md
+    quotes report.md's tables row by row (the cost table aside: runner times) and shows results/'s figures."""
     import report
 
     monkeypatch.chdir(HERE)
@@ -702,6 +703,12 @@ def test_results_are_report_py_on_the_committed_records(tmp_path, monkeypatch):
     for name in made:
         if not name.endswith(".png"):
             assert (tmp_path / name).read_bytes() == open(os.path.join("results", name), "rb").read(), name
+    report_md, results_md = (tmp_path / "report.md").read_text(), open("RESULTS.md").read()
+    for table in re.findall(r"(?:^\|.*\n)+", results_md, re.M):  # every table but the cost's: report.md's rows
+        if not table.startswith("| cost"):
+            assert all(row in report_md.splitlines() for row in table.splitlines()), table
+    for png in re.findall(r"\]\(results/([^)]+)\)", results_md):
+        assert png in made, png
 
 
 def run_all(*a):
@@ -801,7 +808,9 @@ def test_run_all_study_spends_every_tweak_on_the_same_tickets_per_seed_and_budge
         assert bad.returncode == 2 and bad.stderr.startswith(message) and not bad.stdout
 
 
-def test_run_all_help_prints_the_usage_at_the_top_of_the_script_and_exits_0():
+def test_run_all_help_prints_the_usage_at_the_top_of_the_script_and_the_parts_and_exits_0():
+    import grid
+
     header = []
     for line in open(os.path.join(HERE, "run_all.sh")).read().splitlines()[1:]:
         if not line.startswith("#"):
@@ -809,7 +818,8 @@ def test_run_all_help_prints_the_usage_at_the_top_of_the_script_and_exits_0():
         header.append(line[2:] if line.startswith("# ") else line[1:])
     for flag in ("--help", "-h"):
         r = run_all("--quick", flag)
-        assert r.returncode == 0 and not r.stderr and r.stdout.splitlines() == header, r.stderr
+        assert r.returncode == 0 and not r.stderr and r.stdout.splitlines()[:-1] == header, r.stderr
+    assert r.stdout.splitlines()[-1] == "The parts (--parts P --list: their runs): " + " ".join(grid.PARTS)
     assert "--budget" in r.stdout and "train.log" in r.stdout and "EPOCH_SECONDS" in r.stdout
 
 
