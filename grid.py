@@ -284,7 +284,8 @@ def main(argv):
             print(f"{folder}\n{'finished' if finished else 'unfinished'}")
             return
         o = options(argv[1:] if argv[:1] == ["--analysis"] else argv)
-        print("\n".join(analysis(o) if argv[:1] == ["--analysis"] else jobs(o)))
+        for line in analysis(o) if argv[:1] == ["--analysis"] else jobs(o):  # none: no line (the study's analysis)
+            print(line)
     except Refused as e:
         sys.exit(print(f"error: {e}", file=sys.stderr) or 2)
 

@@ -800,6 +800,8 @@ def test_run_all_study_spends_every_tweak_on_the_same_tickets_per_seed_and_budge
     assert re.search(r"^# in all: 40 jobs: 38 trained spends \+ 4 draws of 4 trainings .*, 630 epochs$", piece, re.M)
     listed = run_all("--study", "--budget", "15", "--seeds", "4 5", "--list").stdout.splitlines()
     assert len(listed) == 40 and all("--epochs 15 " in j and re.search("--seed [45] ", j) for j in listed)
+    analysis = subprocess.run([sys.executable, "grid.py", "--analysis", "--study"], cwd=HERE, capture_output=True)
+    assert analysis.returncode == 0 and analysis.stdout == b""  # no landscape.py to run, not one empty line
     for bad, message in (
         (run_all("--study", "--epochs", "3"), "error: --epochs"),
         (run_all("--study", "--budget", "45"), "error: --budget 45"),
