@@ -37,7 +37,7 @@ TWEAKS = ["skip", "skip_proj", "swish", "mish", "scale_init", "ls", "kd"]
 HOW = ["device", "out", "runs", "data_dir", "deterministic", "compile", "amp", "hessian_every", "repair", "keep_epochs"]
 
 
-def parser():
+def parse_args(argv=None):
     p = cli.Parser(description=__doc__.split("\n")[0])
     a = p.add_argument
     whole, count = cli.number(int, 0), cli.number(int, 1)  # 0, 1, 2, ...; 1, 2, ...
@@ -82,21 +82,12 @@ def parser():
     a("--ls", type=fraction, default=0.0, help="TRT: label smoothing alpha (the paper uses 0.1)")
     a("--kd", action="store_true", help="distil from the draw's dense network (§4.6)")
     a("--kd-temp", type=positive, default=4.0)
-    a(
-        "--kd-alpha",
-        type=cli.number(float, 0, 1),
-        default=0.9,
-        help="weight of the KD term; 1 - alpha on the hard labels",
-    )
+    a("--kd-alpha", type=cli.number(float, 0, 1), default=0.9, help="weight of the KD term; 1 - it on the hard labels")
     a("--at", action="store_true", help="architecture tweaking: --skip --swish")
     a("--trt", action="store_true", help="training recipe tweaking: --scale-init --ls 0.1")
     a("--hessian-every", type=whole, default=0, help="record the Hessian's top eigenvalue every N epochs (Fig. A11)")
     a("--keep-epochs", type=count, nargs="*", default=[], help="also keep epoch E's weights as epochE.pt (Fig. 4: 5)")
-    return p
-
-
-def parse_args(argv=None, p=None):
-    args = (p or parser()).parse_args(argv)
+    args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.at:
         args.skip = args.swish = True
@@ -139,9 +130,7 @@ class MaskedSGD:
         self.opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
         self.cuda = str(args.device).startswith("cuda")
         self.amp = self.cuda if args.amp is None else args.amp
-        self.net = model  # what runs forward: the same weights, perhaps compiled
-        if args.compile:
-            self.net = torch.compile(self.net)
+        self.net = torch.compile(model) if args.compile else model  # what runs forward: the same weights
 
     def step(self, x, y):
         """One step on the batch (x, y); returns its (logits, loss). The pruned weights' gradients are zeroed before
@@ -423,7 +412,9 @@ def spend(args, ds, cache, mask, out):
     return train_ticket(args, ds, mask, reset_weights(args, ds, cache), out, "[spend]", teacher)
 
 
-def run(args):
+@cli.command
+def main(argv=None):
+    args = parse_args(argv)
     config = {k: v for k, v in vars(args).items() if k not in HOW}
     out = runs.run_folder(args, config)
     runs.refuse_file("--out" if args.out else "--runs", out)
@@ -444,12 +435,6 @@ def run(args):
         runs.write_json(config, os.path.join(out, "config.json"))
         results = spend(args, ds, cache, mask, out)
     print(runs.summarize(results, out))
-
-
-@cli.command
-def main(argv=None):
-    args = parse_args(argv)
-    run(args)
 
 
 if __name__ == "__main__":
