@@ -148,9 +148,8 @@ class MaskedSGD:
 
 
 def train_epoch(sgd, ds, args, epoch, max_steps=None):
-    """One epoch of masked SGD steps on the augmented training split. Returns (the totals: loss_sum, correct, seen;
-    the first step with a non-finite loss, or -1; whether a signal stopped it). The sums stay on the device until then:
-    no sync per step."""
+    """One epoch of masked SGD steps on the augmented training split, ended early by a signal. Returns (the totals:
+    loss_sum, correct, seen; the first step with a non-finite loss, or -1), kept on the device until then: no sync."""
     sgd.net.train()
     loss_sum, correct = torch.zeros((), device=args.device), torch.zeros((), device=args.device, dtype=torch.long)
     seen, steps, first_bad = 0, 0, torch.tensor(-1, device=args.device)
@@ -163,11 +162,9 @@ def train_epoch(sgd, ds, args, epoch, max_steps=None):
         seen += len(y)
         steps += 1
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), steps, first_bad)
-        if steps == max_steps:
+        if steps == max_steps or cli.STOP:
             break
-        if cli.STOP:
-            return None, -1, True
-    return dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen), int(first_bad), False
+    return dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen), int(first_bad)
 
 
 def fit(sgd, ds, args, state, label, out):
@@ -182,9 +179,9 @@ def fit(sgd, ds, args, state, label, out):
         t0, lr = time.time(), lr_at(args, epoch)
         for group in sgd.opt.param_groups:
             group["lr"] = lr
-        totals, bad_step, stopped = train_epoch(sgd, ds, args, epoch)
+        totals, bad_step = train_epoch(sgd, ds, args, epoch)
         train_secs = time.time() - t0  # --gpu-check splits an epoch into training and the rest
-        if stopped:  # preempted: `cli.command` exits 143; the checkpoint of the last epoch stays
+        if cli.STOP:  # preempted: `cli.command` exits 143; the checkpoint of the last epoch stays
             kept = f"{checkpoint} keeps epoch {epoch - 1}" if os.path.exists(checkpoint) else "no epoch was saved"
             raise cli.Stopped(f"{label} stopped by a signal in epoch {epoch}: {kept}; the same command resumes")
         train_loss, train_acc = totals["loss_sum"] / totals["seen"], totals["correct"] / totals["seen"]
