@@ -62,14 +62,16 @@ def number(kind, low=-math.inf, high=math.inf, above=False, below=False):
     return parse
 
 
-def check_device(name):
-    """Refuse a --device torch does not know or this machine does not have."""
+def device(name=None):
+    """--device, by default cuda when available, else cpu; refused if torch does not know it or the machine lacks it."""
+    name = name or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         torch.empty(0, device=name)
     except (RuntimeError, AssertionError) as e:  # AssertionError: a torch built without CUDA
         raise BadInput(
             f"--device {name}: not usable here ({str(e).splitlines()[0]}); use cpu, cuda or cuda:N"
         ) from None
+    return name
 
 
 STOP = []  # the signals received (SIGTERM: a scheduler's preemption; SIGINT: Ctrl-C): work stops at its next step

@@ -204,14 +204,12 @@ def parse_args(argv=None):
     a("--batches", type=count, default=10, help="eigenvalue: fixed training batches (the paper's Fig. 2, A13: 10)")
     a("--batch-size", type=count, default=128, help="eigenvalue")
     a("--tol", type=positive, default=1e-4, help="eigenvalue: stop when it changes by at most this, relatively")
-    a(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="(default: cuda when available, else cpu)",
-    )
+    a("--device", help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
     a("--weights", default="model.pt", help="which weights of each run: model.pt (final), epoch5.pt (Fig. 4), ...")
     a("--data-dir", default="data")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.device = cli.device(args.device)
+    return args
 
 
 @cli.command

@@ -88,7 +88,6 @@ def parse_args(argv=None):
     a("--hessian-every", type=whole, default=0, help="record the Hessian's top eigenvalue every N epochs (Fig. A11)")
     a("--keep-epochs", type=count, nargs="*", default=[], help="also keep epoch E's weights as epochE.pt (Fig. 4: 5)")
     args = p.parse_args(argv)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.at:
         args.skip = args.swish = True
     if args.trt:
@@ -101,7 +100,7 @@ def parse_args(argv=None):
         raise BadInput(f"--rewind-epoch must be in [0, --epochs={args.epochs}], got {args.rewind_epoch}")
     if not all(e <= args.epochs for e in args.keep_epochs):
         raise BadInput(f"--keep-epochs must be in [1, --epochs={args.epochs}], got {args.keep_epochs}")
-    cli.check_device(args.device)
+    args.device = cli.device(args.device)
     return args
 
 
