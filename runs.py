@@ -109,11 +109,6 @@ def locked(folder, wait):
         yield
 
 
-def write_metrics(rows, path):
-    """metrics.csv: a header of the rows' keys, then one line per epoch."""
-    save("\n".join([",".join(rows[0])] + [",".join(map(str, row.values())) for row in rows]) + "\n", path)
-
-
 def read_metrics(path):
     """metrics.csv's rows as `fit` wrote them (numbers; Fig. A11's blanks ""); a damaged file is a BadInput."""
     try:
@@ -157,7 +152,8 @@ def write_trained(out, mask, model, best_state, rows, results):
         save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
     save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
     save({k: v.cpu() for k, v in best_state.items()}, os.path.join(out, "best.pt"))
-    write_metrics(rows, os.path.join(out, "metrics.csv"))
+    lines = [",".join(rows[0])] + [",".join(map(str, row.values())) for row in rows]  # a header, then an epoch a line
+    save("\n".join(lines) + "\n", os.path.join(out, "metrics.csv"))
     write_json(results, os.path.join(out, "results.json"))
     os.remove(os.path.join(out, "checkpoint.pt"))
 
@@ -258,9 +254,8 @@ def finished(out, config):
         if set(os.listdir(out)) - {"config.json", ".lock", "train.log"}:  # else a run that failed before it saved
             raise BadInput(f"{out} holds a run with another config{fix}")
         return None
-    if not os.path.exists(os.path.join(out, "results.json")):
-        return None
-    return read_json(os.path.join(out, "results.json"), fix)
+    results = os.path.join(out, "results.json")
+    return read_json(results, fix) if os.path.exists(results) else None
 
 
 class DrawCache:
@@ -313,21 +308,14 @@ class DrawCache:
             redo = f"move {self.folder(ticket)} aside and run again: it retrains, and so does every IMP level after it"
             raise BadInput(f"{e}; a trained network cannot be derived again exactly: {redo}") from None
 
-    def results(self, ticket, measure):
-        """A trained ticket's results.json; --repair writes a damaged one again from measure()."""
-        path = os.path.join(self.folder(ticket), "results.json")
-        found = read_or_repair(path, read_json, self.repair, "measures it again from the weights beside it")
-        if found is None:
-            found = measure()
-            write_json(found, path)
-        return found
-
     def copy_training(self, ticket, out, kept, measure):
         """A vanilla spend is the ticket's own training: its files copied to `out`, each checked first so that nothing
-        damaged spreads. Returns the results."""
+        damaged spreads (--repair writes a damaged results.json again from measure()). Returns the results."""
         for name in ("model.pt", "best.pt", "metrics.csv", *kept):
             self.trained_file(ticket, name)
-        self.results(ticket, measure)
+        results = os.path.join(self.folder(ticket), "results.json")
+        if read_or_repair(results, read_json, self.repair, "measures it again from the weights beside it") is None:
+            write_json(measure(), results)
         for name in ("mask.pt", "model.pt", "best.pt", "metrics.csv", *kept, "results.json"):  # results.json last
             with open(os.path.join(self.folder(ticket), name), "rb") as f:
                 save(f.read(), os.path.join(out, name))
