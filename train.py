@@ -132,8 +132,7 @@ class MaskedSGD:
         self.net = torch.compile(model) if args.compile else model  # what runs forward: the same weights
 
     def step(self, x, y):
-        """One step on the batch (x, y); returns its (logits, loss). The pruned weights' gradients are zeroed before
-        the optimizer's step and the weights after it."""
+        """One step on (x, y), returning (logits, loss): pruned weights' gradients zeroed before it, weights after."""
         with torch.autocast("cuda" if self.cuda else "cpu", torch.bfloat16, enabled=self.amp):
             logits = self.net(x)
             loss = self.loss_fn(logits, x, y)  # autocast computes losses in float32
@@ -167,9 +166,8 @@ def train_epoch(sgd, ds, args, epoch, max_steps=None):
 
 
 def fit(sgd, ds, args, state, label, out):
-    """The one training loop (§4.1), for the dense draw, every IMP level and every spend: each epoch the step lr
-    schedule, an epoch of masked SGD steps, validation, the best-validation weights kept, and a checkpoint of it all
-    (`state`: epoch, best weights, metrics rows, seconds so far) from which a rerun resumes. Returns the state."""
+    """The one training loop (§4.1), for the dense draw, every IMP level and every spend. Each epoch ends in a
+    checkpoint of `state` (epoch, best-validation weights, metrics rows, seconds so far), from which a rerun resumes."""
     checkpoint = os.path.join(out, "checkpoint.pt")
     if str(args.device).startswith("cuda"):
         torch.backends.cudnn.benchmark = not args.deterministic
@@ -310,8 +308,7 @@ def draw(args, ds, cache, ticket):
 
 
 def one_shot(args, ds, cache, method, sparsity):
-    """A mask drawn in one shot: OMP from the trained dense network (§A1.4), random from the seed, pruning at
-    initialization (Table A4) from theta_0 and the data."""
+    """A mask in one shot: OMP from the trained dense network (§A1.4), random, or pruning at init (Table A4)."""
     model, linear = new_model(args, ds), args.prune_classifier
     if method == "omp":
         names, trained = dense(args, ds, cache), cache.trained_file("imp_00", "model.pt", args.device)
@@ -389,9 +386,8 @@ def remeasure(args, ds, cache, ticket):
 
 
 def spend(args, ds, cache, mask, out):
-    """Spend the ticket (or --mask's `mask`) into `out`. Vanilla LTH is the draw's own training, copied, unless it
-    asks for records that training may not have (--hessian-every, weights of --keep-epochs: Fig. A11, 4); anything
-    else trains: the ticket reset, the tweaks applied, GradInit, the loss (label smoothing, KD), `fit`."""
+    """Spend the ticket (or --mask's `mask`) into `out`. Vanilla LTH is the draw's own training, copied, unless it asks
+    for records that training may not have (--hessian-every, --keep-epochs: Fig. A11, 4); anything else trains."""
     ticket, tweaked, kept = runs.ticket_name(args), runs.tweak_names(args), [f"epoch{e}.pt" for e in args.keep_epochs]
     mask = draw(args, ds, cache, ticket) if mask is None else mask
     if not (args.mask or tweaked or args.hessian_every):
