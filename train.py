@@ -256,22 +256,21 @@ def train_ticket(args, ds, mask, reset, out, label, teacher=None):
     model.load_state_dict(reset)
     prune.apply_mask(model, mask)
     tweaks.apply(model, args)
+    loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
+    sgd = MaskedSGD(model, mask, loss_fn, args, runs.smallest_batch(model, ds))
     checkpoint = os.path.join(out, "checkpoint.pt")
     saved = runs.read_or_repair(checkpoint, lambda p: load(p, args.device), args.repair, "trains from the start")
     state = dict(epoch=0, best_val=-1.0, best_epoch=0, best_state=None, rows=[], seconds=0.0, scale_init_seconds=0.0)
-    if args.scale_init and saved is None:  # a checkpoint has the scaled weights
+    if saved:  # the scaled weights too: GradInit is not run again
+        state = runs.restore_checkpoint(saved, sgd.model, sgd.opt)
+        print(f"{label} resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
+    elif args.scale_init:
         batches = runs.forever(ds, args.batch_size, args.seed)
         scales = tweaks.scale_init(model, mask, batches, args.scale_init_iters, args.scale_init_lr)
         state["seconds"] = time.time() - start
         state["scale_init_seconds"] = round(state["seconds"], 1)
         print(f"{label} scale_init: scales in [{min(scales.values()):.3f}, {max(scales.values()):.3f}]")
-    loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
-    sgd = MaskedSGD(model, mask, loss_fn, args, runs.smallest_batch(model, ds))
-    if saved:
-        state = runs.restore_checkpoint(saved, sgd.model, sgd.opt)
-        print(f"{label} resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
-    elif args.scale_init:  # GradInit's scales kept: a signal in the first epoch does not lose them
-        runs.save_checkpoint(checkpoint, state, sgd.model, sgd.opt)
+        runs.save_checkpoint(checkpoint, state, sgd.model, sgd.opt)  # a signal in the first epoch keeps the scales
     state = fit(sgd, ds, args, state, label, out)
     measured = time.time()
     best = copy.deepcopy(model)
