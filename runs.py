@@ -1,6 +1,5 @@
-"""The run folder on disk and the machinery that keeps a run safe, beneath train.py's story: atomic writes, safe loads,
-JSON and metrics.csv, the folder lock, checkpoints, the draw cache's folder and files, a run's name from its flags,
-masks from files, rebuilding a finished spend.
+"""The run folder on disk and the machinery beneath train.py that keeps a run safe: atomic writes, safe loads, JSON and
+metrics.csv, the folder lock, checkpoints, the draw cache, a run's name, masks from files, rebuilding a finished spend.
 
     runs.save(state, "runs/x/model.pt"); state = runs.load("runs/x/model.pt")
     model, mask, ds, config = runs.load_run("runs/x")      # a finished spend of train.py, ready for analysis
@@ -32,8 +31,7 @@ from cli import STOP, BadInput, Stopped
 
 
 def save(obj, path):
-    """Write atomically (a temporary file in the same folder, renamed): a kill never leaves a half-written file a later
-    run would trust."""
+    """Write atomically (a temporary file, renamed): a kill never leaves a half-written file."""
     if not isinstance(obj, (str, bytes)):  # to bytes first: torch.save reports a full disk as a RuntimeError
         buf = io.BytesIO()
         torch.save(obj, buf)
@@ -91,9 +89,8 @@ def try_lock(f):
 
 @contextlib.contextmanager
 def locked(folder, wait):
-    """Hold an exclusive lock on a folder (released by the OS if the process dies). A draw's ticket or an output
-    folder is waited for, saying so once, until its holder ends or a signal stops the wait; a spend's own folder is
-    refused if another process has it."""
+    """An exclusive lock on a folder, released by the OS if the process dies. With `wait` (a draw's ticket, an output
+    folder) it is waited for until its holder ends or a signal stops the wait; else (a spend's own folder) refused."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, ".lock"), "w") as f:
         if not try_lock(f):
@@ -146,8 +143,7 @@ def refuse_file(flag, folder):
 
 
 def write_trained(out, mask, model, best_state, rows, results):
-    """A trained ticket's files: mask.pt (a draw's ticket folder has it already), model.pt, best.pt, metrics.csv and
-    results.json, written last: its presence means finished. Its checkpoint is removed."""
+    """A trained ticket's files, results.json last (its presence means finished); its checkpoint removed."""
     if not os.path.exists(os.path.join(out, "mask.pt")):
         save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
     save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
@@ -192,8 +188,7 @@ def summarize(results, out):
 
 
 def forever(ds, batch_size, seed):
-    """Augmented training batches without end, a new shuffle each pass, for GradInit: a signal stops it (nothing saved:
-    it is cheap to redo)."""
+    """Augmented training batches without end, for GradInit; a signal stops it (it is cheap to redo)."""
     for rnd in range(sys.maxsize):
         for batch in data.batches(ds, "train", batch_size, seed=seed + rnd, augmented=True):
             if STOP:
@@ -202,8 +197,7 @@ def forever(ds, batch_size, seed):
 
 
 def save_checkpoint(path, state, model, opt):
-    """The loop's state, the weights, the momentum and torch's generators (the data order and augmentation need
-    none: they are seeded by epoch), written at the end of every epoch."""
+    """The loop's state, weights, momentum and torch's generators (the data order is seeded by epoch)."""
     rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all())
     save(dict(state, model=model.state_dict(), optimizer=opt.state_dict(), rng=rng), path)
 
