@@ -27,8 +27,6 @@ import models
 import prune
 import runs
 import tweaks
-from cli import BadInput
-from runs import load, save
 
 # the draw's cache key; the spend-only tweaks (a draw has them off); how a run computes, not what (not in its config)
 RECIPE = ["dataset", "arch", "seed", "subset", "prune_classifier", "rewind_epoch"]  # what is drawn from what
@@ -93,13 +91,13 @@ def parse_args(argv=None):
     if args.trt:
         args.scale_init, args.ls = True, args.ls or 0.1
     if args.mask and args.sparsity is not None:
-        raise BadInput("--mask and --sparsity conflict: the mask sets the sparsity")
+        raise cli.BadInput("--mask and --sparsity conflict: the mask sets the sparsity")
     if args.swish and args.mish:
-        raise BadInput("--swish and --mish conflict: choose one activation")
+        raise cli.BadInput("--swish and --mish conflict: choose one activation")
     if args.rewind_epoch is not None and args.rewind_epoch > args.epochs:
-        raise BadInput(f"--rewind-epoch must be in [0, --epochs={args.epochs}], got {args.rewind_epoch}")
+        raise cli.BadInput(f"--rewind-epoch must be in [0, --epochs={args.epochs}], got {args.rewind_epoch}")
     if not all(e <= args.epochs for e in args.keep_epochs):
-        raise BadInput(f"--keep-epochs must be in [1, --epochs={args.epochs}], got {args.keep_epochs}")
+        raise cli.BadInput(f"--keep-epochs must be in [1, --epochs={args.epochs}], got {args.keep_epochs}")
     args.device = cli.device(args.device)
     return args
 
@@ -212,7 +210,7 @@ def fit(sgd, ds, args, state, label, out):
             flush=True,
         )
         if epoch in args.keep_epochs:  # Fig. 4 looks at the landscape after epoch 5; LTH-Rewind restarts from one
-            save({k: v.cpu() for k, v in sgd.model.state_dict().items()}, os.path.join(out, f"epoch{epoch}.pt"))
+            runs.save({k: v.cpu() for k, v in sgd.model.state_dict().items()}, os.path.join(out, f"epoch{epoch}.pt"))
         state.update(epoch=epoch, seconds=time.time() - clock)
         runs.save_checkpoint(checkpoint, state, sgd.model, sgd.opt)
     return state
@@ -259,7 +257,7 @@ def train_ticket(args, ds, mask, reset, out, label, teacher=None):
     loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
     sgd = MaskedSGD(model, mask, loss_fn, args, runs.smallest_batch(model, ds))
     checkpoint = os.path.join(out, "checkpoint.pt")
-    saved = runs.read_or_repair(checkpoint, lambda p: load(p, args.device), args.repair, "trains from the start")
+    saved = runs.read_or_repair(checkpoint, lambda p: runs.load(p, args.device), args.repair, "trains from the start")
     state = dict(epoch=0, best_val=-1.0, best_epoch=0, best_state=None, rows=[], seconds=0.0, scale_init_seconds=0.0)
     if saved:  # the scaled weights too: GradInit is not run again
         state = runs.restore_checkpoint(saved, sgd.model, sgd.opt)

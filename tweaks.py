@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import models
-from models import BatchNorm, ConvBN
 
 
 def skip(model, projection=False):
@@ -21,14 +20,14 @@ def skip(model, projection=False):
     the conv branch's scale, as the authors' BN-ended skip does; raw identities would double the activations at every
     block. projection (--skip-proj): the authors' skip (ToST skip_connection/models/resnet_modified.py), unmasked."""
     for m in model.modules():
-        if isinstance(m, ConvBN) and m.skippable:
+        if isinstance(m, models.ConvBN) and m.skippable:
             c = m.conv
             if projection:
                 conv = nn.Conv2d(c.in_channels, c.out_channels, 1, c.stride, bias=False)
                 nn.init.constant_(conv.weight, 1e-4)
-                m.skip = nn.Sequential(conv, BatchNorm(c.out_channels))
+                m.skip = nn.Sequential(conv, models.BatchNorm(c.out_channels))
             else:
-                m.skip = BatchNorm(c.in_channels, affine=False)
+                m.skip = models.BatchNorm(c.in_channels, affine=False)
             m.skip.to(c.weight.device, memory_format=torch.channels_last)
     return model
 
