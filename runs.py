@@ -279,18 +279,16 @@ class DrawCache:
         """The ticket's mask on `device`: drawn once by draw(), then read from disk."""
         return {n: m.to(device) for n, m in self.derived(os.path.join(self.folder(ticket), "mask.pt"), draw).items()}
 
-    def trained(self, ticket):
-        return os.path.exists(os.path.join(self.folder(ticket), "results.json"))
-
     @contextlib.contextmanager
     def training(self, ticket):
-        """Whether the ticket is trained, and if not its folder's lock while it trains: another process drawing the
-        same ticket waits for it, then finds it trained."""
-        if self.trained(ticket):
+        """Whether the ticket is trained (has results.json), and if not its folder's lock while it trains: another
+        process drawing the same ticket waits for it, then finds it trained."""
+        results = os.path.join(self.folder(ticket), "results.json")
+        if os.path.exists(results):
             yield True
             return
         with locked(self.folder(ticket), wait=True):
-            yield self.trained(ticket)
+            yield os.path.exists(results)
 
     def trained_file(self, ticket, name, device="cpu"):
         """A file of the ticket's vanilla training (weights, or metrics.csv's rows). A damaged one cannot be derived
