@@ -15,7 +15,7 @@ import torch
 
 
 class BadInput(Exception):
-    """A user error (a bad flag, mask, file or dataset): `command` prints it as one line and exits with code 2."""
+    """A user error (a bad flag, mask, file or dataset): one line on stderr, exit code 2 (`command`)."""
 
     code = 2
 
@@ -27,7 +27,7 @@ class Diverged(BadInput):
 
 
 class Parser(argparse.ArgumentParser):
-    """Every script's parser: a bad flag is a BadInput; --help shows each default but a switch's or an empty list's."""
+    """Every script's parser: a bad flag is a BadInput, and --help shows each flag's default."""
 
     def error(self, message):
         raise BadInput(message)
@@ -60,7 +60,7 @@ def number(kind, low=-math.inf, high=math.inf, above=False, below=False):
 
 
 def device(name=None):
-    """--device, by default cuda when available, else cpu; refused if torch does not know it or the machine lacks it."""
+    """--device, by default cuda when available, else cpu; refused unless this machine can use it."""
     name = name or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         torch.empty(0, device=name)

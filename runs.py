@@ -143,7 +143,7 @@ def refuse_file(flag, folder):
 
 
 def write_trained(out, mask, model, best_state, rows, results):
-    """A trained ticket's files, results.json last (its presence means finished); its checkpoint removed."""
+    """A trained ticket's files, results.json last: its presence means finished."""
     if not os.path.exists(os.path.join(out, "mask.pt")):
         save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
     save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
@@ -188,7 +188,7 @@ def summarize(results, out):
 
 
 def forever(ds, batch_size, seed):
-    """Augmented training batches without end, for GradInit; a signal stops it (it is cheap to redo)."""
+    """Augmented training batches without end, for GradInit; a signal stops it (cheap to redo)."""
     for rnd in range(sys.maxsize):
         for batch in data.batches(ds, "train", batch_size, seed=seed + rnd, augmented=True):
             if STOP:
@@ -197,7 +197,7 @@ def forever(ds, batch_size, seed):
 
 
 def save_checkpoint(path, state, model, opt):
-    """The loop's state, weights, momentum and torch's generators (the data order is seeded by epoch)."""
+    """The loop's state, weights, momentum and generators (the data order is seeded by epoch)."""
     rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all())
     save(dict(state, model=model.state_dict(), optimizer=opt.state_dict(), rng=rng), path)
 

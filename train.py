@@ -127,10 +127,10 @@ class MaskedSGD:
         self.opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
         self.cuda = str(args.device).startswith("cuda")
         self.amp = self.cuda if args.amp is None else args.amp
-        self.net = torch.compile(model) if args.compile else model  # what runs forward: the same weights
+        self.net = torch.compile(model) if args.compile else model  # what runs forward
 
     def step(self, x, y):
-        """One step on (x, y), returning (logits, loss): pruned weights' gradients zeroed before it, weights after."""
+        """One step on (x, y) -> (logits, loss), the pruned weights' gradients and weights kept zero."""
         with torch.autocast("cuda" if self.cuda else "cpu", torch.bfloat16, enabled=self.amp):
             logits = self.net(x)
             loss = self.loss_fn(logits, x, y)  # autocast computes losses in float32
@@ -268,7 +268,7 @@ def train_ticket(args, ds, mask, reset, out, label, teacher=None):
         state["seconds"] = time.time() - start
         state["scale_init_seconds"] = round(state["seconds"], 1)
         print(f"{label} scale_init: scales in [{min(scales.values()):.3f}, {max(scales.values()):.3f}]")
-        runs.save_checkpoint(checkpoint, state, sgd.model, sgd.opt)  # a signal in the first epoch keeps the scales
+        runs.save_checkpoint(checkpoint, state, sgd.model, sgd.opt)  # a signal in epoch 1 keeps them
     state = fit(sgd, ds, args, state, label, out)
     measured = time.time()
     best = copy.deepcopy(model)
@@ -305,7 +305,7 @@ def draw(args, ds, cache, ticket):
 
 
 def one_shot(args, ds, cache, method, sparsity):
-    """A mask in one shot: OMP from the trained dense network (§A1.4), random, or pruning at init (Table A4)."""
+    """A one-shot mask: OMP of the trained dense net (§A1.4), random, or pruning at init (Table A4)."""
     model, linear = new_model(args, ds), args.prune_classifier
     if method == "omp":
         names, trained = dense(args, ds, cache), cache.trained_file("imp_00", "model.pt", args.device)
