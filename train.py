@@ -220,9 +220,8 @@ def results_of(model, best, state, mask, ds):
     """What results.json records of a trained ticket: test accuracy of the best-validation weights (the paper's) and
     of the final ones, fit's `state`'s best epoch, sparsity measured from the weights, Table A1's activations."""
     images, _ = landscape.fixed_images(ds, "test", 500)
-    weights = dict(model.named_parameters())
     every = prune.prunable(model, linear=True)  # every conv/linear weight
-    pruned = [weights[n] for n in mask]  # the layers the mask covers: the paper's sparsity is theirs
+    pruned = [every[n] for n in mask]  # the layers the mask covers: the paper's sparsity is theirs
     cuda = next(model.parameters()).is_cuda  # evaluation runs in bf16 there: float32's accuracy shows what it costs
     return dict(
         test_acc=data.evaluate(best, ds, "test")[0],
@@ -240,7 +239,7 @@ def results_of(model, best, state, mask, ds):
         weights_total=sum(w.numel() for w in pruned),
         weights_nonzero=sum(int(w.count_nonzero()) for w in pruned),
         unmasked_weights=sum(w.numel() for n, w in every.items() if n not in mask),  # trained, never pruned
-        pruned_nonzero=sum(int(weights[n][~m].count_nonzero()) for n, m in mask.items()),
+        pruned_nonzero=sum(int(every[n][~m].count_nonzero()) for n, m in mask.items()),
         train_images=len(ds["train"][1]),
         peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20) if cuda else 0,
     )
