@@ -148,7 +148,7 @@ def write_trained(out, mask, model, best_state, rows, results):
         save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
     save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
     save({k: v.cpu() for k, v in best_state.items()}, os.path.join(out, "best.pt"))
-    lines = [",".join(rows[0])] + [",".join(map(str, row.values())) for row in rows]  # a header, then an epoch a line
+    lines = [",".join(rows[0])] + [",".join(map(str, row.values())) for row in rows]
     save("\n".join(lines) + "\n", os.path.join(out, "metrics.csv"))
     write_json(results, os.path.join(out, "results.json"))
     os.remove(os.path.join(out, "checkpoint.pt"))
