@@ -15,8 +15,7 @@ import torch
 
 
 class BadInput(Exception):
-    """A user error (a bad flag, mask, file or dataset): every command line prints its message as one line and exits
-    with code 2."""
+    """A user error (a bad flag, mask, file or dataset): one line on stderr, exit code 2 (`command`)."""
 
     code = 2
 
@@ -28,8 +27,7 @@ class Diverged(BadInput):
 
 
 class Parser(argparse.ArgumentParser):
-    """The command-line parser of every script: a bad flag is a BadInput (`command`: one line, exit code 2), and
-    --help shows each flag's default (a switch's or an empty list's aside)."""
+    """Every script's parser: a bad flag is a BadInput, and --help shows each flag's default."""
 
     def error(self, message):
         raise BadInput(message)
@@ -51,9 +49,8 @@ def number(kind, low=-math.inf, high=math.inf, above=False, below=False):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not {'a whole' if kind is int else 'a'} number in {span}"
-            ) from None
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} in {span}") from None
         too_low, too_high = (value <= low if above else value < low), (value >= high if below else value > high)
         if too_low or too_high or not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be in {span}, got {text}")
@@ -62,14 +59,15 @@ def number(kind, low=-math.inf, high=math.inf, above=False, below=False):
     return parse
 
 
-def check_device(name):
-    """Refuse a --device torch does not know or this machine does not have."""
+def device(name=None):
+    """--device, by default cuda when available, else cpu; refused unless this machine can use it."""
+    name = name or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         torch.empty(0, device=name)
     except (RuntimeError, AssertionError) as e:  # AssertionError: a torch built without CUDA
-        raise BadInput(
-            f"--device {name}: not usable here ({str(e).splitlines()[0]}); use cpu, cuda or cuda:N"
-        ) from None
+        reason = str(e).splitlines()[0]
+        raise BadInput(f"--device {name}: not usable here ({reason}); use cpu, cuda or cuda:N") from None
+    return name
 
 
 STOP = []  # the signals received (SIGTERM: a scheduler's preemption; SIGINT: Ctrl-C): work stops at its next step
@@ -92,9 +90,8 @@ def stop_on_signals():
 
 
 def command(main):
-    """Decorates a script's main: a user error (BadInput) or a file it cannot read or write (OSError: missing,
-    read-only, a full disk) is one line on stderr and exit code 2, no traceback; `save` leaves nothing half-written.
-    A stop for a signal (Stopped) is one line and exit code 143; a diverged training, exit code 3."""
+    """A script's main, guarded: a user error (BadInput) or a file it cannot read or write (OSError: missing, read-only,
+    a full disk) is one line on stderr and exit code 2, no traceback; a diverged training, 3; a signal's stop, 143."""
 
     @functools.wraps(main)
     def guarded(*args, **kwargs):

@@ -43,10 +43,8 @@ def fashionmnist(root):
         try:
             torchvision.datasets.FashionMNIST(root, download=True)
         except Exception as e:
-            raise BadInput(
-                f"Fashion-MNIST not found ({e.__class__.__name__}): `apt-get install "
-                f"dataset-fashion-mnist`, or put the raw files in {root}/FashionMNIST/raw"
-            ) from None
+            how = f"`apt-get install dataset-fashion-mnist`, or put the raw files in {root}/FashionMNIST/raw"
+            raise BadInput(f"Fashion-MNIST not found ({type(e).__name__}): {how}") from None
         folder = os.path.join(root, "FashionMNIST", "raw")
         fix = f"delete {folder} and it is downloaded again"
 
@@ -95,10 +93,8 @@ def cifar(root, classes):
         try:
             download_and_extract_archive(f"https://www.cs.toronto.edu/~kriz/cifar-{classes}-python.tar.gz", root)
         except Exception as e:
-            raise BadInput(
-                f"CIFAR-{classes} not found and not downloadable ({e.__class__.__name__}): "
-                f"put the extracted {folder}/ folder in {os.path.abspath(root)}/"
-            ) from None
+            how = f"put the extracted {folder}/ folder in {os.path.abspath(root)}/"
+            raise BadInput(f"CIFAR-{classes} not found and not downloadable ({type(e).__name__}): {how}") from None
     split = {}
     for name, files in (("train", train_files), ("test", test_files)):
         xs, ys = [], []
@@ -116,10 +112,8 @@ def tinyimagenet(root):
     about 110,000 64x64 JPEGs, seconds to a minute, small beside a training run, and no cache to go stale."""
     folder = os.path.join(root, "tiny-imagenet-200")
     if not os.path.exists(os.path.join(folder, "wnids.txt")):
-        raise BadInput(
-            f"Tiny-ImageNet not found: put the extracted tiny-imagenet-200/ folder in "
-            f"{os.path.abspath(root)}/ (it cannot be downloaded by this tool)"
-        )
+        how = f"put the extracted tiny-imagenet-200/ folder in {os.path.abspath(root)}/"
+        raise BadInput(f"Tiny-ImageNet not found: {how} (it cannot be downloaded by this tool)")
     wnids = open(os.path.join(folder, "wnids.txt")).read().split()
     label = {w: i for i, w in enumerate(wnids)}
     train = [(p, label[w]) for w in wnids for p in sorted(glob.glob(os.path.join(folder, "train", w, "images", "*")))]

@@ -6,8 +6,7 @@ power iteration on Hessian-vector products, as PyHessian (Yao et al. 2020), whic
 
 The paper's figures average each batch's own top eigenvalue (`per_batch`; Fig. 2, A13: "mean across 10 random
 batches", Fig. A11: 3); `top_eigen` of several batches is one Hessian of their mean loss (Fig. 10's eigenvector). Both
-leave out pruned weights, put BatchNorm in eval mode as PyHessian (the trained network's loss) and restore the model,
-.grad too.
+leave out pruned weights and put BatchNorm in eval mode as PyHessian (the trained network's loss), model and .grad kept.
 """
 
 import itertools
@@ -28,9 +27,8 @@ def dot(a, b):
 
 
 def hessian_operator(model, loss_fn, batches, params, keep):
-    """v -> H v, H the Hessian of the mean loss over all examples of `batches`. Its gradient g is built once with its
-    graph, as PyHessian does for one batch: a product is then one double backward, d(g.v)/dw = H v, not a forward and
-    two backwards. .grad is never touched."""
+    """v -> H v, H the Hessian of the mean loss over `batches`, .grad untouched. Its gradient g is built once with its
+    graph, as PyHessian does: a product is one double backward, d(g.v)/dw = H v, not a forward and two backwards."""
     n = sum(len(y) for _, y in batches)
     loss = sum(loss_fn(model(x), y) * (len(y) / n) for x, y in batches)  # each batch weighted by its share
     grads = torch.autograd.grad(loss, params, create_graph=True)

@@ -24,7 +24,6 @@ import data
 import hessian
 import models
 import runs
-from cli import BadInput
 
 
 def fixed_images(ds, split, n, seed=0):
@@ -100,7 +99,7 @@ def load_runs(args):
     configs = [runs.run_config(r) for r in args.runs]
     datasets = sorted({c["dataset"] for c in configs})
     if len(datasets) > 1:
-        raise BadInput(f"the runs are of different datasets ({', '.join(datasets)}): compare runs of one dataset")
+        raise cli.BadInput(f"the runs are of different datasets ({', '.join(datasets)}): compare runs of one dataset")
     names, loaded = [runs.variant(c).replace("+", " + ") for c in configs], []  # as the paper: "LTH + AT + TRT"
     if len(set(names)) < len(names):  # one variant twice (seeds, sparsities): named by the folders that differ
         common = os.path.commonpath([os.path.dirname(os.path.abspath(r)) for r in args.runs])
@@ -177,7 +176,7 @@ def eigenvalue(args):
     """Fig. 2, A13: the top eigenvalue of each of --batches fixed training batches' Hessians (`hessian.per_batch`),
     their mean and std, as JSON into --out. Plain cross-entropy: spends with and without TRT's LS share one loss."""
     if len(args.runs) > 1:
-        raise BadInput("eigenvalue: one run at a time (its JSON goes to --out)")
+        raise cli.BadInput("eigenvalue: one run at a time (its JSON goes to --out)")
     model, mask, ds, _ = runs.load_run(args.runs[0], args.data_dir, args.device, args.weights)
     batches = hessian.fixed_batches(ds, args.batches, args.batch_size)
     value, std, values, iters = hessian.per_batch(model, F.cross_entropy, batches, args.iters, args.tol, mask)
@@ -204,14 +203,12 @@ def parse_args(argv=None):
     a("--batches", type=count, default=10, help="eigenvalue: fixed training batches (the paper's Fig. 2, A13: 10)")
     a("--batch-size", type=count, default=128, help="eigenvalue")
     a("--tol", type=positive, default=1e-4, help="eigenvalue: stop when it changes by at most this, relatively")
-    a(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="(default: cuda when available, else cpu)",
-    )
+    a("--device", help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
     a("--weights", default="model.pt", help="which weights of each run: model.pt (final), epoch5.pt (Fig. 4), ...")
     a("--data-dir", default="data")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.device = cli.device(args.device)
+    return args
 
 
 @cli.command

@@ -3,7 +3,7 @@ Table A4 (SNIP, GraSP, SynFlow), and the mask bookkeeping.
 
 A mask is a dict {weight name: bool tensor} over the weights `prunable` returns, named as in `model.state_dict()`;
 BatchNorm parameters and biases are never pruned. All pruners here are global (one ranking across all layers) and keep
-an exact number of weights. The IMP loop (train, prune 20%, reset, repeat) trains, so train.py's `Draw` runs it.
+an exact number of weights. The IMP loop (train, prune 20%, reset, repeat) trains, so train.py's `draw` runs it.
 """
 
 import copy

@@ -1,6 +1,5 @@
-"""The run folder on disk and the machinery that keeps a run safe, beneath train.py's story: atomic writes, safe loads,
-JSON and metrics.csv, the folder lock, checkpoints, the draw cache's folder and files, a run's name from its flags,
-masks from files, rebuilding a finished spend.
+"""The run folder on disk and the machinery beneath train.py that keeps a run safe: atomic writes, safe loads, JSON and
+metrics.csv, the folder lock, checkpoints, the draw cache, a run's name, masks from files, rebuilding a finished spend.
 
     runs.save(state, "runs/x/model.pt"); state = runs.load("runs/x/model.pt")
     model, mask, ds, config = runs.load_run("runs/x")      # a finished spend of train.py, ready for analysis
@@ -32,8 +31,7 @@ from cli import STOP, BadInput, Stopped
 
 
 def save(obj, path):
-    """Write atomically (a temporary file in the same folder, renamed): a kill never leaves a half-written file a later
-    run would trust."""
+    """Write atomically (a temporary file, renamed): a kill never leaves a half-written file."""
     if not isinstance(obj, (str, bytes)):  # to bytes first: torch.save reports a full disk as a RuntimeError
         buf = io.BytesIO()
         torch.save(obj, buf)
@@ -91,9 +89,8 @@ def try_lock(f):
 
 @contextlib.contextmanager
 def locked(folder, wait):
-    """Hold an exclusive lock on a folder (released by the OS if the process dies). A draw's ticket or an output
-    folder is waited for, saying so once, until its holder ends or a signal stops the wait; a spend's own folder is
-    refused if another process has it."""
+    """An exclusive lock on a folder, released by the OS if the process dies. With `wait` (a draw's ticket, an output
+    folder) it is waited for until its holder ends or a signal stops the wait; else (a spend's own folder) refused."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, ".lock"), "w") as f:
         if not try_lock(f):
@@ -107,11 +104,6 @@ def locked(folder, wait):
         for stale in glob.glob(os.path.join(folder, ".tmp-*")):
             os.remove(stale)  # half-written by a killed holder of this lock (SIGKILL skips save's clean-up)
         yield
-
-
-def write_metrics(rows, path):
-    """metrics.csv: a header of the rows' keys, then one line per epoch."""
-    save("\n".join([",".join(rows[0])] + [",".join(map(str, row.values())) for row in rows]) + "\n", path)
 
 
 def read_metrics(path):
@@ -151,13 +143,13 @@ def refuse_file(flag, folder):
 
 
 def write_trained(out, mask, model, best_state, rows, results):
-    """A trained ticket's files: mask.pt (a draw's ticket folder has it already), model.pt, best.pt, metrics.csv and
-    results.json, written last: its presence means finished. Its checkpoint is removed."""
+    """A trained ticket's files, results.json last: its presence means finished."""
     if not os.path.exists(os.path.join(out, "mask.pt")):
         save({n: m.cpu() for n, m in mask.items()}, os.path.join(out, "mask.pt"))
     save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(out, "model.pt"))
     save({k: v.cpu() for k, v in best_state.items()}, os.path.join(out, "best.pt"))
-    write_metrics(rows, os.path.join(out, "metrics.csv"))
+    lines = [",".join(rows[0])] + [",".join(map(str, row.values())) for row in rows]
+    save("\n".join(lines) + "\n", os.path.join(out, "metrics.csv"))
     write_json(results, os.path.join(out, "results.json"))
     os.remove(os.path.join(out, "checkpoint.pt"))
 
@@ -196,8 +188,7 @@ def summarize(results, out):
 
 
 def forever(ds, batch_size, seed):
-    """Augmented training batches without end, a new shuffle each pass, for GradInit: a signal stops it (nothing saved:
-    it is cheap to redo)."""
+    """Augmented training batches without end, for GradInit; a signal stops it (cheap to redo)."""
     for rnd in range(sys.maxsize):
         for batch in data.batches(ds, "train", batch_size, seed=seed + rnd, augmented=True):
             if STOP:
@@ -206,8 +197,7 @@ def forever(ds, batch_size, seed):
 
 
 def save_checkpoint(path, state, model, opt):
-    """The loop's state, the weights, the momentum and torch's generators (the data order and augmentation need
-    none: they are seeded by epoch), written at the end of every epoch."""
+    """The loop's state, weights, momentum and generators (the data order is seeded by epoch)."""
     rng = dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all())
     save(dict(state, model=model.state_dict(), optimizer=opt.state_dict(), rng=rng), path)
 
@@ -258,9 +248,8 @@ def finished(out, config):
         if set(os.listdir(out)) - {"config.json", ".lock", "train.log"}:  # else a run that failed before it saved
             raise BadInput(f"{out} holds a run with another config{fix}")
         return None
-    if not os.path.exists(os.path.join(out, "results.json")):
-        return None
-    return read_json(os.path.join(out, "results.json"), fix)
+    results = os.path.join(out, "results.json")
+    return read_json(results, fix) if os.path.exists(results) else None
 
 
 class DrawCache:
@@ -290,18 +279,16 @@ class DrawCache:
         """The ticket's mask on `device`: drawn once by draw(), then read from disk."""
         return {n: m.to(device) for n, m in self.derived(os.path.join(self.folder(ticket), "mask.pt"), draw).items()}
 
-    def trained(self, ticket):
-        return os.path.exists(os.path.join(self.folder(ticket), "results.json"))
-
     @contextlib.contextmanager
     def training(self, ticket):
-        """Whether the ticket is trained, and if not its folder's lock while it trains: another process drawing the
-        same ticket waits for it, then finds it trained."""
-        if self.trained(ticket):
+        """Whether the ticket is trained (has results.json), and if not its folder's lock while it trains: another
+        process drawing the same ticket waits for it, then finds it trained."""
+        results = os.path.join(self.folder(ticket), "results.json")
+        if os.path.exists(results):
             yield True
             return
         with locked(self.folder(ticket), wait=True):
-            yield self.trained(ticket)
+            yield os.path.exists(results)
 
     def trained_file(self, ticket, name, device="cpu"):
         """A file of the ticket's vanilla training (weights, or metrics.csv's rows). A damaged one cannot be derived
@@ -313,21 +300,14 @@ class DrawCache:
             redo = f"move {self.folder(ticket)} aside and run again: it retrains, and so does every IMP level after it"
             raise BadInput(f"{e}; a trained network cannot be derived again exactly: {redo}") from None
 
-    def results(self, ticket, measure):
-        """A trained ticket's results.json; --repair writes a damaged one again from measure()."""
-        path = os.path.join(self.folder(ticket), "results.json")
-        found = read_or_repair(path, read_json, self.repair, "measures it again from the weights beside it")
-        if found is None:
-            found = measure()
-            write_json(found, path)
-        return found
-
     def copy_training(self, ticket, out, kept, measure):
         """A vanilla spend is the ticket's own training: its files copied to `out`, each checked first so that nothing
-        damaged spreads. Returns the results."""
+        damaged spreads (--repair writes a damaged results.json again from measure()). Returns the results."""
         for name in ("model.pt", "best.pt", "metrics.csv", *kept):
             self.trained_file(ticket, name)
-        self.results(ticket, measure)
+        results = os.path.join(self.folder(ticket), "results.json")
+        if read_or_repair(results, read_json, self.repair, "measures it again from the weights beside it") is None:
+            write_json(measure(), results)
         for name in ("mask.pt", "model.pt", "best.pt", "metrics.csv", *kept, "results.json"):  # results.json last
             with open(os.path.join(self.folder(ticket), name), "rb") as f:
                 save(f.read(), os.path.join(out, name))

@@ -606,6 +606,8 @@ def test_landscape_says_what_a_wrong_folder_is(finished, tmp_path):
     (ticket,) = (finished / "runs" / "draws").glob("*/random_0.5000")
     r = run_script("landscape.py", "eigenvalue", ticket, "--out", tmp_path / "h.json")
     assert one_line_error(r, "is a ticket of a draw", "not a spend"), r.stderr
+    r = run_script("landscape.py", "eigenvalue", ticket, "--out", tmp_path / "h.json", "--device", "nosuch")
+    assert one_line_error(r, "--device nosuch", "not usable here"), r.stderr
 
 
 def test_landscape_removes_what_a_killed_writer_left_in_its_output_folder(finished, tmp_path):

@@ -27,8 +27,6 @@ import models
 import prune
 import runs
 import tweaks
-from cli import BadInput
-from runs import load, save
 
 # the draw's cache key; the spend-only tweaks (a draw has them off); how a run computes, not what (not in its config)
 RECIPE = ["dataset", "arch", "seed", "subset", "prune_classifier", "rewind_epoch"]  # what is drawn from what
@@ -37,7 +35,7 @@ TWEAKS = ["skip", "skip_proj", "swish", "mish", "scale_init", "ls", "kd"]
 HOW = ["device", "out", "runs", "data_dir", "deterministic", "compile", "amp", "hessian_every", "repair", "keep_epochs"]
 
 
-def parser():
+def parse_args(argv=None):
     p = cli.Parser(description=__doc__.split("\n")[0])
     a = p.add_argument
     whole, count = cli.number(int, 0), cli.number(int, 1)  # 0, 1, 2, ...; 1, 2, ...
@@ -82,35 +80,25 @@ def parser():
     a("--ls", type=fraction, default=0.0, help="TRT: label smoothing alpha (the paper uses 0.1)")
     a("--kd", action="store_true", help="distil from the draw's dense network (§4.6)")
     a("--kd-temp", type=positive, default=4.0)
-    a(
-        "--kd-alpha",
-        type=cli.number(float, 0, 1),
-        default=0.9,
-        help="weight of the KD term; 1 - alpha on the hard labels",
-    )
+    a("--kd-alpha", type=cli.number(float, 0, 1), default=0.9, help="weight of the KD term; 1 - it on the hard labels")
     a("--at", action="store_true", help="architecture tweaking: --skip --swish")
     a("--trt", action="store_true", help="training recipe tweaking: --scale-init --ls 0.1")
     a("--hessian-every", type=whole, default=0, help="record the Hessian's top eigenvalue every N epochs (Fig. A11)")
     a("--keep-epochs", type=count, nargs="*", default=[], help="also keep epoch E's weights as epochE.pt (Fig. 4: 5)")
-    return p
-
-
-def parse_args(argv=None, p=None):
-    args = (p or parser()).parse_args(argv)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
     if args.at:
         args.skip = args.swish = True
     if args.trt:
         args.scale_init, args.ls = True, args.ls or 0.1
     if args.mask and args.sparsity is not None:
-        raise BadInput("--mask and --sparsity conflict: the mask sets the sparsity")
+        raise cli.BadInput("--mask and --sparsity conflict: the mask sets the sparsity")
     if args.swish and args.mish:
-        raise BadInput("--swish and --mish conflict: choose one activation")
+        raise cli.BadInput("--swish and --mish conflict: choose one activation")
     if args.rewind_epoch is not None and args.rewind_epoch > args.epochs:
-        raise BadInput(f"--rewind-epoch must be in [0, --epochs={args.epochs}], got {args.rewind_epoch}")
+        raise cli.BadInput(f"--rewind-epoch must be in [0, --epochs={args.epochs}], got {args.rewind_epoch}")
     if not all(e <= args.epochs for e in args.keep_epochs):
-        raise BadInput(f"--keep-epochs must be in [1, --epochs={args.epochs}], got {args.keep_epochs}")
-    cli.check_device(args.device)
+        raise cli.BadInput(f"--keep-epochs must be in [1, --epochs={args.epochs}], got {args.keep_epochs}")
+    args.device = cli.device(args.device)
     return args
 
 
@@ -139,13 +127,10 @@ class MaskedSGD:
         self.opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
         self.cuda = str(args.device).startswith("cuda")
         self.amp = self.cuda if args.amp is None else args.amp
-        self.net = model  # what runs forward: the same weights, perhaps compiled
-        if args.compile:
-            self.net = torch.compile(self.net)
+        self.net = torch.compile(model) if args.compile else model  # what runs forward
 
     def step(self, x, y):
-        """One step on the batch (x, y); returns its (logits, loss). The pruned weights' gradients are zeroed before
-        the optimizer's step and the weights after it."""
+        """One step on (x, y) -> (logits, loss), the pruned weights' gradients and weights kept zero."""
         with torch.autocast("cuda" if self.cuda else "cpu", torch.bfloat16, enabled=self.amp):
             logits = self.net(x)
             loss = self.loss_fn(logits, x, y)  # autocast computes losses in float32
@@ -159,9 +144,8 @@ class MaskedSGD:
 
 
 def train_epoch(sgd, ds, args, epoch, max_steps=None):
-    """One epoch of masked SGD steps on the augmented training split. Returns (the totals: loss_sum, correct, seen;
-    the first step with a non-finite loss, or -1; whether a signal stopped it). The sums stay on the device until then:
-    no sync per step."""
+    """One epoch of masked SGD steps on the augmented training split, ended early by a signal. Returns (the totals:
+    loss_sum, correct, seen; the first step with a non-finite loss, or -1), kept on the device until then: no sync."""
     sgd.net.train()
     loss_sum, correct = torch.zeros((), device=args.device), torch.zeros((), device=args.device, dtype=torch.long)
     seen, steps, first_bad = 0, 0, torch.tensor(-1, device=args.device)
@@ -174,17 +158,14 @@ def train_epoch(sgd, ds, args, epoch, max_steps=None):
         seen += len(y)
         steps += 1
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), steps, first_bad)
-        if steps == max_steps:
+        if steps == max_steps or cli.STOP:
             break
-        if cli.STOP:
-            return None, -1, True
-    return dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen), int(first_bad), False
+    return dict(loss_sum=float(loss_sum), correct=int(correct), seen=seen), int(first_bad)
 
 
 def fit(sgd, ds, args, state, label, out):
-    """The one training loop (§4.1), for the dense draw, every IMP level and every spend: each epoch the step lr
-    schedule, an epoch of masked SGD steps, validation, the best-validation weights kept, and a checkpoint of it all
-    (`state`: epoch, best weights, metrics rows, seconds so far) from which a rerun resumes. Returns the state."""
+    """The one training loop (§4.1), for the dense draw, every IMP level and every spend. Each epoch ends in a
+    checkpoint of `state` (epoch, best-validation weights, metrics rows, seconds so far), from which a rerun resumes."""
     checkpoint = os.path.join(out, "checkpoint.pt")
     if str(args.device).startswith("cuda"):
         torch.backends.cudnn.benchmark = not args.deterministic
@@ -193,9 +174,9 @@ def fit(sgd, ds, args, state, label, out):
         t0, lr = time.time(), lr_at(args, epoch)
         for group in sgd.opt.param_groups:
             group["lr"] = lr
-        totals, bad_step, stopped = train_epoch(sgd, ds, args, epoch)
+        totals, bad_step = train_epoch(sgd, ds, args, epoch)
         train_secs = time.time() - t0  # --gpu-check splits an epoch into training and the rest
-        if stopped:  # preempted: `cli.command` exits 143; the checkpoint of the last epoch stays
+        if cli.STOP:  # preempted: `cli.command` exits 143; the checkpoint of the last epoch stays
             kept = f"{checkpoint} keeps epoch {epoch - 1}" if os.path.exists(checkpoint) else "no epoch was saved"
             raise cli.Stopped(f"{label} stopped by a signal in epoch {epoch}: {kept}; the same command resumes")
         train_loss, train_acc = totals["loss_sum"] / totals["seen"], totals["correct"] / totals["seen"]
@@ -229,7 +210,7 @@ def fit(sgd, ds, args, state, label, out):
             flush=True,
         )
         if epoch in args.keep_epochs:  # Fig. 4 looks at the landscape after epoch 5; LTH-Rewind restarts from one
-            save({k: v.cpu() for k, v in sgd.model.state_dict().items()}, os.path.join(out, f"epoch{epoch}.pt"))
+            runs.save({k: v.cpu() for k, v in sgd.model.state_dict().items()}, os.path.join(out, f"epoch{epoch}.pt"))
         state.update(epoch=epoch, seconds=time.time() - clock)
         runs.save_checkpoint(checkpoint, state, sgd.model, sgd.opt)
     return state
@@ -239,9 +220,8 @@ def results_of(model, best, state, mask, ds):
     """What results.json records of a trained ticket: test accuracy of the best-validation weights (the paper's) and
     of the final ones, fit's `state`'s best epoch, sparsity measured from the weights, Table A1's activations."""
     images, _ = landscape.fixed_images(ds, "test", 500)
-    weights = dict(model.named_parameters())
     every = prune.prunable(model, linear=True)  # every conv/linear weight
-    pruned = [weights[n] for n in mask]  # the layers the mask covers: the paper's sparsity is theirs
+    pruned = [every[n] for n in mask]  # the layers the mask covers: the paper's sparsity is theirs
     cuda = next(model.parameters()).is_cuda  # evaluation runs in bf16 there: float32's accuracy shows what it costs
     return dict(
         test_acc=data.evaluate(best, ds, "test")[0],
@@ -259,7 +239,7 @@ def results_of(model, best, state, mask, ds):
         weights_total=sum(w.numel() for w in pruned),
         weights_nonzero=sum(int(w.count_nonzero()) for w in pruned),
         unmasked_weights=sum(w.numel() for n, w in every.items() if n not in mask),  # trained, never pruned
-        pruned_nonzero=sum(int(weights[n][~m].count_nonzero()) for n, m in mask.items()),
+        pruned_nonzero=sum(int(every[n][~m].count_nonzero()) for n, m in mask.items()),
         train_images=len(ds["train"][1]),
         peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20) if cuda else 0,
     )
@@ -273,22 +253,21 @@ def train_ticket(args, ds, mask, reset, out, label, teacher=None):
     model.load_state_dict(reset)
     prune.apply_mask(model, mask)
     tweaks.apply(model, args)
+    loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
+    sgd = MaskedSGD(model, mask, loss_fn, args, runs.smallest_batch(model, ds))
     checkpoint = os.path.join(out, "checkpoint.pt")
-    saved = runs.read_or_repair(checkpoint, lambda p: load(p, args.device), args.repair, "trains from the start")
+    saved = runs.read_or_repair(checkpoint, lambda p: runs.load(p, args.device), args.repair, "trains from the start")
     state = dict(epoch=0, best_val=-1.0, best_epoch=0, best_state=None, rows=[], seconds=0.0, scale_init_seconds=0.0)
-    if args.scale_init and saved is None:  # a checkpoint has the scaled weights
+    if saved:  # the scaled weights too: GradInit is not run again
+        state = runs.restore_checkpoint(saved, sgd.model, sgd.opt)
+        print(f"{label} resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
+    elif args.scale_init:
         batches = runs.forever(ds, args.batch_size, args.seed)
         scales = tweaks.scale_init(model, mask, batches, args.scale_init_iters, args.scale_init_lr)
         state["seconds"] = time.time() - start
         state["scale_init_seconds"] = round(state["seconds"], 1)
         print(f"{label} scale_init: scales in [{min(scales.values()):.3f}, {max(scales.values()):.3f}]")
-    loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
-    sgd = MaskedSGD(model, mask, loss_fn, args, runs.smallest_batch(model, ds))
-    if saved:
-        state = runs.restore_checkpoint(saved, sgd.model, sgd.opt)
-        print(f"{label} resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
-    elif args.scale_init:  # GradInit's scales kept: a signal in the first epoch does not lose them
-        runs.save_checkpoint(checkpoint, state, sgd.model, sgd.opt)
+        runs.save_checkpoint(checkpoint, state, sgd.model, sgd.opt)  # a signal in epoch 1 keeps them
     state = fit(sgd, ds, args, state, label, out)
     measured = time.time()
     best = copy.deepcopy(model)
@@ -325,8 +304,7 @@ def draw(args, ds, cache, ticket):
 
 
 def one_shot(args, ds, cache, method, sparsity):
-    """A mask drawn in one shot: OMP from the trained dense network (§A1.4), random from the seed, pruning at
-    initialization (Table A4) from theta_0 and the data."""
+    """A one-shot mask: OMP of the trained dense net (§A1.4), random, or pruning at init (Table A4)."""
     model, linear = new_model(args, ds), args.prune_classifier
     if method == "omp":
         names, trained = dense(args, ds, cache), cache.trained_file("imp_00", "model.pt", args.device)
@@ -404,9 +382,8 @@ def remeasure(args, ds, cache, ticket):
 
 
 def spend(args, ds, cache, mask, out):
-    """Spend the ticket (or --mask's `mask`) into `out`. Vanilla LTH is the draw's own training, copied, unless it
-    asks for records that training may not have (--hessian-every, weights of --keep-epochs: Fig. A11, 4); anything
-    else trains: the ticket reset, the tweaks applied, GradInit, the loss (label smoothing, KD), `fit`."""
+    """Spend the ticket (or --mask's `mask`) into `out`. Vanilla LTH is the draw's own training, copied, unless it asks
+    for records that training may not have (--hessian-every, --keep-epochs: Fig. A11, 4); anything else trains."""
     ticket, tweaked, kept = runs.ticket_name(args), runs.tweak_names(args), [f"epoch{e}.pt" for e in args.keep_epochs]
     mask = draw(args, ds, cache, ticket) if mask is None else mask
     if not (args.mask or tweaked or args.hessian_every):
@@ -423,7 +400,9 @@ def spend(args, ds, cache, mask, out):
     return train_ticket(args, ds, mask, reset_weights(args, ds, cache), out, "[spend]", teacher)
 
 
-def run(args):
+@cli.command
+def main(argv=None):
+    args = parse_args(argv)
     config = {k: v for k, v in vars(args).items() if k not in HOW}
     out = runs.run_folder(args, config)
     runs.refuse_file("--out" if args.out else "--runs", out)
@@ -444,12 +423,6 @@ def run(args):
         runs.write_json(config, os.path.join(out, "config.json"))
         results = spend(args, ds, cache, mask, out)
     print(runs.summarize(results, out))
-
-
-@cli.command
-def main(argv=None):
-    args = parse_args(argv)
-    run(args)
 
 
 if __name__ == "__main__":

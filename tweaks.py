@@ -12,24 +12,22 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import models
-from models import BatchNorm, ConvBN
 
 
 def skip(model, projection=False):
     """§3.1, Fig. 3: a new skip connection around every 3x3 conv+BN (not the stem), added before the activation. By
-    default it has no weight (identity, or subsample + zero-pad where stride or width change): the ticket keeps its
-    sparsity. Its input is batch-normalized (affine=False: no parameters) to enter on the conv branch's scale, as the
-    authors' BN-ended skip does; raw identities would double the activations at every block. projection (--skip-proj):
-    the authors' skip (ToST skip_connection/models/resnet_modified.py), a dense 1x1 conv (all 1e-4) + BN, unmasked."""
+    default it has no weight (`models.ConvBN`): the ticket keeps its sparsity. Its input is batch-normalized to enter on
+    the conv branch's scale, as the authors' BN-ended skip does; raw identities would double the activations at every
+    block. projection (--skip-proj): the authors' skip (ToST skip_connection/models/resnet_modified.py), unmasked."""
     for m in model.modules():
-        if isinstance(m, ConvBN) and m.skippable:
+        if isinstance(m, models.ConvBN) and m.skippable:
             c = m.conv
             if projection:
                 conv = nn.Conv2d(c.in_channels, c.out_channels, 1, c.stride, bias=False)
                 nn.init.constant_(conv.weight, 1e-4)
-                m.skip = nn.Sequential(conv, BatchNorm(c.out_channels))
+                m.skip = nn.Sequential(conv, models.BatchNorm(c.out_channels))
             else:
-                m.skip = BatchNorm(c.in_channels, affine=False)
+                m.skip = models.BatchNorm(c.in_channels, affine=False)
             m.skip.to(c.weight.device, memory_format=torch.channels_last)
     return model
 
@@ -49,11 +47,10 @@ mish = functools.partial(replace_relu, activation=nn.Mish)
 
 def scale_init(model, mask, batches, iters=180, lr=1e-2, eta=0.1, gamma=1.0, min_scale=0.01, clip=1.0):
     """§3.2 layer-wise scaled initialization, learned as GradInit's own code (Zhu et al. 2021; zhuchen03/gradinit:
-    gradinit_utils.py, gradinit_optimizers.py) does, with the authors' settings (ToST LRsI: lr 1e-2, 180 iterations,
-    eta 0.1, gamma 1, min scale 0.01, clip 1). One scale per nonzero parameter tensor, from 1 (w = scale * w0: pruned
-    weights stay zero); weights stay >= min_scale, biases >= 0. Each iteration minimizes `gradinit_objective` with the
-    reference's RescaleAdam: gradients clamped to [-clip, clip], a first moment per branch (objective, constraint), one
-    shared second moment. BatchNorm uses batch statistics, its running ones restored. Returns {name: scale}."""
+    gradinit_utils.py, gradinit_optimizers.py) does, with the authors' settings (ToST LRsI) as defaults. One scale per
+    nonzero parameter tensor, from 1 (w = scale * w0: pruned weights stay zero). Each iteration minimizes
+    `gradinit_objective` with the reference's RescaleAdam: a first moment per branch (objective, constraint), one shared
+    second moment. BatchNorm uses batch statistics, its running ones restored. Returns {name: scale}."""
     params = {n: p.detach().requires_grad_() for n, p in model.named_parameters()}
     buffers = {n: b.clone() for n, b in model.named_buffers()}  # restored at the end
     scales = {n: p.new_ones((), requires_grad=True) for n, p in params.items() if p.norm() > 0}
