@@ -33,7 +33,7 @@ class Parser(argparse.ArgumentParser):
         raise BadInput(message)
 
     def add_argument(self, *flags, **options):
-        shown = options.get("default") not in (None, [], False, argparse.SUPPRESS)  # not a switch's, nor --help's
+        shown = options.get("default") not in (None, [], argparse.SUPPRESS)  # not a switch's, nor --help's (0 is shown)
         if shown and "default" not in options.get("help", ""):
             shown = "(default: %(default)s)"
             options["help"] = f"{options['help']} {shown}" if options.get("help") else shown

@@ -224,3 +224,15 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(runs, tmp_path, capsys):
     code, out, err = in_process(capsys, "contour", runs / "lth", other, "--out", tmp_path / "c.png")
     assert code == 2 and "different datasets" in err and err.count("\n") == 1
     assert not (tmp_path / "c.png").exists()
+
+
+def test_each_command_has_its_own_help_with_its_flags_and_their_defaults():
+    """`landscape.py contour --help` shows contour's flags with their defaults, not eigenvalue's; the top level
+    names the three commands and the figures they make."""
+    top = run_script("landscape.py", "--help")
+    assert top.returncode == 0 and "Fig. 4, 8" in top.stdout and "Fig. 2, A13" in top.stdout, top.stderr
+    plane = run_script("landscape.py", "contour", "--help")
+    assert plane.returncode == 0 and "--grid GRID" in plane.stdout and "--batches" not in plane.stdout
+    assert "(default: 0)" in plane.stdout and "(default: 21)" in plane.stdout  # --seed's and --grid's
+    top = run_script("landscape.py", "eigenvalue", "--help")
+    assert "--tol TOL" in top.stdout and "--images" not in top.stdout and "(default: 100)" in top.stdout
