@@ -215,7 +215,6 @@ def paired_panel(ax, runs, names, colors, budget):
     levels = sorted({s for s, v in runs if v in names})
     gaps = {s: paired(differences(values(runs, s, "dense"), values(runs, s, "LTH"))) for s in levels}
     by_gap = not budget and all(gaps.values())
-    starred = False
     for i, name in enumerate(names):
         shown = name.replace("+", " + ")
         for j, s in enumerate(levels):
@@ -227,9 +226,6 @@ def paired_panel(ax, runs, names, colors, budget):
                 paper = paper_gain(name, 100 * statistics.mean(r["sparsity"] for r in runs[s, "LTH"]))
                 if paper:
                     ax.plot([paper[0] if by_gap else x], [paper[1]], "*", mfc="none", ms=10, color=colors[name])
-                    starred = True
-    if starred:
-        ax.plot([], [], "*", mfc="none", ms=10, color="gray", label="the paper's gain (ResNet-18, CIFAR-100)")
     if by_gap:
         ax.set_xticks([gaps[s][0] for s in levels], [f"{gaps[s][0]:+.1f}\n({100 * s:.1f}%)" for s in levels])
         ax.set(xlabel="the ticket's gap: dense − LTH on the same draw, pp (sparsity)")
@@ -237,17 +233,19 @@ def paired_panel(ax, runs, names, colors, budget):
         ax.set_xticks(range(len(levels)), [str(s) if budget else f"{100 * s:.1f}" for s in levels])
         ax.set(xlabel="epochs" if budget else "sparsity (%)")
     ax.axhline(0, color="gray", lw=0.8)
-    ax.set(ylabel="test accuracy − LTH, same ticket (pp)", title="paired: seeds, mean, 95% interval")
+    ax.set(ylabel="test accuracy − LTH, same ticket (pp)", title="paired: seeds, mean, 95% interval; ☆ paper's gain")
 
 
 def figure(runs, panels, metric, title, path, reference, paired_view=False, budget=False):
     """One `panel` per list of variants and with paired_view a `paired_panel`; the numbers drawn beside as .csv."""
+    names = [name for name in variants(runs) if name not in ("LTH", "dense")]
+    paired_view = paired_view and bool(names)  # a variant to pair with LTH
     fig = Figure(figsize=(5.5 * (len(panels) + paired_view), 4.5), layout="constrained")
     axes = fig.subplots(1, len(panels) + paired_view, squeeze=False)[0]
     colors = {name: "black" if name == "dense" else f"C{i % 10}" for i, name in enumerate(variants(runs))}
     rows = [row for ax, names in zip(axes, panels) for row in panel(ax, runs, names, metric, colors, reference, budget)]
     if paired_view:
-        paired_panel(axes[-1], runs, [n for n in variants(runs) if n not in ("LTH", "dense")], colors, budget)
+        paired_panel(axes[-1], runs, names, colors, budget)
     for ax in axes:  # a legend where something is labelled
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -344,7 +342,9 @@ def budget_section(groups, out):
     md = []
     for (dataset, arch, masks), rungs in [(key, rungs) for key, rungs in ladders.items() if len(rungs) > 1]:
         title, name = f"{arch} on {dataset}, {masks} masks", f"budget_{dataset}_{arch}_{masks}"
-        levels = sorted({s for runs in rungs.values() for s, v in runs if s > 0 and len(runs[s, v]) > 1})
+        every = sorted({s for runs in rungs.values() for s, _ in runs if s > 0})
+        seeded = {s for runs in rungs.values() for (s, _), found in runs.items() if len(found) > 1}
+        levels = [s for s in every if s in seeded] or every  # a one-seed scan's sparsities left out, unless all are
         lth = {s: f"LTH {100 * s:.1f}%" for s in levels}
         trained = {(e, "dense"): runs.get((levels[0], "dense"), []) for e, runs in rungs.items()}  # of the tickets
         trained.update({(e, lth[s]): runs.get((s, "LTH"), []) for e, runs in rungs.items() for s in levels})
