@@ -35,8 +35,7 @@ class Parser(argparse.ArgumentParser):
     def add_argument(self, *flags, **options):
         shown = options.get("default") not in (None, [], argparse.SUPPRESS)  # not a switch's, nor --help's (0 is shown)
         if shown and "default" not in options.get("help", ""):
-            shown = "(default: %(default)s)"
-            options["help"] = f"{options['help']} {shown}" if options.get("help") else shown
+            options["help"] = (options.get("help", "") + " (default: %(default)s)").lstrip()
         return super().add_argument(*flags, **options)
 
 

@@ -2,7 +2,7 @@
 power iteration on Hessian-vector products, as PyHessian (Yao et al. 2020), which the paper uses, computes it.
 
     python landscape.py eigenvalue RUN --out RUN/hessian.json     # Fig. 2, A13 on a finished run (this module's CLI)
-    value, vector = hessian.top_eigen(model, F.cross_entropy, hessian.fixed_batches(ds), masks=mask)
+    value, vector, iterations = hessian.top_eigen(model, F.cross_entropy, hessian.fixed_batches(ds), masks=mask)
 
 The paper's figures average each batch's own top eigenvalue (`per_batch`; Fig. 2, A13: "mean across 10 random
 batches", Fig. A11: 3); `top_eigen` of several batches is one Hessian of their mean loss (Fig. 10's eigenvector). Both
@@ -57,10 +57,10 @@ def power_iteration(matvec, v, iters, tol, shift=0.0):
     return value + shift, v, iters
 
 
-def top_eigen(model, loss_fn, batches, iters=100, tol=1e-4, masks=None, seed=0, return_iters=False):
-    """The largest (algebraic) eigenvalue of the Hessian of the mean loss_fn(model(x), y) over `batches`, and its unit
-    eigenvector: tensors in model.parameters() order (those requiring grad), zero where masks {name: bool tensor} prune,
-    from a start vector seeded by `seed`. With return_iters, also the power iterations done (each stage <= iters)."""
+def top_eigen(model, loss_fn, batches, iters=100, tol=1e-4, masks=None, seed=0):
+    """The largest (algebraic) eigenvalue of the Hessian of the mean loss_fn(model(x), y) over `batches`, its unit
+    eigenvector (tensors in model.parameters() order, those requiring grad, zero where masks {name: bool tensor} prune)
+    from a start vector seeded by `seed`, and the power iterations done (each stage <= iters)."""
     batches = list(batches)
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
     keep = [masks[n].to(p.device, p.dtype) if masks and n in masks else None for n, p in zip(names, params)]
@@ -75,12 +75,12 @@ def top_eigen(model, loss_fn, batches, iters=100, tol=1e-4, masks=None, seed=0, 
         if value < 0:  # the most negative eigenvalue dominates; in H - value*I (all >= ~0) the top one does
             value, vector, more = power_iteration(matvec, start(), iters, tol, shift=value)
             done += more
-    return (value, vector, done) if return_iters else (value, vector)
+    return value, vector, done
 
 
 def per_batch(model, loss_fn, batches, iters=100, tol=1e-4, masks=None):
     """The paper's way: the top eigenvalue of each batch's own Hessian. (mean, std, [values], power iterations)."""
-    values, done = zip(*[top_eigen(model, loss_fn, [b], iters, tol, masks, return_iters=True)[::2] for b in batches])
+    values, _, done = zip(*[top_eigen(model, loss_fn, [b], iters, tol, masks) for b in batches])
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, list(values), sum(done)
 
 

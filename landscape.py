@@ -158,8 +158,8 @@ def eigen(args):
     ax = Figure(figsize=(6.5, 4.3), layout="constrained").subplots()
     for name, model, mask, ds, x, y in loaded:
         batches = hessian.fixed_batches(ds, seed=args.seed)  # training images, as the eigenvalues of Fig. 2, A13
-        top = hessian.top_eigen(model, F.cross_entropy, batches, args.iters, masks=mask, return_iters=True)
-        value, vector, iters = top  # the eigenvector: unit norm, zero where the mask prunes
+        # the eigenvector: unit norm, zero where the mask prunes
+        value, vector, iters = hessian.top_eigen(model, F.cross_entropy, batches, args.iters, masks=mask)
         products += iters * sum(len(b[1]) for b in batches)
         direction = dict(zip((n for n, _ in model.named_parameters()), vector))  # in model.parameters() order
         lines.append(losses_along(model, [[(float(a), direction)] for a in alphas], x, y))

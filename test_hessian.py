@@ -58,7 +58,7 @@ def assert_close(value, expected):
 def test_one_batch_matches_the_exact_top_eigenvalue():
     model, (x, y) = tiny_mlp(), tiny_data()
     expected = torch.linalg.eigvalsh(exact_hessian(model, F.cross_entropy, x, y))[-1].item()
-    value, vector = hessian.top_eigen(model, F.cross_entropy, [(x, y)], **EXACT)
+    value, vector, _ = hessian.top_eigen(model, F.cross_entropy, [(x, y)], **EXACT)
     assert expected > 0
     assert_close(value, expected)
     assert [v.shape for v in vector] == [p.shape for p in model.parameters()]
@@ -66,8 +66,8 @@ def test_one_batch_matches_the_exact_top_eigenvalue():
 
 def test_unequal_batches_give_the_hessian_of_the_mean_over_all_examples():
     model, (x, y) = tiny_mlp(), tiny_data()
-    whole, _ = hessian.top_eigen(model, F.cross_entropy, [(x, y)], **EXACT)
-    split, _ = hessian.top_eigen(model, F.cross_entropy, [(x[:6], y[:6]), (x[6:], y[6:])], **EXACT)
+    whole, _, _ = hessian.top_eigen(model, F.cross_entropy, [(x, y)], **EXACT)
+    split, _, _ = hessian.top_eigen(model, F.cross_entropy, [(x[:6], y[:6]), (x[6:], y[6:])], **EXACT)
     expected = torch.linalg.eigvalsh(exact_hessian(model, F.cross_entropy, x, y))[-1].item()
     assert_close(split, expected)
     assert_close(split, whole)
@@ -80,7 +80,7 @@ def test_a_mask_restricts_the_hessian_to_the_unpruned_weights():
     full = exact_hessian(model, F.cross_entropy, x, y)
     expected = torch.linalg.eigvalsh(full[alive][:, alive])[-1].item()
     assert expected < torch.linalg.eigvalsh(full)[-1].item()  # else the test would not see the mask ignored
-    value, vector = hessian.top_eigen(model, F.cross_entropy, [(x, y)], masks=masks, **EXACT)
+    value, vector, _ = hessian.top_eigen(model, F.cross_entropy, [(x, y)], masks=masks, **EXACT)
     assert_close(value, expected)
     flat = torch.cat([v.flatten() for v in vector])
     assert torch.all(flat[~alive] == 0) and flat[alive].abs().min() > 0
@@ -101,10 +101,10 @@ def test_the_largest_algebraic_eigenvalue_wins_over_a_larger_negative_one():
         return 0.5 * (model.weight @ a @ model.weight.T).squeeze() + 0 * out.sum()
 
     batch = [(torch.zeros(1, 4, dtype=torch.float64), torch.zeros(1))]
-    value, vector = hessian.top_eigen(model, quadratic, batch, **EXACT)
+    value, vector, _ = hessian.top_eigen(model, quadratic, batch, **EXACT)
     assert_close(value, 1.0)
     assert torch.allclose(vector[0].abs().flatten(), rotation[:, 3].abs(), atol=1e-5)
-    value, _ = hessian.top_eigen(model, lambda out, y: -quadratic(out, y), batch, **EXACT)
+    value, _, _ = hessian.top_eigen(model, lambda out, y: -quadratic(out, y), batch, **EXACT)
     assert_close(value, 5.0)  # here the top eigenvalue dominates: no shift needed
 
 
@@ -114,7 +114,7 @@ def test_the_model_is_left_exactly_as_it_was():
     model.train()  # in training, as train.py's --hessian-every calls it: eval inside, train mode again after
     x, y = torch.randn(8, 1, 4, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    value, vector = hessian.top_eigen(model, F.cross_entropy, [(x, y)], iters=20)
+    value, vector, _ = hessian.top_eigen(model, F.cross_entropy, [(x, y)], iters=20)
     assert value > 0 and model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # running stats too
     assert all(p.grad is None for p in model.parameters()) and all(v.grad_fn is None for v in vector)
@@ -134,8 +134,8 @@ def test_per_batch_is_the_mean_of_each_batchs_own_top_eigenvalue():
 
 def test_the_start_vector_is_seeded():
     model, (x, y) = tiny_mlp(), tiny_data()
-    a = hessian.top_eigen(model, F.cross_entropy, [(x, y)], iters=3, tol=0, return_iters=True)
-    b = hessian.top_eigen(model, F.cross_entropy, [(x, y)], iters=3, tol=0, return_iters=True)
+    a = hessian.top_eigen(model, F.cross_entropy, [(x, y)], iters=3, tol=0)
+    b = hessian.top_eigen(model, F.cross_entropy, [(x, y)], iters=3, tol=0)
     assert a[0] == b[0] and a[2] == 3 and all(torch.equal(u, v) for u, v in zip(a[1], b[1]))
 
 
