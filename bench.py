@@ -164,7 +164,7 @@ def parser():
     a("--dataset", default="synthetic-cifar100", choices=list(data.DATASETS), help="(default: %(default)s)")
     a("--subset", type=int, default=3000, help="the first N training images; 0: all (default: %(default)s)")
     a("--batch-size", type=int, default=128, help="(default: %(default)s)")
-    a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="(default here: %(default)s)")
+    a("--device", help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
     a("--data-dir", default="data", help="where datasets are found or downloaded (default: %(default)s)")
     a("--steps", type=int, default=10, help="timed steps per loop and round (default: %(default)s)")
     a("--compile", action="store_true", help="torch.compile our loops (the bare loop stays eager)")
@@ -182,6 +182,7 @@ def main(argv=None):
     if args.packing:
         packing(*args.packing)
     else:
+        args.device = cli.device(args.device)  # as train.py: the default, and refused unless this machine has it
         bench(args)
 
 
