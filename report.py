@@ -342,9 +342,8 @@ def budget_section(groups, out):
     md = []
     for (dataset, arch, masks), rungs in [(key, rungs) for key, rungs in ladders.items() if len(rungs) > 1]:
         title, name = f"{arch} on {dataset}, {masks} masks", f"budget_{dataset}_{arch}_{masks}"
-        every = sorted({s for runs in rungs.values() for s, _ in runs if s > 0})
-        seeded = {s for runs in rungs.values() for (s, _), found in runs.items() if len(found) > 1}
-        levels = [s for s in every if s in seeded] or every  # a one-seed scan's sparsities left out, unless all are
+        seeded = {s for runs in rungs.values() for (s, _), found in runs.items() if s > 0 and len(found) > 1}
+        levels = sorted(seeded or {s for runs in rungs.values() for s, _ in runs if s > 0})  # one seed each: all
         lth = {s: f"LTH {100 * s:.1f}%" for s in levels}
         trained = {(e, "dense"): runs.get((levels[0], "dense"), []) for e, runs in rungs.items()}  # of the tickets
         trained.update({(e, lth[s]): runs.get((s, "LTH"), []) for e, runs in rungs.items() for s in levels})
