@@ -167,7 +167,7 @@ def fit(sgd, ds, args, state, label, out):
     """The one training loop (§4.1), for the dense draw, every IMP level and every spend. Each epoch ends in a
     checkpoint of `state` (epoch, best-validation weights, metrics rows, seconds so far), from which a rerun resumes."""
     checkpoint = os.path.join(out, "checkpoint.pt")
-    if str(args.device).startswith("cuda"):
+    if sgd.cuda:
         torch.backends.cudnn.benchmark = not args.deterministic
     clock, start, first = time.time() - state["seconds"], time.time(), state["epoch"] + 1  # earlier processes count
     for epoch in range(first, args.epochs + 1):
