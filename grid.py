@@ -198,13 +198,18 @@ def analysis(o):
     return lines
 
 
+def finished(folder):
+    """Whether a run folder holds a finished run: train.py writes its results.json last."""
+    return os.path.exists(os.path.join(folder, "results.json"))
+
+
 def run_folder(line):
     """(the run folder of a train.py line: its last --out, the line split as a shell would; whether it is finished)."""
     words = shlex.split(line)
     if "--out" not in words[:-1]:
         raise Refused("has no --out FOLDER; give each run its folder")
     folder = words[max(i for i, w in enumerate(words[:-1]) if w == "--out") + 1]
-    return folder, os.path.exists(os.path.join(folder, "results.json"))
+    return folder, finished(folder)
 
 
 class Parser(argparse.ArgumentParser):

@@ -62,11 +62,11 @@ def gather(root):
         if (dense / "results.json").exists():
             found = dict(read_json(dense / "results.json"), epochs=read_metrics(dense / "metrics.csv"), hessian={})
             draws.append((read_json(path), os.listdir(dense.parent), found))
-    for path in sorted(glob.glob(os.path.join(root, "**", "results.json"), recursive=True)):
+    for path in sorted(glob.glob(os.path.join(root, "**", "config.json"), recursive=True)):  # a spend, not a ticket
         folder = pathlib.Path(path).parent
-        if not (folder / "config.json").exists():  # a draw's own ticket folder; its spend copy carries the config
+        if not grid.finished(folder):
             continue
-        res, cfg = read_json(path), read_json(folder / "config.json")
+        res, cfg = read_json(folder / "results.json"), read_json(path)
         metrics, hessian = folder / "metrics.csv", folder / "hessian.json"
         res["epochs"] = read_metrics(metrics) if metrics.exists() else []
         res["hessian"] = read_json(hessian) if hessian.exists() else {}

@@ -112,7 +112,7 @@ def test_check_mask_refuses_foreign_masks():
     model = models.get_model("resnet20", 10)
     good = prune.ones_mask(model)
     assert runs.check_mask(good, model, "m") is good
-    with pytest.raises(BadInput):
+    with pytest.raises(BadInput, match="mask is for another model .*; pass the mask.pt of a run of this --arch"):
         runs.check_mask(prune.ones_mask(models.get_model("vgg16", 10)), model, "m")
     with pytest.raises(BadInput):
         runs.check_mask({n: m.float() for n, m in good.items()}, model, "m")
