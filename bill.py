@@ -1,6 +1,7 @@
 """The GPU bill of the reproduction: every run priced by its own training FLOPs and what --gpu-check measured.
 
     python bill.py [run_all.sh's list options]      # ./run_all.sh --dry-run: per part and in all, GPU-hours and source
+    python bill.py --time-cells runs/gpu_check/cells  # ./run_all.sh --gpu-check: each cell's seconds per image
 
 A run costs its training images x epochs x the seconds per image of its cell (arch, dataset): measured by --gpu-check
 for that cell if it was (runs/gpu_check/cells), else the ResNet-18 epoch it measured (seconds_per_epoch; EPOCH_SECONDS
@@ -15,9 +16,10 @@ import os
 import re
 import sys
 
-from grid import IMAGES, PAPER, Refused, gpus, jobs, options, part_jobs, slots, study_jobs
+from grid import FIG5, IMAGES, PAPER, Refused, gpus, jobs, options, part_jobs, slots, study_jobs
 
 MEASURED = "runs/gpu_check"  # what --gpu-check measured: seconds_per_epoch, packing, cells
+CLASSES = {"cifar10": 10, "tinyimagenet": 200}  # else 100
 
 
 @functools.cache
@@ -29,9 +31,7 @@ def flops(arch, dataset):
 
     import models
 
-    channels, classes = (
-        (1, 10) if dataset == "fashionmnist" else (3, {"cifar10": 10, "tinyimagenet": 200}.get(dataset, 100))
-    )
+    channels, classes = (1, 10) if dataset == "fashionmnist" else (3, CLASSES.get(dataset, 100))
     size = IMAGES[dataset][1]
     with FlopCounterMode(display=False) as counter:
         models.get_model(arch, classes, channels)(torch.randn(1, channels, size, size)).sum().backward()
@@ -88,6 +88,42 @@ def per_image(arch, dataset, one, cells):
         whole = one[0] / IMAGES["cifar100"][0] / cells[paper] if paper in cells and one[1] != "assumed" else 1
         return cells[arch, dataset] * whole, "measured"
     return one[0] / IMAGES["cifar100"][0] * flops(arch, dataset) / flops(*paper), f"{one[1]} by FLOPs"
+
+
+def time_cells(out, cells, device="cuda", steps=20, batch_size=128):
+    """--gpu-check's timed run of each cell: `steps` training steps of the paper's spend (a 91% random mask, AT, label
+    smoothing; GradInit only rescales weights) on random images of the cell's shape, after 3 steps that warm up cuDNN's
+    autotuning. Writes `out` a cell at a time: "ARCH DATASET SECONDS" per training image, as measured() reads it."""
+    import time
+
+    import torch
+
+    import prune
+    import train
+    import tweaks
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+    torch.backends.cudnn.benchmark = device.startswith("cuda")  # as train.fit trains
+    with open(out, "w") as written:
+        for dataset, arch in cells:
+            flags = ["--arch", arch, "--device", device, "--batch-size", str(batch_size), "--at", "--ls", "0.1"]
+            args, size, classes = train.parse_args(flags), IMAGES[dataset][1], CLASSES.get(dataset, 100)
+            x = torch.randint(0, 256, (steps * batch_size, 3, size, size), dtype=torch.uint8, device=device)
+            y, half = torch.randint(0, classes, (len(x),), device=device), torch.full((3,), 0.5, device=device)
+            ds = dict(train=(x, y), classes=classes, mean=half, std=half)
+            model = train.new_model(args, ds)
+            mask = {n: m.to(device) for n, m in prune.random_prune(prune.prunable(model), 0.91, 0).items()}
+            prune.apply_mask(model, mask)
+            sgd = train.MaskedSGD(tweaks.apply(model, args), mask, tweaks.make_loss(0.1), args)
+            train.train_epoch(sgd, ds, args, 0, max_steps=3)
+            sync()
+            start = time.perf_counter()
+            seen = train.train_epoch(sgd, ds, args, 1)[0]["seen"]
+            sync()
+            line = f"{arch} {dataset} {(time.perf_counter() - start) / seen:.4g}\n"
+            written.write(line)
+            written.flush()  # a part cut short by its time limit keeps the cells it timed
+            print(line, end="", flush=True)
 
 
 def count(lines, label, price=None):
@@ -162,6 +198,8 @@ def dry_run(o):
 
 def main(argv):
     try:
+        if argv[:1] == ["--time-cells"] and len(argv) == 2:  # --gpu-check's: every cell of the grid, on the GPU
+            return time_cells(argv[1], dict.fromkeys(PAPER + FIG5))
         dry_run(options(argv))
     except Refused as e:
         sys.exit(print(f"error: {e}", file=sys.stderr) or 2)

@@ -88,6 +88,7 @@ print('GPU:', torch.cuda.get_device_name() if c else 'none found (torch.cuda.is_
       tail -1 $dir/epoch/metrics.csv | cut -d, -f7 | tr -d '\r' > $MEASURED
       echo "seconds per epoch, ResNet-18 + AT + TRT at 91% on 45,000 CIFAR-shaped images, batch 128: $(cat $MEASURED)"
     fi
+    part cells 300 $PY bill.py --time-cells $CELLS  # each Fig. 5 cell's seconds per image, for --dry-run
     part evaluation-bf16 5 grep -E '"test_acc(_float32)?"' $dir/epoch/results.json  # its test accuracy in bf16, float32
     # the packing sweep: K runs of that setting at once on one GPU through the runner, as --per-gpu K trains
     local setting="--dataset synthetic-cifar100 --arch resnet18 --epochs 2 --prune random --sparsity 0.91 --at --trt" k

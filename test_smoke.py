@@ -865,6 +865,25 @@ def test_the_bill_prices_each_run_by_its_cell_from_fabricated_measurements(tmp_p
     assert text.endswith(", 540 epochs, 11 GPU-hours one run at a time, 3 at 4 per GPU (measured)"), text
 
 
+def test_the_cells_gpu_check_times_are_what_the_bill_reads(tmp_path, monkeypatch):
+    """bill.py --time-cells, here on this CPU (2 steps of 8 images on two cells): a line per cell that measured()
+    reads back, and the bill prices those cells as measured."""
+    import bill
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EPOCH_SECONDS", raising=False)
+    os.makedirs("runs/gpu_check")
+    cells = [("cifar100", "resnet18"), ("tinyimagenet", "mobilenet")]
+    bill.time_cells("runs/gpu_check/cells", cells, "cpu", steps=2, batch_size=8)
+    one, measured, _ = bill.measured()
+    assert sorted(measured) == [("mobilenet", "tinyimagenet"), ("resnet18", "cifar100")], measured
+    assert all(0 < s < 10 for s in measured.values()) and one == (10.0, "assumed")
+    assert bill.per_image("mobilenet", "tinyimagenet", one, measured) == (
+        measured["mobilenet", "tinyimagenet"],
+        "measured",
+    )
+
+
 def test_dry_run_names_its_sources_and_refuses_a_damaged_file(tmp_path):
     """--dry-run in a copy of the project: each line's GPU-hours name their source; a damaged file or a bad
     EPOCH_SECONDS is one line on stderr and exit code 2, no number."""
