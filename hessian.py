@@ -27,15 +27,20 @@ def dot(a, b):
 
 
 def hessian_operator(model, loss_fn, batches, params, keep):
-    """v -> H v, H the Hessian of the mean loss over `batches`, .grad untouched. Its gradient g is built once with its
-    graph, as PyHessian does: a product is one double backward, d(g.v)/dw = H v, not a forward and two backwards."""
+    """v -> H v, H the Hessian of the mean loss over all examples of `batches`, .grad untouched. Each batch's gradient,
+    weighted by its share, is built once with its graph, as PyHessian does for one batch: a product is then one double
+    backward through each graph (d(g.v)/dw = H v), not a forward and two backwards. All graphs are held at once."""
     n = sum(len(y) for _, y in batches)
-    loss = sum(loss_fn(model(x), y) * (len(y) / n) for x, y in batches)  # each batch weighted by its share
-    grads = torch.autograd.grad(loss, params, create_graph=True)
+    grads = [torch.autograd.grad(loss_fn(model(x), y) * (len(y) / n), params, create_graph=True) for x, y in batches]
 
-    def matvec(v):  # added to zeros laid out as the parameters (channels_last): autograd's strides reorder dot's sums
-        hv = torch.autograd.grad(dot(grads, project(v, keep)), params, retain_graph=True, materialize_grads=True)
-        return project([torch.zeros_like(p) + h for p, h in zip(params, hv)], keep)
+    def matvec(
+        v,
+    ):  # summed into zeros laid out as the parameters (channels_last): autograd's strides reorder dot's sums
+        v, out = project(v, keep), [torch.zeros_like(p) for p in params]
+        for g in grads:
+            hv = torch.autograd.grad(dot(g, v), params, retain_graph=True, materialize_grads=True)
+            out = [o + h for o, h in zip(out, hv)]
+        return project(out, keep)
 
     return matvec
 

@@ -37,8 +37,9 @@ def filter_normalize(direction, weights):
     """Li et al. 2018, on {name: tensor} dicts: each output filter (dim-0 slice) of the direction gets the norm of
     the same filter of the weights, so that any weight scale compares. 1-D params (BatchNorm, biases) get zero."""
 
-    def rescaled(d, w):  # F.normalize leaves a filter pruned away entirely at zero
-        return (F.normalize(d.flatten(1), dim=1) * w.flatten(1).norm(dim=1, keepdim=True)).view_as(d)
+    def rescaled(d, w):  # a filter pruned away entirely stays zero
+        flat, norms = d.flatten(1), w.flatten(1).norm(dim=1, keepdim=True)
+        return (flat * norms / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(d)
 
     return {n: rescaled(d, weights[n]) if d.dim() > 1 else torch.zeros_like(d) for n, d in direction.items()}
 

@@ -8,6 +8,8 @@
 #
 # The runs: a draw to IMP level 2 and its vanilla spend (2 and 3 epochs); --at --trt on it; an OMP ticket with
 # --swish --ls 0.1; LTH-Rewind (--rewind-epoch 1); --kd; a GraSP ticket with --mish, --hessian-every, --keep-epochs.
+# Then landscape.py on them: a contour plane, the loss along the top eigenvector and the top eigenvalue of 3 batches
+# (their .npz and .json compared; the PNGs are drawn from those numbers).
 # Reference files do not carry across machines (CPUs round differently): both sides train here, in temporary folders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,12 +28,21 @@ RUNS=(
   "--sparsity 0.36 --kd"
   "--sparsity 0.5 --prune grasp --mish --hessian-every 2 --keep-epochs 1"
 )
-train() {  # train CODE_DIR OUT_ROOT: every run of RUNS with the code in CODE_DIR, into OUT_ROOT
-  local i=0
+ANALYSIS=(
+  "contour run2 run3 --grid 3 --images 64 --out contour.png"
+  "eigen run2 run4 --images 96 --points 3 --iters 5 --out eigen.png"
+  "eigenvalue run3 --batches 3 --batch-size 32 --iters 5 --out run3/eigenvalue.json"
+)
+train() {  # train CODE_DIR OUT_ROOT: every run of RUNS with the code in CODE_DIR, into OUT_ROOT, then ANALYSIS
+  local i=0 a
   for r in "${RUNS[@]}"; do
     i=$((i + 1))
     (cd "$1" && OMP_NUM_THREADS=1 $PY train.py $RECIPE $r --runs "$2" --out "$2/run$i" >"$2.log$i" 2>&1) || {
       echo "FAILED: train.py $r with the code in $1 (log: $2.log$i)"; tail -5 "$2.log$i"; return 1; }
+  done
+  for a in "${ANALYSIS[@]}"; do  # the folders are relative to OUT_ROOT
+    (cd "$2" && OMP_NUM_THREADS=1 $PY "$1/landscape.py" $a --device cpu >>"$2.analysis" 2>&1) || {
+      echo "FAILED: landscape.py $a with the code in $1 (log: $2.analysis)"; tail -5 "$2.analysis"; return 1; }
   done
 }
 mkdir -p "$TMP/old" "$TMP/new"
@@ -40,6 +51,7 @@ train "$PWD" "$TMP/new"
 wait $!
 $PY - "$TMP/old" "$TMP/new" <<'EOF'
 import csv, json, os, sys
+import numpy as np
 import torch
 
 old, new = sys.argv[1:]
@@ -60,6 +72,10 @@ def read(path):
     if path.endswith(".json"):
         with open(path) as f:
             return json.load(f)
+    if path.endswith(".npz"):
+        return {k: torch.from_numpy(v) if v.dtype.kind in "biuf" else v.tolist() for k, v in np.load(path).items()}
+    if path.endswith(".png"):  # drawn from the .npz beside it
+        return None
     if path.endswith(".csv"):
         with open(path) as f:
             return list(csv.DictReader(f))
