@@ -23,9 +23,9 @@ import grid
 from cli import BadInput, Parser, command
 from runs import locked, read_json, read_metrics, save, ticket_name, variant
 
-# Tables A2, A3: {variant: [(sparsity %, test acc. %)]}, ResNet-18 on CIFAR-100, mean of seeds 42, 1099, 5469
-_header, *_rows = csv.reader(pathlib.Path(__file__).with_name("paper.csv").read_text().splitlines())
-PAPER = {row[0]: [(float(s), float(a)) for s, a in zip(_header[1:], row[1:]) if a != "-"] for row in _rows}
+# Tables A2, A3, a column per IMP level: {variant: {sparsity: test acc. %}}, ResNet-18, CIFAR-100, mean of 3 seeds
+_, *_rows = csv.reader(pathlib.Path(__file__).with_name("paper.csv").read_text().splitlines())
+PAPER = {row[0]: {float(s): float(a) for s, a in zip(grid.LEVELS, row[1:]) if a != "-"} for row in _rows}
 ORDER = [  # the tables' and figures' order of variants
     "dense",  # the ticket's own dense network: its draw's first training
     *["LTH", "LTH+Skip", "LTH+Skip-1x1", "LTH+Swish", "LTH+Mish", "LTH+Scaling", "LTH+LS", "LTH+KD"],  # one tweak
@@ -59,7 +59,7 @@ def gather(root):
     groups, curves, draws = {}, {}, []
     for path in sorted(glob.glob(os.path.join(root, "**", "draw.json"), recursive=True)):
         dense = pathlib.Path(path).parent / "imp_00"
-        if (dense / "results.json").exists():
+        if grid.finished(dense):
             found = dict(read_json(dense / "results.json"), epochs=read_metrics(dense / "metrics.csv"), hessian={})
             draws.append((read_json(path), os.listdir(dense.parent), found))
     for path in sorted(glob.glob(os.path.join(root, "**", "config.json"), recursive=True)):  # a spend, not a ticket
@@ -177,16 +177,16 @@ def dots(ax, x, samples, color, half, label):
 
 
 def paper_gain(name, sparsity):
-    """The paper's (dense - LTH, name - LTH) in pp at its sparsity within 0.5 of ours (%), else None (Tables A2, A3)."""
-    lth, mine = dict(PAPER["LTH"]), dict(PAPER.get(name, []))
-    near = [p for p in mine if p > 0 and abs(p - sparsity) <= 0.5]
+    """The paper's (dense - LTH, name - LTH) in pp at its IMP level within 0.25 of our sparsity (%), else None."""
+    lth, mine = PAPER["LTH"], PAPER.get(name, {})
+    near = [s for s in mine if s and abs(100 * s - sparsity) < 0.25]
     return (lth[0] - lth[near[0]], mine[near[0]] - lth[near[0]]) if near else None
 
 
 def panel(ax, runs, names, metric, colors, reference=False, budget=False):
     """`metric` of each variant at each sparsity (or budget), side by side: each seed a dot, the mean with +-std;
     with reference the paper's accuracy a hollow square. Returns the csv rows it drew."""
-    (label, value), rows = metric, []
+    (label, value), rows, reference = metric, [], reference and metric is ACCURACY
     names = present(runs, names, value)
     levels = sorted({s for s, v in runs if v in names})
     for i, name in enumerate(names):
@@ -199,7 +199,7 @@ def panel(ax, runs, names, metric, colors, reference=False, budget=False):
                 shown = None  # one legend entry per variant
                 sparsity = {r["seed"]: 100 * r["sparsity"] for r in runs[s, name]}
                 rows += [f"{s},{name},{seed},{sparsity[seed]:.3f},{v:.3f}" for seed, v in found.items()]
-            paper = dict(PAPER.get(name, [])).get(round(100 * s)) if reference and metric is ACCURACY else None
+            paper = PAPER.get(name, {}).get(s) if reference else None
             if paper:
                 ax.plot([x], [paper], "s", mfc="none", color=colors[name])
     ax.set_xticks(range(len(levels)), [str(s) if budget else f"{100 * s:.1f}" for s in levels])
@@ -253,7 +253,7 @@ def figure(runs, panels, metric, title, path, reference, paired_view=False, budg
     seeds = len({r["seed"] for found in runs.values() for r in found})
     fig.suptitle(f"{title}, {seeds} seed{'s' * (seeds > 1)}")
     header = ("epochs" if budget else "target_sparsity") + ",variant,seed,sparsity_pct," + metric[0]
-    write(fig, header, sorted(rows), path)
+    write(fig, header, sorted(set(rows)), path)  # a variant in several panels: its rows once
 
 
 def write(fig, header, rows, path):

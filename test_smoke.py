@@ -651,6 +651,8 @@ def test_report_renders_every_part_from_known_numbers(tmp_path):
         and "0.914,LTH+Mish,42,91.500,103.914" in fig2
         and "0.2,LTH,1099,20.100,100.200" in fig2
     )
+    fig1 = (out / "fig1_cifar100_resnet18_imp.csv").read_text().splitlines()
+    assert len(fig1) == len(set(fig1)) == 1 + 5 * 3 * 2  # LTH is in each of the four panels: its rows once
     a13 = (out / "figA13_cifar100_resnet18_imp.csv").read_text().splitlines()
     assert len(a13) == 1 + 4 * 2 and "0.914,LTH+AT+TRT,42,91.500,108.914" in a13
     rows = [line for line in md.splitlines() if line.startswith("| ")]
@@ -665,6 +667,18 @@ def test_report_renders_every_part_from_known_numbers(tmp_path):
     curve = (out / "figA11_cifar100_resnet18_imp_seed42.csv").read_text().splitlines()
     assert curve[1:] == [f"LTH+AT+TRT,42,{e},{0.1 * e},{0.1 * e + 0.2},{500 / e}" for e in range(1, 5)]
     assert "| 91.5% | 50.57 ± 0.75 |" in md and "61.00" not in md  # A11's run is not a third seed of the tables
+
+
+def test_the_papers_numbers_are_read_at_their_imp_level():
+    """paper.csv's columns are IMP levels 0..16, headed by the paper's rounded sparsities: "95" is level 14 (95.6%),
+    "96" level 15 (96.5%); a sparsity no level is near (a one-shot 95%) has no paper gain."""
+    import report
+
+    lth, at_trt = report.PAPER["LTH"], report.PAPER["LTH+AT+TRT"]
+    assert (lth[0.956], lth[0.965], lth[0.914]) == (69.43, 69.57, 71.12) and at_trt[0.914] == 74.23
+    assert report.paper_gain("LTH+AT+TRT", 95.62) == (74.87 - 69.43, at_trt[0.956] - 69.43)
+    assert report.paper_gain("LTH+AT+TRT", 91.41) == (74.87 - 71.12, 74.23 - 71.12)
+    assert report.paper_gain("LTH+AT+TRT", 95.0) is None
 
 
 def test_paired_differences_and_their_t_interval_have_the_known_values(tmp_path):
