@@ -198,7 +198,7 @@ def dry_run(o):
 
 def main(argv):
     try:
-        if argv[:1] == ["--time-cells"] and len(argv) == 2:  # --gpu-check's: every cell of the grid, on the GPU
+        if argv[:1] == ["--time-cells"] and len(argv) == 2:  # --gpu-check's: Fig. 5's cells, on the GPU
             return time_cells(argv[1], dict.fromkeys(PAPER + FIG5))
         dry_run(options(argv))
     except Refused as e:

@@ -2,7 +2,7 @@
 
     python3 grid.py --list [--quick | --study] [--parts "fig2 a4"] [--seeds "42 1099"]     # one train.py line a run
     python3 grid.py --analysis [the same options]     # the landscape.py lines to run after the trainings
-    python3 grid.py --folder "LINE"                     # a job line's run folder, then "finished" or "unfinished"
+    python3 grid.py --folders < JOBS                    # per job line: finished or unfinished, a tab, its folder
 
 run_all.sh (--list, --dry-run, the runner: runner.py), slurm.sh, slurm_task.sh and report.py (its figures) read it.
 Listing needs only the standard library (any python3, a cluster's login node); --dry-run counts FLOPs with torch.
@@ -86,9 +86,8 @@ BUDGETS = ["30", "15", "5"]  # the study's ladder: epochs per rung, longest firs
 STUDY_914 = ["--at --trt", "--trt", "--scale-init", "", "--skip-proj", "--at", "--skip", "--swish", "--ls 0.1"]
 STUDY_972 = ["--at --trt", "--trt", "", "--at", "--ls 0.1"]  # 15 epochs only
 STUDY_914_AT_30 = ["--at --trt", "--trt", "", "--skip-proj", "--at", "--skip", "--ls 0.1"]  # what 30 epochs afford
-# A ticket well below its dense network (15 epochs; RESULTS.md, "Three sparsities"): seed 1's scan of one-shot tickets
-# finds the lowest sparsity whose LTH falls >= 4 pp below dense; set GAP_SPARSITY to it and every seed spends it as
-# STUDY_GAP. Drawn from dense networks trained again in their own draw cache (runs/study/gap): not kept in the repo.
+# A ticket well below its dense network (15 epochs; RESULTS.md, "The gap"): seed 1's scan of one-shot tickets, and
+# every seed's STUDY_GAP at GAP_SPARSITY, on dense networks trained again in their own draw cache (runs/study/gap)
 STUDY_SCAN = ["0.982", "0.986", "0.989", "0.991"]
 STUDY_GAP = ["--at --trt", "--trt", "", "--at", "--ls 0.1"]
 GAP_SPARSITY = "0.982"  # the scan's choice: the lowest whose LTH falls >= 4 pp below dense (RESULTS.md)
@@ -104,9 +103,8 @@ def job(seed, s, base, flags, root, rung="", draws=None):
     """One train.py line; its --out is <root>/<rung><dataset>_<arch>/<prune>_s<sparsity>_<tweaks, or lth>/seed<seed>."""
     if root == "runs/full" and s == FIG:
         base += " --keep-epochs 5"
-    prune, name = re.search(r"--prune ([a-z]+)", f"{base} {flags}"), flags
-    if prune:
-        name = name.replace(prune.group(0), "", 1)
+    prune = re.search(r"--prune ([a-z]+)", f"{base} {flags}")
+    name = flags.replace(prune[0], "", 1) if prune else flags
     name = re.sub(r"--rewind-epoch \d+", "rewind", name, count=1).replace(" ", "").replace("-", "")
     words = base.split()
     out = f"{root}/{rung}{words[1]}_{words[3]}/{prune[1] if prune else 'imp'}_s{s}_{name or 'lth'}/seed{seed}"
@@ -139,7 +137,7 @@ def study_jobs(seeds, budgets):
             ("0.972", STUDY_972 * (e == "15"), seeds),
         ]
         gap = [("0", [""], seeds)] + [(s, [""], [x for x in seeds if x == "1"]) for s in STUDY_SCAN]
-        gap += [(GAP_SPARSITY, STUDY_GAP, seeds)] if GAP_SPARSITY else []
+        gap += [(GAP_SPARSITY, STUDY_GAP, seeds)]
         for draws, rows in ((None, tickets), ("runs/study/gap", gap if e == "15" else [])):
             lines += [
                 job(x, s, base, v, "runs/study", rung, draws)
@@ -231,9 +229,7 @@ def options(argv):
     o = p.parse_args(argv)
     full_only = [f"--{k}" for k in ("parts", "epochs", "arch", "dataset") if getattr(o, k) is not None]
     if o.set != "full" and full_only:
-        raise Refused(
-            f"{' '.join(full_only)}: the full reproduction's options; --{o.set} is a fixed job list (grid.py)"
-        )
+        raise Refused(f"{' '.join(full_only)}: the full reproduction's options; --{o.set} is a fixed job list")
     if o.budget is not None and o.set != "study":
         raise Refused("--budget chooses rungs of the study's ladder: use it with --study")
     o.budgets = o.budget.split() if o.budget is not None else BUDGETS
@@ -284,9 +280,13 @@ def slots(o, found):
 
 def main(argv):
     try:
-        if argv[:1] == ["--folder"] and len(argv) == 2:
-            folder, finished = run_folder(argv[1])
-            print(f"{folder}\n{'finished' if finished else 'unfinished'}")
+        if argv == ["--folders"]:  # job lines on stdin: for each, "finished" or "unfinished", a tab and its run folder
+            for n, line in enumerate(sys.stdin.read().splitlines(), 1):
+                try:
+                    folder, done = run_folder(line)
+                except (Refused, ValueError) as e:  # ValueError: shlex's, a quote never closed
+                    raise Refused(f"line {n}: {e}") from None
+                print(f"{'finished' if done else 'unfinished'}\t{folder}")
             return
         o = options(argv[1:] if argv[:1] == ["--analysis"] else argv)
         for line in analysis(o) if argv[:1] == ["--analysis"] else jobs(o):  # none: no line (the study's analysis)

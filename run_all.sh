@@ -29,7 +29,7 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-.venv/bin/python}  # train.py, landscape.py, report.py; grid.py and runner.py need only python3
 MEASURED=runs/gpu_check/seconds_per_epoch  # by --gpu-check: ResNet-18 + AT + TRT, 45,000 CIFAR-shaped images, alone
 PACKED=runs/gpu_check/packing  # by --gpu-check's sweep: "K S mps|plain", the best K runs at once per GPU
-CELLS=runs/gpu_check/cells  # by --gpu-check: "ARCH DATASET SECONDS" per image, a timed run of each cell of the grid
+CELLS=runs/gpu_check/cells  # by --gpu-check: "ARCH DATASET SECONDS" per image, a timed run of each Fig. 5 cell
 
 MODE=run SET=full  # the rest of the options is grid.py's to read and check
 for arg in "$@"; do

@@ -92,7 +92,7 @@ class Runner:
                 fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # another runner trains it: leave it, quietly
                 return self.settle()
-            if grid.run_folder(line)[1]:  # finished while we looked
+            if grid.finished(out):  # finished while we looked
                 return self.settle()
             print(f"{tag} start: {out} (log: {out}/train.log)", flush=True)
             log.write(f"# {time.strftime('%F %T')} train.py {line}\n")

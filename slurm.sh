@@ -16,8 +16,8 @@
 #
 # What it submits:
 # 1. one array, task N training line N of DIR/jobs.txt with slurm_task.sh (it skips a finished run and a run another
-#    runner holds; on SIGTERM train.py saves at the next step and the task requeues itself, to resume there). Runs
-#    finished before submission are left out of the list, so submitting again submits what is left.
+#    runner holds; on SIGTERM train.py stops at the next step and the task requeues itself, to resume after its last
+#    epoch). Runs finished before submission are left out of the list, so submitting again submits what is left.
 # 2. the report job, once the array has ended (--dependency=afterany): if every run finished, ./run_all.sh OPTIONS,
 #    which skips them, runs the analysis (Hessian, landscapes) and report.py; for --jobs-from, report.py over the
 #    folder that holds the runs. It trains nothing: unfinished runs are named in its log, and it fails.
@@ -80,7 +80,7 @@ jobs_file_name=${jobs_from:-"./run_all.sh ${list_opts[*]} --list"}
 cd "$(dirname "$0")"
 if [ -n "$jobs_from" ]; then
   [ -f "$jobs_from" ] || fail "--jobs-from $jobs_from: no such file"
-  all=$(grep -v '^[[:space:]]*$' "$jobs_from" || true)
+  all=$(grep -v -e '^[[:space:]]*$' -e '^[[:space:]]*#' "$jobs_from" || true)  # as the runner: blanks, comments
   label=$(basename "$jobs_from" .txt)
 else
   all=$(./run_all.sh "${list_opts[@]}" --list) || exit 2  # run_all.sh has said what is wrong, in one line
@@ -88,12 +88,17 @@ else
   for opt in "${list_opts[@]}"; do case "$opt" in --quick|--study) label=${opt#--} ;; esac; done
 fi
 [ -n "$all" ] || fail "$jobs_file_name: no runs in the list"
-todo=() n=0
-while IFS= read -r line; do
-  n=$((n + 1))
-  state=$(python3 grid.py --folder "$line" 2>&1) || fail "$jobs_file_name, line $n: ${state#error: }"
-  [ "${state##*$'\n'}" = finished ] || todo+=("$line")  # grid.run_folder: the runner's and report.py's rule
-done <<< "$all"
+if ! states=$(python3 grid.py --folders <<< "$all" 2>&1); then
+  states=$(tail -1 <<< "$states")  # its error, after the lines it read
+  fail "$jobs_file_name, ${states#error: }"
+fi
+mapfile -t lines <<< "$all"
+todo=() folders=() n=${#lines[@]} i=0
+while IFS=$'\t' read -r state folder; do  # grid.run_folder: the runner's and report.py's rule
+  folders+=("$folder")
+  [ "$state" = finished ] || todo+=("${lines[i]}")
+  i=$((i + 1))
+done <<< "$states"
 
 PY=${PYTHON:-.venv/bin/python}
 command -v "$PY" > /dev/null || fail "no Python at $PY: set up .venv first (./run_all.sh --test does) or set PYTHON"
@@ -114,7 +119,7 @@ fi
 
 # What the report job runs once every run is finished
 if [ -n "$jobs_from" ]; then
-  root=$(while IFS= read -r line; do state=$(python3 grid.py --folder "$line"); echo "${state%%$'\n'*}"; done <<< "$all" | awk '
+  root=$(printf '%s\n' "${folders[@]}" | awk '
     { n = split($0, part, "/") - 1  # the parent of the run folder
       if (NR == 1) { depth = n; for (i = 1; i <= n; i++) common[i] = part[i] }
       for (i = 1; i <= depth; i++) if (i > n || part[i] != common[i]) { depth = i - 1; break } }

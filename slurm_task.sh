@@ -12,30 +12,27 @@
 #   the task leaves it to that runner and exits 0, so a cluster array and ./run_all.sh on one folder exclude
 #   each other;
 # - slurm.sh submits with --signal=B:TERM@SECONDS --requeue: before the time limit only this shell gets SIGTERM
-#   (as from `scancel --signal=TERM --batch`). It passes the signal on to train.py, which saves a checkpoint at
-#   the next step and exits 143; then the task requeues itself (scontrol requeue), and its rerun, the same
-#   train.py command, resumes from that step. A preemption with PreemptMode=REQUEUE sends SIGTERM to train.py as
-#   well and requeues the task itself.
+#   (as from `scancel --signal=TERM --batch`). It passes the signal on to train.py, which stops at the next step
+#   and exits 143, keeping its last epoch's checkpoint; then the task requeues itself (scontrol requeue), and its
+#   rerun, the same train.py command, resumes from there. A preemption with PreemptMode=REQUEUE sends SIGTERM to
+#   train.py as well and requeues the task itself.
 set -euo pipefail
 
 PY=${PYTHON:-.venv/bin/python}
 
-out_of() {  # out_of LINE: the run's folder, as the runner finds it (grid.run_folder)
-  local found
-  found=$(python3 grid.py --folder "$1")
-  echo "${found%%$'\n'*}"
-}
-finished() {  # finished LINE: whether the run has its results.json (grid.run_folder's answer)
-  [[ $(python3 grid.py --folder "$1") == *$'\n'finished ]]
+state_of() {  # state_of < JOBS: per line "finished" or "unfinished", a tab, its folder (grid.run_folder, as the runner)
+  python3 grid.py --folders
 }
 
 if [ "${1:-}" = --report ]; then
   jobs=$2
   shift 2
-  unfinished=0
-  while read -r line; do
-    finished "$line" || { echo "unfinished: train.py $line"; unfinished=$((unfinished + 1)); }
-  done < "$jobs"
+  mapfile -t lines < "$jobs"
+  unfinished=0 i=0
+  while IFS=$'\t' read -r state _; do
+    [ "$state" = finished ] || { echo "unfinished: train.py ${lines[i]}"; unfinished=$((unfinished + 1)); }
+    i=$((i + 1))
+  done < <(state_of < "$jobs")
   if [ $unfinished -gt 0 ]; then  # a report of a part would look complete; say what is missing instead
     echo "error: $unfinished run(s) of $jobs unfinished (their task logs are beside it): no report." \
       "Submit again with the same options: slurm.sh skips finished runs" >&2
@@ -49,11 +46,11 @@ jobs=$1
 task=${SLURM_ARRAY_TASK_ID:?"is not set: slurm_task.sh is an array task (./slurm.sh submits it)"}
 line=$(sed -n "${task}p" "$jobs")
 [ -n "$line" ] || { echo "error: $jobs has no line $task" >&2; exit 2; }
-out=$(out_of "$line")
+IFS=$'\t' read -r state out < <(state_of <<< "$line")
 echo "task $task of array ${SLURM_ARRAY_JOB_ID:-?} (job ${SLURM_JOB_ID:-?}, restart ${SLURM_RESTART_COUNT:-0})" \
   "on $(hostname) at $(date '+%F %T'): train.py $line"
 
-if finished "$line"; then
+if [ "$state" = finished ]; then
   echo "finished already: $out/results.json"
   exit 0
 fi
@@ -63,7 +60,7 @@ if ! flock -n 9; then
   echo "skipped: another runner holds $out/.runner and trains this run"
   exit 0
 fi
-if finished "$line"; then  # another runner finished it between the first look and the lock
+if [[ $(state_of <<< "$line") == finished* ]]; then  # another runner finished it between the first look and the lock
   echo "finished already: $out/results.json"
   exit 0
 fi
@@ -73,8 +70,10 @@ fi
 stopped=""
 pid=""
 trap 'stopped=1; [ -z "$pid" ] || kill -TERM "$pid" 2> /dev/null || true' TERM
-# shellcheck disable=SC2086  # the line is train.py's arguments, split into words as run_all.sh does
-$PY train.py $line &
+# the line is train.py's arguments, split into words as a shell (and the runner: shlex) would, quotes included
+mapfile -d '' -t words < <(
+  python3 -c 'import shlex, sys; print(*shlex.split(sys.argv[1]), sep="\0", end="\0")' "$line")
+$PY train.py "${words[@]}" &
 pid=$!
 [ -z "$stopped" ] || kill -TERM "$pid"  # a signal that came before train.py started
 while kill -0 "$pid" 2> /dev/null; do
@@ -83,7 +82,7 @@ done
 rc=0
 wait "$pid" || rc=$?
 
-# Requeue on the signal, not on train.py's exit code alone: under torchrun a stopped run exits 1, not 143
+# Requeue on the signal, not on train.py's exit code alone: after a SIGTERM an unfinished run requeues, whatever its exit
 if [ ! -e "$out/results.json" ] && { [ -n "$stopped" ] || [ $rc = 143 ]; }; then
   # this task by its array name: the last task to start has the array's own job id, and `scontrol requeue ID`
   # would requeue every task of the array

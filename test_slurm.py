@@ -55,6 +55,23 @@ def test_bad_input_is_one_line_on_stderr_exit_2_and_creates_nothing(tmp_path):
         assert r.stdout == "" and not logs.exists(), args
 
 
+def test_a_task_splits_its_line_as_a_shell_would_as_the_runner_does(tmp_path):
+    """slurm_task.sh on a line whose quoted --out has a space and an umlaut (a stand-in for train.py, no Slurm
+    needed): train.py gets 4 words, the folder is one, and a second look finds the run finished."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/bash\nout="${@: -1}"; echo "$#" > "$out/argc"; touch "$out/results.json"\n')
+    fake.chmod(0o755)
+    folder = tmp_path / "q" / "my run ü"
+    (tmp_path / "jobs.txt").write_text(f'--sleep 0 --out "{folder}"\n')
+    env = dict(os.environ, PYTHON=str(fake), SLURM_ARRAY_TASK_ID="1")
+    task = [os.path.join(HERE, "slurm_task.sh"), str(tmp_path / "jobs.txt")]
+    r = subprocess.run(task, capture_output=True, text=True, env=env, cwd=HERE)
+    assert r.returncode == 0 and (folder / "argc").read_text() == "5\n", r.stdout + r.stderr  # train.py, 4 words
+    assert sorted(os.listdir(tmp_path / "q")) == ["my run ü"]
+    r = subprocess.run(task, capture_output=True, text=True, env=env, cwd=HERE)
+    assert r.returncode == 0 and f"finished already: {folder}/results.json" in r.stdout, r.stdout + r.stderr
+
+
 # ---------------------------------------------------------------- a one-node Slurm
 
 
