@@ -63,7 +63,8 @@ def fashionmnist(root):
     return split, 10
 
 
-# All the official CIFAR archives (Python 2's cPickle, protocol 2) name; numpy 2 writes numpy._core for numpy.core
+# What the official CIFAR archives (Python 2's cPickle, protocol 2) name, and numpy._core: an archive pickled anew
+# under numpy 2 names it for numpy.core
 ARCHIVE_GLOBALS = {"numpy.ndarray", "numpy.dtype"} | {f"numpy.{c}.multiarray._reconstruct" for c in ("core", "_core")}
 
 
@@ -165,7 +166,7 @@ def load(name, root="data", subset=None, seed=42, device="cpu"):
     try:
         split, classes = DATASETS[name](root)
     except BadInput:
-        for folder, _, _ in reversed(list(os.walk(made[-1])) if made else []):
+        for folder, _, _ in os.walk(made[-1], topdown=False) if made else ():
             if not os.listdir(folder):  # a file never is
                 os.rmdir(folder)
         raise

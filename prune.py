@@ -38,14 +38,12 @@ def keep_top(scores, n_keep):
     keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     keep[torch.topk(flat, n_keep, sorted=False).indices] = True
     sizes = [s.numel() for s in scores.values()]
-    mask = {n: k.view_as(s) for (n, s), k in zip(scores.items(), keep.split(sizes))}
-    if n_keep:
-        warn_collapse(mask)
-    return mask
+    return {n: k.view_as(s) for (n, s), k in zip(scores.items(), keep.split(sizes))}
 
 
 def warn_collapse(mask):
-    """Layer collapse (§3.1): a layer the mask prunes entirely is warned of, one line each; training goes on."""
+    """Layer collapse (§3.1): a layer the mask prunes entirely is warned of, one line each, as a ticket's training
+    starts (train.train_ticket: drawn and given masks alike); training goes on."""
     for name in (n for n, m in mask.items() if not m.any()):
         print(f"warning: layer collapse, {name} is pruned entirely (§3.1)", file=sys.stderr)
 

@@ -228,7 +228,7 @@ def ticket_name(c):
 
 def tweak_names(c):
     """The spend's tweaks, joined by +, label smoothing with its alpha (skip+swish+scale_init+ls0.1); "" if none."""
-    on = [k for k in ("skip", "skip_proj", "swish", "mish", "scale_init", "kd") if getattr(c, k)]
+    on = [k for k in tweaks.FLAGS if k != "ls" and getattr(c, k)]
     return "+".join(on + ([f"ls{c.ls}"] if c.ls else []))
 
 
@@ -297,7 +297,7 @@ class DrawCache:
         try:
             return read_metrics(path) if name == "metrics.csv" else load(path, device)
         except BadInput as e:
-            redo = f"move {self.folder(ticket)} aside and run again: it retrains, and so does every IMP level after it"
+            redo = f"move {self.folder(ticket)} aside, and every IMP level drawn after it, and run again: they retrain"
             raise BadInput(f"{e}; a trained network cannot be derived again exactly: {redo}") from None
 
     def copy_training(self, ticket, out, kept, measure):
@@ -305,13 +305,15 @@ class DrawCache:
         damaged spreads (--repair writes a damaged results.json again from measure()). Returns the results."""
         for name in ("model.pt", "best.pt", "metrics.csv", *kept):
             self.trained_file(ticket, name)
-        results = os.path.join(self.folder(ticket), "results.json")
-        if read_or_repair(results, read_json, self.repair, "measures it again from the weights beside it") is None:
-            write_json(measure(), results)
+        path = os.path.join(self.folder(ticket), "results.json")
+        results = read_or_repair(path, read_json, self.repair, "measures it again from the weights beside it")
+        if results is None:
+            results = measure()
+            write_json(results, path)
         for name in ("mask.pt", "model.pt", "best.pt", "metrics.csv", *kept, "results.json"):  # results.json last
             with open(os.path.join(self.folder(ticket), name), "rb") as f:
                 save(f.read(), os.path.join(out, name))
-        return read_json(os.path.join(out, "results.json"))
+        return results
 
 
 def check_mask(mask, model, source, linear=False):
@@ -341,7 +343,6 @@ def load_mask(path, model, linear, device):
     check_mask(mask, model, path, linear)
     if not any(m.any() for m in mask.values()):
         raise BadInput(f"--mask {path} keeps no weight at all: a ticket needs some")
-    prune.warn_collapse(mask)  # as for a drawn mask: a layer pruned entirely is warned of, and trained as it is
     return {n: m.to(device) for n, m in mask.items()}
 
 
@@ -368,7 +369,10 @@ def run_config(run_dir):
         raise BadInput(f"{run_dir}: not a train.py run (no config.json); {expected}")
     if not os.path.exists(os.path.join(run_dir, "results.json")):
         raise BadInput(f"{run_dir}: an unfinished train.py run (no results.json): its command, run again, finishes it")
-    return read_json(os.path.join(run_dir, "config.json"))
+    config = read_json(os.path.join(run_dir, "config.json"))
+    if config.get("arch") not in models.ARCHS or config.get("dataset") not in data.DATASETS:
+        raise BadInput(f"{run_dir}/config.json names an arch or dataset train.py does not know; {expected}")
+    return config
 
 
 def load_run(run_dir, data_dir="data", device="cpu", weights="model.pt"):

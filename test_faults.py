@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -608,6 +609,12 @@ def test_landscape_says_what_a_wrong_folder_is(finished, tmp_path):
     assert one_line_error(r, "is a ticket of a draw", "not a spend"), r.stderr
     r = run_script("landscape.py", "eigenvalue", ticket, "--out", tmp_path / "h.json", "--device", "nosuch")
     assert one_line_error(r, "--device nosuch", "not usable here"), r.stderr
+    foreign = tmp_path / "foreign"
+    shutil.copytree(finished / "lth", foreign)
+    config = json.loads((foreign / "config.json").read_text())
+    (foreign / "config.json").write_text(json.dumps(dict(config, arch="resnet99")))
+    r = run_script("landscape.py", "eigenvalue", foreign, "--out", tmp_path / "h.json")
+    assert one_line_error(r, "foreign/config.json names an arch or dataset train.py does not know"), r.stderr
 
 
 def test_landscape_removes_what_a_killed_writer_left_in_its_output_folder(finished, tmp_path):

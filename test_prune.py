@@ -148,7 +148,19 @@ def test_synflow_100_rounds_stays_finite_and_avoids_layer_collapse(resnet20, cap
     mask = prune.synflow(resnet20, 0.98)
     kept = [int(m.sum()) for m in mask.values()]
     assert sum(kept) == round(sum(m.numel() for m in mask.values()) * 0.02)
+    prune.warn_collapse(mask)
     assert min(kept) > 0 and "layer collapse" not in capsys.readouterr().err
+
+
+def test_a_collapsed_mask_is_warned_of_once_per_layer_not_once_per_pruning_round(resnet20, capsys):
+    """SynFlow ranks weights in each of its 100 rounds and warns of nothing; warn_collapse names an empty layer once."""
+    mask = prune.synflow(resnet20, 0.9995)
+    assert capsys.readouterr().err == ""
+    prune.warn_collapse(mask)
+    empty = [n for n, m in mask.items() if not m.any()]
+    assert empty and capsys.readouterr().err.splitlines() == [
+        f"warning: layer collapse, {n} is pruned entirely (§3.1)" for n in empty
+    ]
 
 
 def test_grasp_and_snip_differ_from_magnitude_and_from_each_other(resnet20):

@@ -3,11 +3,12 @@
     python train.py --sparsity 0.91 --skip --swish --ls 0.1       # the signature use (ResNet-18, CIFAR-100)
     python train.py --dataset fashionmnist --arch resnet20 --epochs 2 --subset 5000 --sparsity 0.91 --at --trt
 
-Read top to bottom as the paper: the flags (§4.1's recipe as defaults), the training loop (`fit`), the draw (`draw`:
-IMP's loop over levels, §3), the spend (`spend`: the tweaks, GradInit, the loss, `fit`), the results. The draw is cached
-in <runs>/draws/, keyed by its inputs (runs.DrawCache): a level found there is skipped, and a vanilla-LTH spend is its
-ticket's own training, copied. A spend writes --out: config.json, metrics.csv, mask.pt, model.pt (final), best.pt (best
-val), last results.json (done). A signal stops a run at its next step; the same command resumes from the last epoch.
+Read top to bottom as the paper: the flags (§4.1's recipe as defaults), the training loop (`fit`), a ticket's training
+(`train_ticket`: the tweaks, GradInit, the loss, `fit`, the results), the draw (`draw`: IMP's loop over levels, §3), the
+spend (`spend`: the draw's ticket, or --mask's, and its training). The draw is cached in <runs>/draws/, keyed by its
+inputs (runs.DrawCache): a level found there is skipped, and a vanilla-LTH spend is its ticket's own training, copied. A
+spend writes --out: config.json, metrics.csv, mask.pt, model.pt (final), best.pt (best val), last results.json (done). A
+signal stops a run at its next step; the same command resumes from the last epoch.
 """
 
 import argparse
@@ -28,10 +29,9 @@ import prune
 import runs
 import tweaks
 
-# the draw's cache key; the spend-only tweaks (a draw has them off); how a run computes, not what (not in its config)
+# the draw's cache key (a draw trains with tweaks.FLAGS off); HOW: how a run computes, not what (not in its config)
 RECIPE = ["dataset", "arch", "seed", "subset", "prune_classifier", "rewind_epoch"]  # what is drawn from what
 RECIPE += ["epochs", "lr", "batch_size", "momentum", "wd"]  # and trained how (§4.1)
-TWEAKS = ["skip", "skip_proj", "swish", "mish", "scale_init", "ls", "kd"]
 HOW = ["device", "out", "runs", "data_dir", "deterministic", "compile", "amp", "hessian_every", "repair", "keep_epochs"]
 
 
@@ -242,6 +242,7 @@ def results_of(model, best, state, mask, ds):
         pruned_nonzero=sum(int(every[n][~m].count_nonzero()) for n, m in mask.items()),
         train_images=len(ds["train"][1]),
         peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20) if cuda else 0,
+        scale_init_seconds=state.get("scale_init_seconds", 0.0),  # GradInit's part of the seconds (train_ticket)
     )
 
 
@@ -252,6 +253,7 @@ def train_ticket(args, ds, mask, reset, out, label, teacher=None):
     model = new_model(args, ds)
     model.load_state_dict(reset)
     prune.apply_mask(model, mask)
+    prune.warn_collapse(mask)  # a layer pruned entirely: trained as it is
     tweaks.apply(model, args)
     loss_fn = tweaks.make_loss(args.ls, teacher, args.kd_temp, args.kd_alpha)
     sgd = MaskedSGD(model, mask, loss_fn, args, runs.smallest_batch(model, ds))
@@ -274,7 +276,6 @@ def train_ticket(args, ds, mask, reset, out, label, teacher=None):
     best.load_state_dict(state["best_state"])
     results = results_of(model, best, state, mask, ds)
     results.update(seconds=round(state["seconds"] + time.time() - measured, 1), device=str(args.device))
-    results["scale_init_seconds"] = state["scale_init_seconds"]
     if cli.STOP:  # a signal during the final evaluation: the checkpoint stays, and a rerun measures again
         raise cli.Stopped(f"{label} stopped by a signal after its last epoch: the same command writes its results")
     runs.write_trained(out, mask, model, state["best_state"], state["rows"], results)
@@ -346,7 +347,7 @@ def reset_weights(args, ds, cache):
 def untweaked(args):
     """What the draw trains with: the spend's flags without its tweaks (§3) and Fig. A11's Hessian records."""
     vanilla = copy.copy(args)
-    vars(vanilla).update(dict.fromkeys(TWEAKS, False), ls=0.0, hessian_every=0)
+    vars(vanilla).update(dict.fromkeys(tweaks.FLAGS, False), ls=0.0, hessian_every=0)
     return vanilla
 
 
@@ -365,16 +366,16 @@ def train_vanilla(args, ds, cache, ticket, mask):
         train_ticket(vanilla, ds, mask, reset, out, f"[{ticket}]")
 
 
-def remeasure(args, ds, cache, ticket):
+def remeasure(args, ds, cache, ticket, mask):
     """--repair of a draw ticket's damaged results.json: measured again from its weights and metrics.csv, all as its
-    training measured them but seconds (the epochs' own, summed)."""
+    training measured them but seconds (the epochs' own, summed) and peak_gpu_mib (this process's)."""
     model, best = new_model(args, ds), new_model(args, ds)  # a draw's ticket has no tweak
     model.load_state_dict(cache.trained_file(ticket, "model.pt", args.device))
     best.load_state_dict(cache.trained_file(ticket, "best.pt", args.device))
     rows = cache.trained_file(ticket, "metrics.csv")
     val = [row["val_acc"] for row in rows]
     state = dict(rows=rows, best_epoch=rows[val.index(max(val))]["epoch"], best_val=data.evaluate(best, ds, "val")[0])
-    results = results_of(model, best, state, draw(args, ds, cache, ticket), ds)
+    results = results_of(model, best, state, mask, ds)
     return dict(results, seconds=round(sum(row["seconds"] for row in rows), 1), device=str(args.device))
 
 
@@ -389,7 +390,7 @@ def spend(args, ds, cache, mask, out):
     if not (args.mask or tweaked or args.hessian_every):
         train_vanilla(args, ds, cache, ticket, mask)
         if all(os.path.exists(os.path.join(cache.folder(ticket), f)) for f in kept):
-            return cache.copy_training(ticket, out, kept, lambda: remeasure(args, ds, cache, ticket))
+            return cache.copy_training(ticket, out, kept, lambda: remeasure(args, ds, cache, ticket, mask))
     teacher = None
     if args.kd:  # the draw's dense network (best validation weights), frozen
         dense(args, ds, cache)

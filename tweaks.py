@@ -13,6 +13,8 @@ from torch.func import functional_call
 
 import models
 
+FLAGS = ["skip", "skip_proj", "swish", "mish", "scale_init", "ls", "kd"]  # train.py's flags of the tweaks
+
 
 def skip(model, projection=False):
     """§3.1, Fig. 3: a new skip connection around every 3x3 conv+BN (not the stem), added before the activation. By
