@@ -333,8 +333,8 @@ def final_lr_rise(r):
 
 def budget_section(groups, out):
     """Each (dataset, arch, masks) trained at several budgets (the study's ladder): how converged each rung is, every
-    variant's paired difference to LTH by sparsity and budget, and a figure against the budget per sparsity; a
-    sparsity with one seed (a scan) left out."""
+    variant's paired difference to LTH by sparsity and budget, and per sparsity trained at 2 budgets or more a figure
+    against the budget; a sparsity with one seed (a scan) is in the table of differences only."""
     ladders = {}
     for (dataset, arch, masks, epochs), runs in sorted(groups.items()):
         if epochs:

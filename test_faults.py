@@ -500,8 +500,6 @@ def test_a_second_signal_stops_at_once():
 
 
 def test_a_stop_during_the_final_evaluation_exits_143_and_the_rerun_finishes(tmp_path, monkeypatch):
-    import data
-    import runs
     import train as train_module
 
     monkeypatch.setattr(runs, "STOP", [])
@@ -633,7 +631,6 @@ def test_help_shows_the_defaults():
 
 def test_grasp_scores_each_class_sorted_sample_as_two_halves_as_the_official_code(tmp_path):
     """alecwangcq/GraSP, pruner/GraSP.py: inputs[:N//2] and inputs[N//2:], each a batch for train-mode BatchNorm."""
-    import data
     import prune
     import train as train_module
 
@@ -743,7 +740,6 @@ def test_a_crafted_cifar_file_is_refused_and_never_runs_its_code(tmp_path):
 def test_a_run_another_process_finishes_while_this_one_loads_its_data_is_not_trained_again(tmp_path, monkeypatch):
     """The check for results.json is made again once the --out lock is held: a second process that passed the first
     check while the run was in its last epoch finds it finished and leaves its files as they are."""
-    import data
     import train as train_module
 
     cmd = [*SMALL, *LTH, "--ls", "0.1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "o")]

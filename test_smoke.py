@@ -996,6 +996,7 @@ def test_bench_help_lists_only_the_flags_it_honours_with_their_defaults():
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--packing" in bad.stderr, bad.stderr
     bad = cli("--device", "nosuch", script="bench.py")  # checked as train.py checks it: one line, no traceback
     assert bad.returncode == 2 and bad.stderr.startswith("error: --device nosuch: not usable here"), bad.stderr
+    assert bad.stderr.count("\n") == 1 and not bad.stdout, bad.stderr
 
 
 def test_packing_sweep_trains_k_runs_at_once_through_the_runner_and_writes_the_best_k(tmp_path):
